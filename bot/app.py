@@ -1,0 +1,103 @@
+"""Composition root: builds every part from ``Settings`` and owns start-up and clean shutdown.
+
+``create_app`` does the checks that must stop start-up (policy file, identity secrets, signing key,
+introspection clients) before anything listens; resources that need the loop (database, outbox worker,
+scheduler) live in ``cleanup_ctx`` so they are closed in reverse order on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from functools import partial
+
+from aiohttp import web
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.changes import LocalChanges
+from bot.config import Settings
+from bot.domain.clock import OffsetFileClock, SystemClock
+from bot.domain.policy import load_policy
+from bot.domain.ports import Clock
+from bot.domain.usecases import Deps
+from bot.identity.hmac_auth import HmacAuthenticator, secrets_from_policy
+from bot.scheduler import run_scheduler
+from bot.slack.listeners import build_bolt_app
+from bot.slack.notifier import SlackNotifier
+from bot.store.engine import create_engine, create_schema
+from bot.store.repository import SqlStore
+from bot.tokens.access_tokens import AccessTokenIssuer
+from bot.tokens.keys import load_or_create_signing_key
+from bot.web import access_requests, health, oauth, slack_events
+from bot.web.errors import MAX_BODY_BYTES, error_middleware
+from bot.web.keys import AUTH, BOLT, DEPS, INTROSPECTION_CLIENTS, SETTINGS, STORE, TOKENS
+
+log = logging.getLogger(__name__)
+
+
+def default_clock(settings: Settings) -> Clock:
+    return OffsetFileClock(settings.clock_offset_file) if settings.clock_offset_file else SystemClock()
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
+    """The aiohttp application for ``settings``.
+
+    Raises ``bot.domain.errors.PolicyError`` (bad policy file, unset identity secret) and ``ValueError``
+    (unreadable signing key, malformed ``GRANTBOT_INTROSPECTION_CLIENTS``) before anything starts.
+    """
+    clock = clock or default_clock(settings)
+    policy = load_policy(settings.resolved_policy_file)
+    secrets = secrets_from_policy(policy)
+    introspection_clients = settings.introspection_credentials()
+    tokens = AccessTokenIssuer(load_or_create_signing_key(settings.signing_key_file), settings.issuer_url)
+    store = SqlStore(create_engine(settings.database_url))
+    changes = LocalChanges()
+    deps = Deps(
+        store=store,
+        tokens=tokens,
+        clock=clock,
+        changes=changes,
+        policy=policy,
+        issuer=settings.issuer_url,
+        default_channel=settings.slack_channel,
+    )
+
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app[DEPS] = deps
+    app[STORE] = store
+    app[TOKENS] = tokens
+    app[INTROSPECTION_CLIENTS] = introspection_clients
+    app[AUTH] = HmacAuthenticator(secrets, clock, store.remember_signature)
+    for module in (access_requests, oauth, health, slack_events):
+        app.add_routes(module.routes)
+
+    app.cleanup_ctx.append(partial(_database, store))
+    if settings.slack_enabled:
+        client = AsyncWebClient(
+            token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10
+        )
+        app[BOLT] = build_bolt_app(deps, client, settings.slack_signing_secret.get_secret_value())
+        notifier = SlackNotifier(store, client, clock)
+        changes.subscribe(notifier.wake)
+        app.cleanup_ctx.append(partial(_background, notifier.run(), "outbox worker"))
+    else:
+        log.warning("Slack is not configured: approval cards wait in the outbox until SLACK_BOT_TOKEN is set")
+    app.cleanup_ctx.append(lambda _app: run_scheduler(deps, settings.sweep_interval_seconds))
+    return app
+
+
+async def _database(store: SqlStore, _app: web.Application) -> AsyncIterator[None]:
+    await create_schema(store.engine)
+    yield
+    await store.engine.dispose()
+
+
+async def _background(coro, name: str, _app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(coro, name=name)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

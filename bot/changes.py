@@ -1,0 +1,39 @@
+"""In-process change signals: wake long polls and the outbox worker right after a commit (``Changes`` port)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable
+
+
+class LocalChanges:
+    """Per-request ``asyncio.Event`` waiters plus subscribers called on every change.
+
+    Only this process is told; other replicas notice by re-reading the database (long polls re-check every second).
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._subscribers: list[Callable[[str], None]] = []
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        self._subscribers.append(callback)
+
+    def notify(self, request_id: str) -> None:
+        for event in self._waiters.get(request_id, ()):
+            event.set()
+        for callback in self._subscribers:
+            callback(request_id)
+
+    async def wait(self, request_id: str, timeout: float) -> None:
+        event = asyncio.Event()
+        self._waiters[request_id].add(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters[request_id].discard(event)
+            if not self._waiters[request_id]:
+                del self._waiters[request_id]

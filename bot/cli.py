@@ -1,0 +1,254 @@
+"""``grantbot`` commands: ``serve``, ``dev`` (with the local Slack sandbox) and ``request`` (a signed client)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from pydantic import ValidationError
+
+from bot.config import Settings, bundled_policy
+from bot.domain.errors import PolicyError
+
+DEV_STATE_DIR = Path(".grantbot")
+DEV_IDENTITY_FILE = DEV_STATE_DIR / "dev-identity.json"
+DEV_APPROVER = "U0APPROVER"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"grantbot: invalid settings: {errors}") from None
+
+
+async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve(settings: Settings) -> None:
+    from bot.app import create_app
+
+    app = create_app(settings)
+    runner = await _start_site(app, settings.host, settings.port)
+    logging.getLogger("bot").info("grantbot listening on http://%s:%s", settings.host, settings.port)
+    try:
+        await _until_signalled()
+    finally:
+        await runner.cleanup()
+
+
+def _run(coro) -> int:
+    try:
+        asyncio.run(coro)
+    except PolicyError as exc:
+        print(f"grantbot: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"grantbot: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"grantbot: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_serve(_: argparse.Namespace) -> int:
+    settings = _load_settings()
+    _setup_logging(settings.log_level)
+    return _run(_serve(settings))
+
+
+def _dev_identity() -> dict:
+    """The sandbox's HMAC identity, made once per checkout and kept in .grantbot/ (mode 0600)."""
+    if DEV_IDENTITY_FILE.exists():
+        return json.loads(DEV_IDENTITY_FILE.read_text())
+    DEV_STATE_DIR.mkdir(exist_ok=True)
+    identity = {"identity": "deploy-bot", "secret": secrets.token_urlsafe(32)}
+    fd = os.open(DEV_IDENTITY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(identity, handle)
+    return identity
+
+
+async def _dev(args: argparse.Namespace) -> None:
+    from bot.app import create_app
+    from bot.slack.sandbox import SlackSandbox
+
+    identity = _dev_identity()
+    os.environ["GRANTBOT_SECRET_DEPLOY_BOT"] = identity["secret"]
+    bot_token = "xoxb-sandbox-" + secrets.token_hex(8)
+    signing_secret = secrets.token_hex(16)
+    sandbox = SlackSandbox(bot_token=bot_token, signing_secret=signing_secret)
+    sandbox_url = await sandbox.start(args.host, args.sandbox_port)
+    introspection = f"demo:{secrets.token_hex(8)}"
+    settings = _load_settings(
+        host=args.host,
+        port=args.port,
+        slack_bot_token=bot_token,
+        slack_signing_secret=signing_secret,
+        slack_api_url=sandbox.api_url,
+        slack_channel="C0SANDBOX",
+        policy_file=args.policy or bundled_policy(),
+        introspection_clients=introspection,
+    )
+    app = create_app(settings)
+    runner = await _start_site(app, settings.host, settings.port)
+    base = f"http://{settings.host}:{settings.port}"
+    sandbox.events_url = f"{base}/slack/events"
+    client_id, secret = introspection.split(":")
+    print(
+        f"""
+grantbot is running at {base} (database {settings.database_url}, policy {settings.policy_file})
+The Slack sandbox is at {sandbox_url}/ - open it in a browser: it shows the #access-requests channel.
+
+Try it, in a second terminal in this folder:
+  1. Ask for access that needs approval (identity 'deploy-bot', secret kept in {DEV_IDENTITY_FILE}):
+       .venv/bin/grantbot request --environment production --scope db:write --ttl 60 --reason "hotfix 42" --wait 120
+  2. In the sandbox page, as "dana (approver)", click Approve. The command prints the token.
+  3. After 60 s the grant expires: the sandbox shows a thread reply under the card.
+  Staging is auto-approved:  .venv/bin/grantbot request --environment staging --scope db:read --ttl 30
+  Check a token (RFC 7662):  curl -s -u {client_id}:{secret} -d token=TOKEN {base}/oauth/introspect
+
+Stop with Ctrl-C.
+""",
+        flush=True,
+    )
+    try:
+        await _until_signalled()
+    finally:
+        await runner.cleanup()
+        await sandbox.stop()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    _setup_logging(os.environ.get("GRANTBOT_LOG_LEVEL", "INFO"))
+    return _run(_dev(args))
+
+
+def _sign(secret: str, method: str, path_qs: str, body: bytes) -> dict[str, str]:
+    from bot.identity.hmac_auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+
+    timestamp = str(int(time.time()))
+    return {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(secret.encode(), timestamp, method, path_qs, body)}
+
+
+async def _request(args: argparse.Namespace) -> int:
+    from bot.identity.hmac_auth import IDENTITY_HEADER
+
+    identity, secret = args.identity, args.secret
+    if (not identity or not secret) and DEV_IDENTITY_FILE.exists():
+        dev = json.loads(DEV_IDENTITY_FILE.read_text())
+        identity, secret = identity or dev["identity"], secret or dev["secret"]
+    if not identity or not secret:
+        print("grantbot request: set GRANTBOT_IDENTITY and GRANTBOT_SECRET (or run `grantbot dev` here first)", file=sys.stderr)
+        return 2
+    body: dict = {"environment": args.environment, "scopes": args.scope}
+    if args.ttl is not None:
+        body["ttl_seconds"] = args.ttl
+    if args.reason:
+        body["reason"] = args.reason
+    if args.audience:
+        body["audience"] = args.audience
+    if args.context:
+        body["context"] = dict(item.split("=", 1) for item in args.context)
+    raw = json.dumps(body).encode()
+    base = args.url.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=90)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        path = "/v1/access-requests"
+        headers = {IDENTITY_HEADER: identity, "Content-Type": "application/json",
+                   "Idempotency-Key": str(uuid.uuid4()), **_sign(secret, "POST", path, raw)}
+        async with http.post(base + path, data=raw, headers=headers) as resp:
+            answer = await resp.json(content_type=None)
+            status = resp.status
+        if status == 202 and args.wait:
+            print(f"request {answer['id']} is pending approval in Slack; waiting up to {args.wait} s…", file=sys.stderr)
+            deadline = time.monotonic() + args.wait
+            while answer.get("status") == "pending" and (left := deadline - time.monotonic()) > 0:
+                path = f"/v1/access-requests/{answer['id']}?wait={int(min(left, 60)) or 1}"
+                headers = {IDENTITY_HEADER: identity, **_sign(secret, "GET", path, b"")}
+                async with http.get(base + path, headers=headers) as resp:
+                    answer = await resp.json(content_type=None)
+                    status = resp.status
+                    if status != 200:
+                        break
+    print(json.dumps(answer, indent=2))
+    if status >= 400 or answer.get("status") not in ("approved", "pending"):
+        return 1
+    return 0
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_request(args))
+    except aiohttp.ClientError as exc:
+        print(f"grantbot request: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grantbot", description="Just-in-time, scoped, expiring access for machines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API and Slack endpoint (settings from the environment)")
+    serve.set_defaults(func=cmd_serve)
+
+    dev = sub.add_parser("dev", help="run grantbot with the local Slack sandbox and the example policy")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
+    dev.add_argument("--sandbox-port", type=int, default=8081)
+    dev.add_argument("--policy", type=Path, default=None, help="policy file (default: the bundled example)")
+    dev.set_defaults(func=cmd_dev)
+
+    req = sub.add_parser("request", help="ask a grantbot for access, signed with an HMAC identity")
+    req.add_argument("--url", default=os.environ.get("GRANTBOT_URL", "http://127.0.0.1:8080"))
+    req.add_argument("--identity", default=os.environ.get("GRANTBOT_IDENTITY"))
+    req.add_argument("--secret", default=os.environ.get("GRANTBOT_SECRET"), help="default: $GRANTBOT_SECRET")
+    req.add_argument("--environment", required=True)
+    req.add_argument("--scope", action="append", required=True, help="repeat for several scopes")
+    req.add_argument("--ttl", type=int, default=None, help="seconds")
+    req.add_argument("--reason")
+    req.add_argument("--audience")
+    req.add_argument("--context", action="append", metavar="KEY=VALUE", help="pipeline context, e.g. run_url=…")
+    req.add_argument("--wait", type=int, default=0, metavar="SECONDS", help="wait this long for an approval")
+    req.set_defaults(func=cmd_request)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Settings, read once from the environment (and ``.env``) at start and passed down (DESIGN.md "Settings")."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def bundled_policy() -> Path:
+    """The example policy shipped with grantbot (used when no ``policy.yaml`` is found)."""
+    return Path(str(resources.files("bot") / "examples" / "policy.yaml"))
+
+
+def _env(*names: str):
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Every setting grantbot reads; names are the environment variables of DESIGN.md."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    database_url: str = Field(
+        "sqlite+aiosqlite:///grantbot.db", validation_alias=_env("GRANTBOT_DATABASE_URL", "DATABASE_URL")
+    )
+    policy_file: Path | None = Field(None, validation_alias=_env("GRANTBOT_POLICY_FILE"))
+    host: str = Field("127.0.0.1", validation_alias=_env("GRANTBOT_HOST"))
+    port: int = Field(8080, validation_alias=_env("PORT", "GRANTBOT_PORT"))
+    issuer: str | None = Field(None, validation_alias=_env("GRANTBOT_ISSUER"))
+    signing_key_file: Path = Field(Path("grantbot-signing-key.pem"), validation_alias=_env("GRANTBOT_SIGNING_KEY_FILE"))
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias=_env("SLACK_SIGNING_SECRET"))
+    slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
+    slack_api_url: str = Field("https://slack.com/api/", validation_alias=_env("SLACK_API_URL"))
+    slack_channel: str | None = Field(None, validation_alias=_env("GRANTBOT_SLACK_CHANNEL"))
+    introspection_clients: SecretStr | None = Field(None, validation_alias=_env("GRANTBOT_INTROSPECTION_CLIENTS"))
+    summary_cron: str = Field("0 9 * * *", validation_alias=_env("GRANTBOT_SUMMARY_CRON"))
+    timezone: str = Field("UTC", validation_alias=_env("GRANTBOT_TIMEZONE"))
+    sweep_interval_seconds: float = Field(1.0, gt=0, validation_alias=_env("GRANTBOT_SWEEP_INTERVAL_SECONDS"))
+    log_level: str = Field("INFO", validation_alias=_env("GRANTBOT_LOG_LEVEL"))
+    # Testing aid: a file holding seconds to add to the wall clock, so tests of a real process move time.
+    clock_offset_file: Path | None = Field(None, validation_alias=_env("GRANTBOT_CLOCK_OFFSET_FILE"))
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+    @property
+    def issuer_url(self) -> str:
+        return self.issuer or f"http://{self.host}:{self.port}"
+
+    @property
+    def resolved_policy_file(self) -> Path:
+        if self.policy_file is not None:
+            return self.policy_file
+        local = Path("policy.yaml")
+        return local if local.exists() else bundled_policy()
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None and self.slack_signing_secret is not None
+
+    def introspection_credentials(self) -> dict[str, str]:
+        """``GRANTBOT_INTROSPECTION_CLIENTS`` (``id:secret,id:secret``) as a map; raises ValueError when malformed."""
+        raw = self.introspection_clients.get_secret_value() if self.introspection_clients else ""
+        clients: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in raw.split(","))):
+            client_id, sep, secret = pair.partition(":")
+            if not sep or not client_id or not secret:
+                raise ValueError("GRANTBOT_INTROSPECTION_CLIENTS must look like id:secret,id:secret")
+            clients[client_id] = secret
+        return clients

@@ -1,0 +1,60 @@
+"""Clocks: the one source of "now" for the domain (ports.Clock implementations)."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+
+class SystemClock:
+    """The wall clock, in aware UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class FakeClock:
+    """A clock that moves only when told to; for tests.
+
+    ``FakeClock(start)`` starts at ``start`` (aware UTC; default: the real now) and ``advance(seconds)`` moves it.
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> datetime:
+        self._now += timedelta(seconds=seconds)
+        return self._now
+
+
+class OffsetFileClock:
+    """The wall clock shifted by a number of seconds read from a file (``GRANTBOT_CLOCK_OFFSET_FILE``).
+
+    For tests that drive a real ``grantbot`` process: they move its time by rewriting the file instead of
+    sleeping. The file holds one number (seconds, may be fractional); a missing or empty file means 0. The file
+    is re-read only when its modification time changes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+        self._mtime: float | None = None
+        self._offset = 0.0
+
+    def _read_offset(self) -> float:
+        try:
+            mtime = self._path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0.0
+        if mtime != self._mtime:
+            text = self._path.read_text().strip()
+            self._offset = float(text) if text else 0.0
+            self._mtime = mtime
+        return self._offset
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(time.time() + self._read_offset(), UTC)

@@ -1,0 +1,72 @@
+"""Domain errors: each names what went wrong in the field's terms and carries a sentence a person can act on.
+
+The web layer maps them to HTTP statuses (``status``) and the DESIGN.md error body
+``{"error": code, "detail": message}``.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error the use cases raise on purpose."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidRequest(DomainError):
+    """The access request itself is malformed or outside what the policy allows (e.g. TTL above the cap)."""
+
+    code = "invalid_request"
+    status = 422
+
+
+class UnknownEnvironment(InvalidRequest):
+    code = "unknown_environment"
+
+
+class TTLTooLong(InvalidRequest):
+    code = "ttl_too_long"
+
+
+class IdempotencyConflict(DomainError):
+    """An ``Idempotency-Key`` was reused with a different request body."""
+
+    code = "idempotency_conflict"
+    status = 422
+
+
+class NotFound(DomainError):
+    """No such request or grant, or it belongs to another identity (indistinguishable on purpose)."""
+
+    code = "not_found"
+    status = 404
+
+
+class Unauthenticated(DomainError):
+    """The caller could not be authenticated (bad signature, stale timestamp, replay, unknown identity)."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class NotAnApprover(DomainError):
+    """Someone who is not an approver of the request's rule tried to decide it."""
+
+    code = "not_an_approver"
+    status = 403
+
+
+class AlreadyDecided(DomainError):
+    """The request is no longer pending; ``status`` of the request and who decided it are in ``detail``."""
+
+    code = "already_decided"
+    status = 409
+
+
+class PolicyError(Exception):
+    """The policy file is invalid; the message names the file, the key and what is wrong."""

@@ -1,0 +1,143 @@
+"""Domain records: access requests, grants, callers and the outbox events that drive notifications.
+
+Plain dataclasses (stdlib only); times are aware UTC ``datetime``; durations are seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"  # nobody decided before the pending timeout
+    CANCELLED = "cancelled"
+
+
+class GrantStatus(StrEnum):
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+class Decision(StrEnum):
+    """What the policy says about an access request (DESIGN.md policy file, ``decision``)."""
+
+    AUTO_APPROVE = "auto_approve"
+    REQUIRE_APPROVAL = "require_approval"
+    DENY = "deny"
+
+
+class Verdict(StrEnum):
+    """What one approver said."""
+
+    APPROVE = "approve"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated machine: ``identity`` is an HMAC identity name or ``<issuer>:<sub>`` for OIDC."""
+
+    identity: str
+    claims: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AccessRequestInput:
+    """The body of ``POST /v1/access-requests`` after validation (DESIGN.md HTTP contract)."""
+
+    environment: str
+    scopes: tuple[str, ...]
+    ttl_seconds: int | None = None
+    reason: str | None = None
+    audience: str | None = None
+    context: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AccessRequest:
+    """An access request and its resolution.
+
+    ``expires_at`` is the pending deadline (after it an undecided request becomes ``expired``);
+    ``approvers`` are the Slack user IDs who may decide it, fixed when it was made;
+    ``card_channel``/``card_ts`` locate its approval card once the outbox has posted it.
+    """
+
+    id: str
+    identity: str
+    environment: str
+    scopes: tuple[str, ...]
+    ttl_seconds: int
+    audience: str
+    reason: str | None
+    context: dict[str, str]
+    status: RequestStatus
+    decision: Decision
+    rule: str | None
+    decision_reason: str
+    approvers: tuple[str, ...]
+    channel: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    card_channel: str | None = None
+    card_ts: str | None = None
+
+
+@dataclass
+class Grant:
+    """Access that was granted: the token's ``jti`` and, once handed over, a hash of it (never the token).
+
+    ``issued_at`` is the approval time; ``expires_at - issued_at`` is the granted TTL.
+    """
+
+    id: str
+    request_id: str
+    identity: str
+    scopes: tuple[str, ...]
+    audience: str
+    jti: str
+    issued_at: datetime
+    expires_at: datetime
+    status: GrantStatus = GrantStatus.ACTIVE
+    ended_at: datetime | None = None
+    ended_by: str | None = None
+    delivered_at: datetime | None = None
+    token_hash: str | None = None
+
+    @property
+    def ttl_seconds(self) -> int:
+        return int((self.expires_at - self.issued_at).total_seconds())
+
+
+class EventKind(StrEnum):
+    """Outbox events: written in the same transaction as the state change, turned into Slack messages later."""
+
+    CARD_POST = "card.post"  # post the approval card of a pending request
+    CARD_UPDATE = "card.update"  # re-render the card from the request's current state
+    GRANT_EXPIRED = "grant.expired"  # tell the channel (thread under the card, if any)
+    GRANT_REVOKED = "grant.revoked"
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    kind: EventKind
+    request_id: str
+    grant_id: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A claimed outbox row: the event plus delivery bookkeeping."""
+
+    id: int
+    kind: EventKind
+    request_id: str
+    grant_id: str | None
+    attempts: int

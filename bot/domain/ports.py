@@ -1,0 +1,81 @@
+"""Ports: what the use cases need from the outside world, as Protocols (implemented in store/, tokens/, app.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from bot.domain.models import AccessRequest, Grant, OutboxEvent, Verdict
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Aware UTC now."""
+
+
+class TokenMinter(Protocol):
+    def mint(self, grant: Grant) -> str:
+        """Sign an RFC 9068 access token for ``grant`` (iat = ``issued_at``, exp = ``expires_at``)."""
+
+    def verify(self, token: str) -> dict[str, object] | None:
+        """Claims of a token this issuer signed with a valid signature, else None (expiry is not checked)."""
+
+    def token_hash(self, token: str) -> str:
+        """A one-way hash of a token for storage and comparison."""
+
+
+class Changes(Protocol):
+    """In-process notification that a request changed, so long polls wake without hammering the database."""
+
+    def notify(self, request_id: str) -> None: ...
+
+    async def wait(self, request_id: str, timeout: float) -> None:
+        """Return when ``notify(request_id)`` is called or ``timeout`` seconds pass."""
+
+
+class Store(Protocol):
+    """Persistence. Every method is one transaction; every state change is a conditional UPDATE."""
+
+    async def find_by_idempotency_key(self, identity: str, key: str) -> tuple[AccessRequest, str] | None:
+        """The request made earlier with this key, with the hash of the body it was made with."""
+
+    async def insert_request(
+        self,
+        request: AccessRequest,
+        grant: Grant | None,
+        events: list[OutboxEvent],
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+    ) -> bool:
+        """Insert a new request (and its grant when auto-approved). False when the idempotency key is taken."""
+
+    async def get_request(self, request_id: str) -> AccessRequest | None: ...
+
+    async def get_grant(self, grant_id: str) -> Grant | None: ...
+
+    async def grant_for_request(self, request_id: str) -> Grant | None: ...
+
+    async def grant_by_jti(self, jti: str) -> Grant | None: ...
+
+    async def decide(
+        self,
+        request_id: str,
+        approver: str,
+        verdict: Verdict,
+        now: datetime,
+        grant: Grant | None,
+        events: list[OutboxEvent],
+    ) -> bool:
+        """Record ``approver``'s verdict and resolve a pending request; False if it was no longer pending."""
+
+    async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime) -> bool:
+        """Record that the token was handed over; False if it already was (a token is handed over once)."""
+
+    async def expire_due_grants(self, now: datetime, limit: int) -> list[Grant]:
+        """End active grants whose ``expires_at <= now``, each with a ``grant.expired`` event; returns them."""
+
+    async def expire_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
+        """Mark pending requests past their deadline ``expired``, each with a ``card.update`` event."""
+
+    async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent]) -> bool:
+        """End an active grant early; False if it was not active."""

@@ -1,0 +1,19 @@
+"""The dependencies every use case receives, wired once at the composition root (``bot.app``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.domain.policy import Policy
+from bot.domain.ports import Changes, Clock, Store, TokenMinter
+
+
+@dataclass
+class Deps:
+    store: Store
+    tokens: TokenMinter
+    clock: Clock
+    changes: Changes
+    policy: Policy
+    issuer: str  # the ``iss`` of issued tokens, also the audience of last resort
+    default_channel: str | None = None  # GRANTBOT_SLACK_CHANNEL; wins over the policy's defaults.channel

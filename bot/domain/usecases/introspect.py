@@ -1,0 +1,28 @@
+"""Use case: a resource server asks whether a token is active (RFC 7662 §2.2)."""
+
+from __future__ import annotations
+
+from bot.domain.models import GrantStatus
+from bot.domain.usecases.deps import Deps
+
+_CLAIMS = ("sub", "scope", "aud", "exp", "iat", "nbf", "jti", "client_id", "iss", "grant_id")
+
+
+async def introspect(deps: Deps, token: str) -> dict[str, object]:
+    """``{"active": true, <claims>, "token_type": "Bearer"}`` for a live token, else exactly ``{"active": false}``.
+
+    Live means: our signature, a grant with that ``jti`` that is still active and not past ``expires_at`` at the
+    clock's now, and the token's hash equal to the one recorded when it was handed over.
+    """
+    claims = deps.tokens.verify(token)
+    if claims is None or not isinstance(claims.get("jti"), str):
+        return {"active": False}
+    grant = await deps.store.grant_by_jti(claims["jti"])
+    if (
+        grant is None
+        or grant.status is not GrantStatus.ACTIVE
+        or grant.expires_at <= deps.clock.now()
+        or grant.token_hash != deps.tokens.token_hash(token)
+    ):
+        return {"active": False}
+    return {"active": True, "token_type": "Bearer", **{k: claims[k] for k in _CLAIMS if k in claims}}

@@ -1,0 +1,59 @@
+"""Use case: a caller reads its access request, long-polling for the decision; the token is handed over once."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from bot.domain.errors import NotFound
+from bot.domain.models import AccessRequest, Caller, Grant, GrantStatus, RequestStatus
+from bot.domain.usecases.deps import Deps
+
+MAX_WAIT_SECONDS = 60
+# Bounds how stale a long poll can be when the change happened on another replica (no in-process signal).
+_RECHECK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """A request as its caller sees it: the grant when approved, and the token only on the first hand-over."""
+
+    request: AccessRequest
+    grant: Grant | None = None
+    access_token: str | None = None
+
+
+async def hand_over(deps: Deps, request: AccessRequest) -> RequestView:
+    """Attach the grant and, if it was never handed over and is still active, a freshly signed token.
+
+    The token is signed from the grant's stored ``jti``, ``issued_at`` and ``expires_at``, so nothing secret is
+    stored; the conditional ``mark_handed_over`` makes sure only one caller ever receives it.
+    """
+    if request.status is not RequestStatus.APPROVED:
+        return RequestView(request)
+    grant = await deps.store.grant_for_request(request.id)
+    if grant is None:
+        return RequestView(request)
+    now = deps.clock.now()
+    if grant.delivered_at is None and grant.status is GrantStatus.ACTIVE and grant.expires_at > now:
+        token = deps.tokens.mint(grant)
+        if await deps.store.mark_handed_over(grant.id, deps.tokens.token_hash(token), now):
+            return RequestView(request, grant, token)
+        grant = await deps.store.get_grant(grant.id) or grant
+    return RequestView(request, grant)
+
+
+async def read_request(deps: Deps, caller: Caller, request_id: str, wait_seconds: float = 0) -> RequestView:
+    """``GET /v1/access-requests/{id}?wait=N``: wait up to ``wait_seconds`` (capped at 60) while it is pending.
+
+    Raises :class:`NotFound` for an unknown id and for another identity's request (indistinguishable on purpose).
+    """
+    request = await deps.store.get_request(request_id)
+    if request is None or request.identity != caller.identity:
+        raise NotFound(f"There is no access request {request_id!r} for identity {caller.identity!r}.")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(max(wait_seconds, 0), MAX_WAIT_SECONDS)
+    while request.status is RequestStatus.PENDING and (remaining := deadline - loop.time()) > 0:
+        await deps.changes.wait(request_id, min(remaining, _RECHECK_SECONDS))
+        request = await deps.store.get_request(request_id) or request
+    return await hand_over(deps, request)

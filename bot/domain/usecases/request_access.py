@@ -1,0 +1,144 @@
+"""Use case: a machine asks for access (``POST /v1/access-requests``); the policy decides what happens."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import asdict
+from datetime import timedelta
+
+from bot.domain.errors import IdempotencyConflict, InvalidRequest, TTLTooLong, UnknownEnvironment
+from bot.domain.models import (
+    AccessRequest,
+    AccessRequestInput,
+    Caller,
+    Decision,
+    EventKind,
+    Grant,
+    OutboxEvent,
+    RequestStatus,
+)
+from bot.domain.policy import decide
+from bot.domain.usecases.deps import Deps
+from bot.domain.usecases.read_request import RequestView, hand_over
+
+_SCOPE = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token: no spaces, quotes or backslashes
+
+
+def new_grant(request: AccessRequest, now) -> Grant:
+    """A grant for ``request`` whose TTL counts from ``now`` (the approval), not from the request."""
+    return Grant(
+        id=str(uuid.uuid4()),
+        request_id=request.id,
+        identity=request.identity,
+        scopes=request.scopes,
+        audience=request.audience,
+        jti=str(uuid.uuid4()),
+        issued_at=now,
+        expires_at=now + timedelta(seconds=request.ttl_seconds),
+    )
+
+
+def _validate(deps: Deps, body: AccessRequestInput) -> None:
+    if not body.scopes:
+        raise InvalidRequest("Ask for at least one scope, e.g. \"scopes\": [\"db:read\"].")
+    for scope in body.scopes:
+        if not _SCOPE.match(scope):
+            raise InvalidRequest(
+                f"Scope {scope!r} is not valid: a scope is one word without spaces, quotes or backslashes "
+                "(RFC 6749 §3.3); send several scopes as separate list items."
+            )
+    known = deps.policy.known_environments()
+    if known is not None and body.environment not in known:
+        raise UnknownEnvironment(
+            f"Environment {body.environment!r} is not known to the policy; use one of: {', '.join(sorted(known))}."
+        )
+    if body.ttl_seconds is not None and body.ttl_seconds <= 0:
+        raise InvalidRequest("ttl_seconds must be a positive number of seconds.")
+
+
+def _body_hash(body: AccessRequestInput) -> str:
+    return hashlib.sha256(json.dumps(asdict(body), sort_keys=True).encode()).hexdigest()
+
+
+async def request_access(
+    deps: Deps, caller: Caller, body: AccessRequestInput, idempotency_key: str | None = None
+) -> RequestView:
+    """Create an access request and apply the policy.
+
+    Returns the view of the request: ``approved`` with a grant and its token (auto-approve), ``pending`` (an
+    approval card is queued in the outbox) or ``denied``. A retry with the same ``idempotency_key`` returns the
+    first request's current state instead of creating another. Raises :class:`InvalidRequest` (bad scopes,
+    unknown environment, TTL above the cap) and :class:`IdempotencyConflict`; nothing is stored then.
+    """
+    _validate(deps, body)
+    body_hash = _body_hash(body)
+    if idempotency_key:
+        earlier = await deps.store.find_by_idempotency_key(caller.identity, idempotency_key)
+        if earlier is not None:
+            return await _replay(deps, earlier, body_hash)
+
+    policy = deps.policy
+    outcome = decide(policy, caller, body.environment, body.scopes, body.audience)
+    now = deps.clock.now()
+    ttl = body.ttl_seconds
+    if outcome.decision is not Decision.DENY:
+        cap = policy.ttl_cap(outcome.rule)
+        if ttl is None:
+            ttl = min(policy.default_ttl(outcome.rule), cap)
+        elif ttl > cap:
+            where = f"rule {outcome.rule.name!r}" if outcome.rule else "the policy"
+            raise TTLTooLong(f"ttl_seconds {ttl} is above the {cap} s cap of {where}; ask for {cap} or less.")
+
+    rule = outcome.rule
+    request = AccessRequest(
+        id=str(uuid.uuid4()),
+        identity=caller.identity,
+        environment=body.environment,
+        scopes=body.scopes,
+        ttl_seconds=ttl or 0,
+        audience=body.audience or policy.defaults.audience or deps.issuer,
+        reason=body.reason,
+        context=dict(body.context),
+        status=RequestStatus.PENDING,
+        decision=outcome.decision,
+        rule=rule.name if rule else None,
+        decision_reason=outcome.reason,
+        approvers=tuple(policy.approvers_for(rule).users),
+        channel=(rule.channel if rule else None) or deps.default_channel or policy.defaults.channel,
+        created_at=now,
+        expires_at=None,
+    )
+    grant = None
+    token = None
+    events: list[OutboxEvent] = []
+    if outcome.decision is Decision.DENY:
+        request.status, request.decided_at, request.decided_by = RequestStatus.DENIED, now, "policy"
+    elif outcome.decision is Decision.AUTO_APPROVE:
+        request.status, request.decided_at, request.decided_by = RequestStatus.APPROVED, now, "policy"
+        grant = new_grant(request, now)
+        token = deps.tokens.mint(grant)
+        grant.token_hash, grant.delivered_at = deps.tokens.token_hash(token), now
+    else:
+        request.expires_at = now + timedelta(seconds=policy.defaults.pending_timeout_seconds)
+        events.append(OutboxEvent(EventKind.CARD_POST, request.id))
+
+    if not await deps.store.insert_request(request, grant, events, idempotency_key, body_hash):
+        # Lost a race with a concurrent retry carrying the same key: answer as that one did.
+        earlier = await deps.store.find_by_idempotency_key(caller.identity, idempotency_key or "")
+        if earlier is None:  # pragma: no cover - the unique key that refused us must exist
+            raise InvalidRequest("The Idempotency-Key conflicted with a request that no longer exists; retry.")
+        return await _replay(deps, earlier, body_hash)
+    deps.changes.notify(request.id)
+    return RequestView(request, grant, token)
+
+
+async def _replay(deps: Deps, earlier: tuple[AccessRequest, str], body_hash: str) -> RequestView:
+    request, earlier_hash = earlier
+    if earlier_hash != body_hash:
+        raise IdempotencyConflict(
+            "This Idempotency-Key was already used for a different request body; use a new key for a new request."
+        )
+    return await hand_over(deps, request)

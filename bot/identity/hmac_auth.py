@@ -1,0 +1,91 @@
+"""HMAC caller authentication (DESIGN.md "Caller authentication", HMAC).
+
+The caller sends ``X-Grantbot-Identity``, ``X-Grantbot-Timestamp`` (unix seconds) and
+``X-Grantbot-Signature: v1=<hex HMAC-SHA256(secret, "v1:{timestamp}:{METHOD}:{path and query}:{raw body}")>``.
+Timestamps more than 300 s from the server's clock are refused, and so is a signature already used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
+
+from bot.domain.errors import PolicyError, Unauthenticated
+from bot.domain.models import Caller
+from bot.domain.policy import Policy
+from bot.domain.ports import Clock
+
+WINDOW_SECONDS = 300
+IDENTITY_HEADER = "X-Grantbot-Identity"
+TIMESTAMP_HEADER = "X-Grantbot-Timestamp"
+SIGNATURE_HEADER = "X-Grantbot-Signature"
+
+
+def signature(secret: bytes, timestamp: str, method: str, path_qs: str, body: bytes) -> str:
+    """``v1=<hex>`` over ``v1:{timestamp}:{METHOD}:{path_qs}:{body}``; what a caller sends and we recompute."""
+    message = b"v1:%s:%s:%s:" % (timestamp.encode(), method.upper().encode(), path_qs.encode()) + body
+    return "v1=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def secrets_from_policy(policy: Policy, environ: Mapping[str, str] = os.environ) -> dict[str, bytes]:
+    """Each HMAC identity's secret, read from its ``secret_env`` variable; raises :class:`PolicyError` if unset."""
+    secrets: dict[str, bytes] = {}
+    for identity in policy.identities:
+        value = environ.get(identity.secret_env)
+        if not value:
+            raise PolicyError(
+                f"identity {identity.name!r}: the environment variable {identity.secret_env} that holds its "
+                "secret is not set"
+            )
+        secrets[identity.name] = value.encode()
+    return secrets
+
+
+RememberSignature = Callable[[str, datetime, datetime], Awaitable[bool]]
+
+
+class HmacAuthenticator:
+    """Checks signed requests. ``remember`` records a used signature and returns False for a replay."""
+
+    def __init__(self, secrets: dict[str, bytes], clock: Clock, remember: RememberSignature) -> None:
+        self._secrets = secrets
+        self._clock = clock
+        self._remember = remember
+
+    async def authenticate(
+        self, headers: Mapping[str, str], method: str, path_qs: str, body: bytes
+    ) -> Caller:
+        """Return the caller, or raise :class:`Unauthenticated` with a reason that reveals no secret."""
+        identity = headers.get(IDENTITY_HEADER)
+        timestamp = headers.get(TIMESTAMP_HEADER)
+        sent = headers.get(SIGNATURE_HEADER)
+        if not identity or not timestamp or not sent:
+            raise Unauthenticated(
+                f"Sign the request: send {IDENTITY_HEADER}, {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} "
+                "(or an OIDC bearer token)."
+            )
+        try:
+            signed_at = int(timestamp)
+        except ValueError:
+            raise Unauthenticated(f"{TIMESTAMP_HEADER} must be unix seconds, e.g. 1764400000.") from None
+        now = self._clock.now()
+        if abs(now.timestamp() - signed_at) > WINDOW_SECONDS:
+            raise Unauthenticated(
+                f"The request timestamp is more than {WINDOW_SECONDS} s away from the server's clock; "
+                "sign it again with the current time (and check the caller's clock)."
+            )
+        secret = self._secrets.get(identity)
+        # Compare even for an unknown identity so the answer's timing does not tell which identities exist.
+        expected = signature(secret or b"\0unknown", timestamp, method, path_qs, body)
+        if not hmac.compare_digest(expected, sent) or secret is None:
+            raise Unauthenticated(
+                "The signature does not match: sign \"v1:{timestamp}:{METHOD}:{path and query}:{body}\" "
+                "with the identity's secret (HMAC-SHA256, hex, prefixed v1=)."
+            )
+        digest = hashlib.sha256(sent.encode()).hexdigest()
+        if not await self._remember(digest, now + timedelta(seconds=2 * WINDOW_SECONDS), now):
+            raise Unauthenticated("This signature was already used; a retrying client must sign the request again.")
+        return Caller(identity=identity)

@@ -1,0 +1,49 @@
+"""APScheduler wiring: the expiry sweep.
+
+The database decides what is due (``expires_at <= now``); the job only triggers sweeps, so a sweep missed while
+the process was down is simply the first sweep after start (run at once). ``misfire_grace_time=None`` and
+``coalesce`` keep APScheduler from dropping or stacking runs when the loop was busy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot.domain import usecases
+
+log = logging.getLogger(__name__)
+
+
+async def sweep(deps: usecases.Deps) -> None:
+    try:
+        result = await usecases.expire_due(deps)
+    except Exception as exc:  # the database may be away; the next sweep catches up
+        log.warning("expiry sweep failed: %s: %s", type(exc).__name__, exc)
+        return
+    if result.grants_expired or result.requests_expired:
+        log.info("sweep: %d grant(s) expired, %d pending request(s) timed out", result.grants_expired, result.requests_expired)
+
+
+async def run_scheduler(deps: usecases.Deps, interval_seconds: float) -> AsyncIterator[AsyncIOScheduler]:
+    """Start the scheduler inside the running loop; yields it; shuts it down (for aiohttp ``cleanup_ctx``)."""
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    scheduler.add_job(
+        sweep,
+        "interval",
+        args=[deps],
+        seconds=interval_seconds,
+        next_run_time=datetime.now(UTC),
+        id="expiry-sweep",
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=None,
+    )
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.shutdown(wait=False)

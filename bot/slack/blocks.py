@@ -1,0 +1,156 @@
+"""Pure Block Kit builders: an access request's card and the messages around it.
+
+Every piece of user-controlled text (reason, context, identity, scopes) is escaped so that ``<!channel>``,
+``<@U…>`` or links never ping or unfurl, and texts are cut to Slack's limits with a visible "…"
+(Slack Block Kit reference: section text 3,000 chars, 10 fields of 2,000, header 150).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bot.domain.models import AccessRequest, Decision, Grant, GrantStatus, RequestStatus
+
+SECTION_TEXT_LIMIT = 3000
+FIELD_TEXT_LIMIT = 2000
+HEADER_LIMIT = 150
+FALLBACK_TEXT_LIMIT = 3000
+APPROVE_ACTION = "approve"
+DENY_ACTION = "deny"
+
+
+def escape(text: str) -> str:
+    """Slack's mrkdwn escaping: the three control characters ``& < >`` (Slack "Formatting text" docs)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def duration(seconds: int) -> str:
+    """``90`` -> ``1 min 30 s``; ``3600`` -> ``1 h``."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else "", f"{secs} s" if secs else ""]
+    return " ".join(p for p in parts if p) or "0 s"
+
+
+def clock_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _scopes(scopes: tuple[str, ...]) -> str:
+    return ", ".join(f"`{escape(s)}`" for s in scopes)
+
+
+def _field(label: str, value: str) -> dict:
+    return {"type": "mrkdwn", "text": truncate(f"*{label}*\n{value}", FIELD_TEXT_LIMIT)}
+
+
+def _section(text: str) -> dict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": truncate(text, SECTION_TEXT_LIMIT)}}
+
+
+def summary_line(request: AccessRequest) -> str:
+    return (
+        f"*{escape(request.identity)}* asks for {_scopes(request.scopes)} on *{escape(request.environment)}* "
+        f"for {duration(request.ttl_seconds)}"
+    )
+
+
+def card_text(request: AccessRequest) -> str:
+    """Plain fallback text of the card (notifications, screen readers)."""
+    return truncate(
+        f"Access request from {request.identity}: {' '.join(request.scopes)} on {request.environment} "
+        f"({request.status.value})",
+        FALLBACK_TEXT_LIMIT,
+    )
+
+
+def outcome_line(request: AccessRequest, grant: Grant | None) -> str:
+    """What happened to the request, and who decided, for the card's last section."""
+    who = f"<@{request.decided_by}>" if request.decided_by not in (None, "policy", "timeout") else "policy"
+    when = clock_time(request.decided_at) if request.decided_at else ""
+    if request.status is RequestStatus.APPROVED:
+        line = f":white_check_mark: *Approved* by {who} at {when}"
+        if grant is not None:
+            if grant.status is GrantStatus.ACTIVE:
+                line += f"\nGrant active until {clock_time(grant.expires_at)}"
+            elif grant.status is GrantStatus.EXPIRED:
+                line += f"\n:hourglass: Grant expired at {clock_time(grant.expires_at)}"
+            else:
+                by = escape(grant.ended_by or "someone")
+                line += f"\n:no_entry: Grant revoked by {by} at {clock_time(grant.ended_at or grant.expires_at)}"
+        return line
+    if request.status is RequestStatus.DENIED:
+        return f":x: *Denied* by {who} at {when}"
+    if request.status is RequestStatus.EXPIRED:
+        return f":hourglass: *Expired*: nobody decided before {when}"
+    return f"*{request.status.value.capitalize()}*"
+
+
+def card_blocks(request: AccessRequest, grant: Grant | None = None) -> list[dict]:
+    """The approval card: what is asked, by whom, why, the pipeline's context, and buttons while pending.
+
+    Shape: Slack Block Kit ``blocks`` for ``chat.postMessage`` / ``chat.update``. Buttons carry the request id as
+    ``value`` with ``action_id`` ``approve`` / ``deny``; once decided they are replaced by the outcome.
+    """
+    blocks: list[dict] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": truncate(f"Access request: {request.environment}", HEADER_LIMIT)},
+        },
+        _section(summary_line(request)),
+        {
+            "type": "section",
+            "fields": [
+                _field("Identity", escape(request.identity)),
+                _field("Environment", escape(request.environment)),
+                _field("Scopes", _scopes(request.scopes)),
+                _field("TTL", f"{duration(request.ttl_seconds)} from approval"),
+                _field("Audience", escape(request.audience)),
+                _field("Rule", escape(request.rule or "default")),
+            ],
+        },
+    ]
+    if request.reason:
+        blocks.append(_section("*Reason*\n" + escape(request.reason)))
+    if request.context:
+        items = [f"*{escape(k)}:* {escape(v)}" for k, v in sorted(request.context.items())[:10]]
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": truncate(i, 2000)} for i in items]})
+    blocks.append(
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Request `{request.id}` · {escape(request.decision_reason)}"}]}
+    )
+    if request.status is RequestStatus.PENDING:
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "decide",
+                "elements": [
+                    {"type": "button", "action_id": APPROVE_ACTION, "style": "primary", "value": request.id,
+                     "text": {"type": "plain_text", "text": "Approve"}},
+                    {"type": "button", "action_id": DENY_ACTION, "style": "danger", "value": request.id,
+                     "text": {"type": "plain_text", "text": "Deny"}},
+                ],
+            }
+        )
+    else:
+        blocks.append({"type": "divider"})
+        blocks.append(_section(outcome_line(request, grant)))
+    return blocks
+
+
+def grant_ended_text(request: AccessRequest, grant: Grant) -> str:
+    """A thread reply (or, without a card, a channel message) saying a grant ended."""
+    what = f"{_scopes(grant.scopes)} on *{escape(request.environment)}* for *{escape(grant.identity)}*"
+    origin = " (auto-approved by rule " + escape(request.rule or "default") + ")" if (
+        request.decision is Decision.AUTO_APPROVE
+    ) else ""
+    if grant.status is GrantStatus.REVOKED:
+        by = escape(grant.ended_by or "someone")
+        return truncate(f":no_entry: Grant {what}{origin} was revoked by {by}.", SECTION_TEXT_LIMIT)
+    return truncate(
+        f":hourglass: Grant {what}{origin} expired at {clock_time(grant.expires_at)}; access has ended.",
+        SECTION_TEXT_LIMIT,
+    )

@@ -1,0 +1,40 @@
+"""Bolt listeners: thin — parse the Slack payload, call the use case, answer the person who clicked.
+
+Bolt (``process_before_response=False``) acks within Slack's 3 s before the listener's work runs. Idempotency
+lives in the database (conditional UPDATEs), because Slack retries and people double-click.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.domain import usecases
+from bot.domain.errors import DomainError
+from bot.slack.blocks import APPROVE_ACTION, DENY_ACTION
+
+log = logging.getLogger(__name__)
+
+
+def build_bolt_app(deps: usecases.Deps, client: AsyncWebClient, signing_secret: str) -> AsyncApp:
+    """A Bolt ``AsyncApp`` with grantbot's listeners, using ``client`` for every Web API call."""
+    bolt = AsyncApp(client=client, signing_secret=signing_secret, process_before_response=False, logger=log)
+
+    async def on_decision(ack: AsyncAck, body: dict, client: AsyncWebClient) -> None:
+        """Slack block_actions payload: ``actions[0].value`` is the request id, ``user.id`` the approver."""
+        await ack()
+        action = body["actions"][0]
+        user = body["user"]["id"]
+        decide = usecases.approve if action["action_id"] == APPROVE_ACTION else usecases.deny
+        try:
+            await decide(deps, action.get("value", ""), user)
+        except DomainError as exc:
+            channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+            if channel:
+                await client.chat_postEphemeral(channel=channel, user=user, text=exc.detail)
+
+    bolt.action(APPROVE_ACTION)(on_decision)
+    bolt.action(DENY_ACTION)(on_decision)
+    return bolt

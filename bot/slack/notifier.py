@@ -1,0 +1,130 @@
+"""The outbox worker: turns outbox events into Slack messages, each once, in order per request.
+
+The request path never waits on Slack: use cases write events in their own transaction; this worker leases
+them (``claim_outbox``), renders the current state with the pure builders, calls the Web API and marks them sent.
+Slack failures are retried with ``Retry-After`` (429) or exponential backoff; the item stays in the table
+meanwhile, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.domain.models import Decision, EventKind, OutboxItem
+from bot.domain.ports import Clock
+from bot.slack import blocks
+from bot.store.repository import SqlStore
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60
+BATCH = 20
+MAX_ATTEMPTS = 12
+MAX_BACKOFF_SECONDS = 300
+# Slack errors that a retry cannot fix: after them the item is set aside (logged) instead of retried.
+PERMANENT_ERRORS = {"channel_not_found", "not_in_channel", "is_archived", "invalid_blocks", "msg_too_long",
+                    "no_text", "invalid_auth", "account_inactive", "token_revoked", "message_not_found"}
+
+
+class SlackNotifier:
+    """Drains the outbox into Slack. ``wake()`` after a commit; it also polls every ``poll_seconds``."""
+
+    def __init__(self, store: SqlStore, client: AsyncWebClient, clock: Clock, poll_seconds: float = 1.0) -> None:
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._poll_seconds = poll_seconds
+        self._wakeup = asyncio.Event()
+
+    def wake(self, *_: object) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        while True:
+            try:
+                sent = await self.drain_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may be away; try again next round
+                log.exception("outbox round failed")
+                sent = 0
+            if sent == 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)
+                except TimeoutError:
+                    pass
+
+    async def drain_once(self) -> int:
+        """Claim and deliver one batch; returns how many items were handled."""
+        items = await self._store.claim_outbox(self._clock.now(), LEASE_SECONDS, BATCH)
+        for item in items:
+            await self._deliver_with_retry(item)
+        return len(items)
+
+    async def _deliver_with_retry(self, item: OutboxItem) -> None:
+        try:
+            await self._deliver(item)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error", "")) if isinstance(exc.response.data, dict) else ""
+            if exc.response.status_code == 429:
+                retry_after = float(exc.response.headers.get("retry-after", exc.response.headers.get("Retry-After", 1)))
+                await self._retry(item, retry_after, "rate limited (429)")
+            elif error in PERMANENT_ERRORS or item.attempts >= MAX_ATTEMPTS:
+                log.error("giving up on outbox item %s (%s): Slack said %s", item.id, item.kind, error or exc)
+                await self._store.complete_outbox(item.id, self._clock.now())
+            else:
+                await self._retry(item, self._backoff(item), f"Slack error {exc.response.status_code} {error}")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # Network trouble, timeouts and non-JSON answers (slack-sdk raises ValueError-like errors for those).
+            await self._retry(item, self._backoff(item), f"{type(exc).__name__}: {exc}")
+        else:
+            await self._store.complete_outbox(item.id, self._clock.now())
+
+    @staticmethod
+    def _backoff(item: OutboxItem) -> float:
+        return min(2 ** item.attempts, MAX_BACKOFF_SECONDS)
+
+    async def _retry(self, item: OutboxItem, delay: float, why: str) -> None:
+        log.warning("outbox item %s (%s) will be retried in %.0f s: %s", item.id, item.kind, delay, why)
+        await self._store.retry_outbox(item.id, self._clock.now() + timedelta(seconds=delay), why)
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        request = await self._store.get_request(item.request_id)
+        if request is None:
+            return
+        grant = (
+            await self._store.get_grant(item.grant_id)
+            if item.grant_id
+            else await self._store.grant_for_request(request.id)
+        )
+        if item.kind is EventKind.CARD_POST:
+            if request.card_ts or not request.channel:
+                if not request.channel:
+                    log.error("request %s has no channel to post its card to (set GRANTBOT_SLACK_CHANNEL)", request.id)
+                return
+            answer = await self._client.chat_postMessage(
+                channel=request.channel, text=blocks.card_text(request), blocks=blocks.card_blocks(request, grant)
+            )
+            await self._store.set_card(request.id, answer["channel"], answer["ts"])
+        elif item.kind is EventKind.CARD_UPDATE:
+            if request.card_ts and request.card_channel:
+                await self._client.chat_update(
+                    channel=request.card_channel,
+                    ts=request.card_ts,
+                    text=blocks.card_text(request),
+                    blocks=blocks.card_blocks(request, grant),
+                )
+        elif item.kind in (EventKind.GRANT_EXPIRED, EventKind.GRANT_REVOKED) and grant is not None:
+            text = blocks.grant_ended_text(request, grant)
+            if request.card_ts and request.card_channel:
+                await self._client.chat_postMessage(channel=request.card_channel, thread_ts=request.card_ts, text=text)
+            elif request.channel and request.decision is Decision.AUTO_APPROVE:
+                await self._client.chat_postMessage(channel=request.channel, text=text)

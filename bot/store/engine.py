@@ -1,0 +1,53 @@
+"""Engine set-up: URL normalisation, SQLite pragmas and immediate transactions, schema creation."""
+
+from __future__ import annotations
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import SQLModel
+
+from bot.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+
+def normalize_url(url: str) -> str:
+    """Accept the URLs hosting platforms hand out: ``postgres://`` / ``postgresql://`` -> asyncpg; plain sqlite -> aiosqlite."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url``. On SQLite: WAL, a 5 s busy timeout, foreign keys, and ``BEGIN IMMEDIATE``.
+
+    Immediate transactions matter because our transactions read, then write: a deferred SQLite transaction that
+    does that fails at once with "database is locked" when another connection wrote meanwhile, whatever the timeout.
+    """
+    url = normalize_url(url)
+    if not url.startswith("sqlite"):
+        return create_async_engine(url, pool_pre_ping=True)
+    engine = create_async_engine(url, connect_args={"timeout": 5})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create missing tables (until migrations arrive, the schema is created at start)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(SQLModel.metadata.create_all)

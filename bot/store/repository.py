@@ -1,0 +1,379 @@
+"""The SQL store: the domain's ``Store`` port, plus the outbox and replay-protection queries.
+
+Every public method is one transaction; every state change is a conditional UPDATE whose row count tells
+whether this caller won (so a double click, a retried payload or a racing replica applies it once).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import exists, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.domain.models import (
+    AccessRequest,
+    Decision,
+    EventKind,
+    Grant,
+    GrantStatus,
+    OutboxEvent,
+    OutboxItem,
+    RequestStatus,
+    Verdict,
+)
+from bot.store.tables import AccessRequestRow, ApprovalRow, GrantRow, OutboxRow, UsedSignatureRow
+
+R = AccessRequestRow.__table__
+A = ApprovalRow.__table__
+G = GrantRow.__table__
+O = OutboxRow.__table__  # noqa: E741
+U = UsedSignatureRow.__table__
+
+
+def _request_from_row(row) -> AccessRequest:
+    return AccessRequest(
+        id=row.id,
+        identity=row.identity,
+        environment=row.environment,
+        scopes=tuple(row.scopes),
+        ttl_seconds=row.ttl_seconds,
+        audience=row.audience,
+        reason=row.reason,
+        context=dict(row.context),
+        status=RequestStatus(row.status),
+        decision=Decision(row.decision),
+        rule=row.rule,
+        decision_reason=row.decision_reason,
+        approvers=tuple(row.approvers),
+        channel=row.channel,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        decided_at=row.decided_at,
+        decided_by=row.decided_by,
+        card_channel=row.card_channel,
+        card_ts=row.card_ts,
+    )
+
+
+def _grant_from_row(row) -> Grant:
+    return Grant(
+        id=row.id,
+        request_id=row.request_id,
+        identity=row.identity,
+        scopes=tuple(row.scopes),
+        audience=row.audience,
+        jti=row.jti,
+        issued_at=row.issued_at,
+        expires_at=row.expires_at,
+        status=GrantStatus(row.status),
+        ended_at=row.ended_at,
+        ended_by=row.ended_by,
+        delivered_at=row.delivered_at,
+        token_hash=row.token_hash,
+    )
+
+
+def _grant_values(grant: Grant) -> dict:
+    return {
+        "id": grant.id,
+        "request_id": grant.request_id,
+        "identity": grant.identity,
+        "scopes": list(grant.scopes),
+        "audience": grant.audience,
+        "jti": grant.jti,
+        "issued_at": grant.issued_at,
+        "expires_at": grant.expires_at,
+        "status": grant.status.value,
+        "ended_at": grant.ended_at,
+        "ended_by": grant.ended_by,
+        "delivered_at": grant.delivered_at,
+        "token_hash": grant.token_hash,
+    }
+
+
+class SqlStore:
+    """SQLAlchemy Core over the SQLModel tables; works on SQLite (aiosqlite) and PostgreSQL (asyncpg)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # -- events -----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _add_events(conn: AsyncConnection, events: list[OutboxEvent], now: datetime) -> None:
+        if events:
+            await conn.execute(
+                insert(O),
+                [
+                    {
+                        "kind": e.kind.value,
+                        "request_id": e.request_id,
+                        "grant_id": e.grant_id,
+                        "created_at": now,
+                        "not_before": now,
+                        "attempts": 0,
+                    }
+                    for e in events
+                ],
+            )
+
+    # -- requests ---------------------------------------------------------------------------------------------
+
+    async def find_by_idempotency_key(self, identity: str, key: str) -> tuple[AccessRequest, str] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(R).where(R.c.identity == identity, R.c.idempotency_key == key))
+            ).first()
+        return (_request_from_row(row), row.body_hash or "") if row else None
+
+    async def insert_request(
+        self,
+        request: AccessRequest,
+        grant: Grant | None,
+        events: list[OutboxEvent],
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+    ) -> bool:
+        values = {
+            "id": request.id,
+            "identity": request.identity,
+            "environment": request.environment,
+            "scopes": list(request.scopes),
+            "ttl_seconds": request.ttl_seconds,
+            "audience": request.audience,
+            "reason": request.reason,
+            "context": request.context,
+            "status": request.status.value,
+            "decision": request.decision.value,
+            "rule": request.rule,
+            "decision_reason": request.decision_reason,
+            "approvers": list(request.approvers),
+            "channel": request.channel,
+            "created_at": request.created_at,
+            "expires_at": request.expires_at,
+            "decided_at": request.decided_at,
+            "decided_by": request.decided_by,
+            "idempotency_key": idempotency_key,
+            "body_hash": body_hash,
+        }
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(R).values(**values))
+                if grant is not None:
+                    await conn.execute(insert(G).values(**_grant_values(grant)))
+                await self._add_events(conn, events, request.created_at)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            return False
+        return True
+
+    async def get_request(self, request_id: str) -> AccessRequest | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(R).where(R.c.id == request_id))).first()
+        return _request_from_row(row) if row else None
+
+    async def decide(
+        self,
+        request_id: str,
+        approver: str,
+        verdict: Verdict,
+        now: datetime,
+        grant: Grant | None,
+        events: list[OutboxEvent],
+    ) -> bool:
+        status = RequestStatus.APPROVED if verdict is Verdict.APPROVE else RequestStatus.DENIED
+        async with self.engine.begin() as conn:
+            won = await conn.execute(
+                update(R)
+                .where(
+                    R.c.id == request_id,
+                    R.c.status == RequestStatus.PENDING.value,
+                    or_(R.c.expires_at.is_(None), R.c.expires_at > now),
+                )
+                .values(status=status.value, decided_at=now, decided_by=approver)
+            )
+            if won.rowcount != 1:
+                return False
+            await conn.execute(
+                insert(A).values(request_id=request_id, approver=approver, verdict=verdict.value, created_at=now)
+            )
+            if grant is not None:
+                await conn.execute(insert(G).values(**_grant_values(grant)))
+            await self._add_events(conn, events, now)
+        return True
+
+    async def expire_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
+        expired: list[AccessRequest] = []
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(R)
+                    .where(R.c.status == RequestStatus.PENDING.value, R.c.expires_at <= now)
+                    .order_by(R.c.expires_at)
+                    .limit(limit)
+                )
+            ).all()
+            for row in rows:
+                won = await conn.execute(
+                    update(R)
+                    .where(R.c.id == row.id, R.c.status == RequestStatus.PENDING.value)
+                    .values(status=RequestStatus.EXPIRED.value, decided_at=now, decided_by="timeout")
+                )
+                if won.rowcount == 1:
+                    await self._add_events(conn, [OutboxEvent(EventKind.CARD_UPDATE, row.id)], now)
+                    expired.append(_request_from_row(row))
+        return expired
+
+    async def set_card(self, request_id: str, channel: str, ts: str) -> None:
+        """Remember where the approval card was posted (first post wins)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(R).where(R.c.id == request_id, R.c.card_ts.is_(None)).values(card_channel=channel, card_ts=ts)
+            )
+
+    # -- grants -----------------------------------------------------------------------------------------------
+
+    async def _one_grant(self, *where) -> Grant | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(G).where(*where))).first()
+        return _grant_from_row(row) if row else None
+
+    async def get_grant(self, grant_id: str) -> Grant | None:
+        return await self._one_grant(G.c.id == grant_id)
+
+    async def grant_for_request(self, request_id: str) -> Grant | None:
+        return await self._one_grant(G.c.request_id == request_id)
+
+    async def grant_by_jti(self, jti: str) -> Grant | None:
+        return await self._one_grant(G.c.jti == jti)
+
+    async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime) -> bool:
+        async with self.engine.begin() as conn:
+            won = await conn.execute(
+                update(G)
+                .where(G.c.id == grant_id, G.c.delivered_at.is_(None))
+                .values(delivered_at=now, token_hash=token_hash)
+            )
+        return won.rowcount == 1
+
+    async def _end_grant(
+        self, conn: AsyncConnection, grant_id: str, status: GrantStatus, by: str, now: datetime
+    ) -> bool:
+        won = await conn.execute(
+            update(G)
+            .where(G.c.id == grant_id, G.c.status == GrantStatus.ACTIVE.value)
+            .values(status=status.value, ended_at=now, ended_by=by)
+        )
+        return won.rowcount == 1
+
+    async def expire_due_grants(self, now: datetime, limit: int) -> list[Grant]:
+        expired: list[Grant] = []
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(G)
+                    .where(G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at <= now)
+                    .order_by(G.c.expires_at)
+                    .limit(limit)
+                )
+            ).all()
+            for row in rows:
+                if await self._end_grant(conn, row.id, GrantStatus.EXPIRED, "expiry", now):
+                    await self._add_events(
+                        conn,
+                        [
+                            OutboxEvent(EventKind.GRANT_EXPIRED, row.request_id, row.id),
+                            OutboxEvent(EventKind.CARD_UPDATE, row.request_id),
+                        ],
+                        now,
+                    )
+                    expired.append(_grant_from_row(row))
+        return expired
+
+    async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent]) -> bool:
+        async with self.engine.begin() as conn:
+            if not await self._end_grant(conn, grant_id, GrantStatus.REVOKED, by, now):
+                return False
+            await self._add_events(conn, events, now)
+        return True
+
+    # -- replay protection ------------------------------------------------------------------------------------
+
+    async def remember_signature(self, digest: str, expires_at: datetime, now: datetime) -> bool:
+        """Record a used HMAC signature; False if it was used before (a replay). Also forgets stale ones."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(delete_stale_signatures(now))
+                await conn.execute(insert(U).values(digest=digest, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
+    # -- outbox -----------------------------------------------------------------------------------------------
+
+    async def claim_outbox(self, now: datetime, lease_seconds: float, limit: int) -> list[OutboxItem]:
+        """Lease due, unsent outbox items; an item waits while an earlier one of the same request is unsent.
+
+        The per-request ordering keeps a card's updates and replies behind its post. The lease (a conditional
+        UPDATE of ``locked_until``) keeps two workers from sending the same item at once.
+        """
+        earlier = O.alias("earlier")
+        blocked = exists().where(
+            earlier.c.request_id == O.c.request_id, earlier.c.id < O.c.id, earlier.c.sent_at.is_(None)
+        )
+        claimed: list[OutboxItem] = []
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(O)
+                    .where(
+                        O.c.sent_at.is_(None),
+                        O.c.not_before <= now,
+                        or_(O.c.locked_until.is_(None), O.c.locked_until <= now),
+                        ~blocked,
+                    )
+                    .order_by(O.c.id)
+                    .limit(limit)
+                )
+            ).all()
+            for row in rows:
+                won = await conn.execute(
+                    update(O)
+                    .where(
+                        O.c.id == row.id,
+                        O.c.sent_at.is_(None),
+                        or_(O.c.locked_until.is_(None), O.c.locked_until <= now),
+                    )
+                    .values(locked_until=now + timedelta(seconds=lease_seconds), attempts=O.c.attempts + 1)
+                )
+                if won.rowcount == 1:
+                    claimed.append(
+                        OutboxItem(row.id, EventKind(row.kind), row.request_id, row.grant_id, row.attempts + 1)
+                    )
+        return claimed
+
+    async def complete_outbox(self, item_id: int, now: datetime) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(O).where(O.c.id == item_id).values(sent_at=now, locked_until=None))
+
+    async def retry_outbox(self, item_id: int, not_before: datetime, error: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(O)
+                .where(O.c.id == item_id, O.c.sent_at.is_(None))
+                .values(not_before=not_before, locked_until=None, last_error=error[:500])
+            )
+
+    async def outbox_backlog(self) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(O).where(O.c.sent_at.is_(None)))).scalar_one()
+
+
+def delete_stale_signatures(now: datetime):
+    return U.delete().where(U.c.expires_at < now)
+
+
+__all__ = ["SqlStore"]

@@ -1,0 +1,130 @@
+"""SQLModel tables. Times are stored as UTC and read back aware; lists and maps are JSON.
+
+Tokens and secrets are never stored: a grant keeps its ``jti`` and a SHA-256 of the token handed over;
+a used HMAC signature is kept as a hash for replay detection.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps naive text, so the zone is restored on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use aware UTC times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _time(nullable: bool = True, index: bool = False):
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+def _json():
+    return Field(default=None, sa_column=Column(JSON, nullable=False))
+
+
+class AccessRequestRow(SQLModel, table=True):
+    __tablename__ = "access_requests"
+    __table_args__ = (
+        UniqueConstraint("identity", "idempotency_key", name="uq_access_requests_idempotency"),
+        Index("ix_access_requests_status_expires_at", "status", "expires_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    identity: str = Field(index=True, max_length=255)
+    environment: str = Field(max_length=255)
+    scopes: list = _json()
+    ttl_seconds: int
+    audience: str = Field(max_length=1024)
+    reason: str | None = Field(default=None)
+    context: dict = _json()
+    status: str = Field(max_length=16)
+    decision: str = Field(max_length=32)
+    rule: str | None = Field(default=None, max_length=255)
+    decision_reason: str
+    approvers: list = _json()
+    channel: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _time(nullable=False)
+    expires_at: datetime | None = _time()
+    decided_at: datetime | None = _time()
+    decided_by: str | None = Field(default=None, max_length=255)
+    card_channel: str | None = Field(default=None, max_length=64)
+    card_ts: str | None = Field(default=None, max_length=64)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    body_hash: str | None = Field(default=None, max_length=64)
+
+
+class ApprovalRow(SQLModel, table=True):
+    """One person's verdict on one request; the unique pair makes a double click a no-op."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("request_id", "approver", name="uq_approvals_request_approver"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(foreign_key="access_requests.id", max_length=36)
+    approver: str = Field(max_length=255)
+    verdict: str = Field(max_length=16)
+    created_at: datetime = _time(nullable=False)
+
+
+class GrantRow(SQLModel, table=True):
+    __tablename__ = "grants"
+    __table_args__ = (Index("ix_grants_status_expires_at", "status", "expires_at"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    request_id: str = Field(foreign_key="access_requests.id", unique=True, max_length=36)
+    identity: str = Field(index=True, max_length=255)
+    scopes: list = _json()
+    audience: str = Field(max_length=1024)
+    jti: str = Field(unique=True, max_length=64)
+    issued_at: datetime = _time(nullable=False)
+    expires_at: datetime = _time(nullable=False)
+    status: str = Field(max_length=16)
+    ended_at: datetime | None = _time()
+    ended_by: str | None = Field(default=None, max_length=255)
+    delivered_at: datetime | None = _time()
+    token_hash: str | None = Field(default=None, max_length=64)
+
+
+class OutboxRow(SQLModel, table=True):
+    """A notification to deliver to Slack, written in the state change's transaction (transactional outbox)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_pending", "sent_at", "not_before"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    request_id: str = Field(index=True, max_length=36)
+    grant_id: str | None = Field(default=None, max_length=36)
+    created_at: datetime = _time(nullable=False)
+    not_before: datetime = _time(nullable=False)
+    locked_until: datetime | None = _time()
+    attempts: int = 0
+    sent_at: datetime | None = _time()
+    last_error: str | None = Field(default=None, max_length=500)
+
+
+class UsedSignatureRow(SQLModel, table=True):
+    """HMAC signatures already accepted, kept until they would be stale anyway (replay protection)."""
+
+    __tablename__ = "used_signatures"
+
+    digest: str = Field(primary_key=True, max_length=64)
+    expires_at: datetime = _time(nullable=False, index=True)

@@ -1,0 +1,71 @@
+"""JWT access tokens per RFC 9068: minting, verification of our own signature, and the JWKS document."""
+
+from __future__ import annotations
+
+import hashlib
+
+import jwt
+
+from bot.domain.models import Grant
+from bot.tokens.keys import SigningKey
+
+TOKEN_TYPE = "at+jwt"  # RFC 9068 §2.1
+
+
+class AccessTokenIssuer:
+    """Signs and checks access tokens with one ES256 key (implements the domain's ``TokenMinter`` port).
+
+    Claims (RFC 9068 §2.2): ``iss``, ``sub`` and ``client_id`` (the caller's identity), ``aud``, ``scope``
+    (space-separated), ``iat`` = ``nbf`` (the approval), ``exp``, ``jti``, plus ``grant_id``.
+    """
+
+    def __init__(self, key: SigningKey, issuer: str) -> None:
+        self.key = key
+        self.issuer = issuer
+        self._public_key = key.private_key.public_key()
+
+    def mint(self, grant: Grant) -> str:
+        issued = int(grant.issued_at.timestamp())
+        claims = {
+            "iss": self.issuer,
+            "sub": grant.identity,
+            "client_id": grant.identity,
+            "aud": grant.audience,
+            "scope": " ".join(grant.scopes),
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + grant.ttl_seconds,
+            "jti": grant.jti,
+            "grant_id": grant.id,
+        }
+        return jwt.encode(
+            claims, self.key.private_key, algorithm="ES256", headers={"typ": TOKEN_TYPE, "kid": self.key.kid}
+        )
+
+    def verify(self, token: str) -> dict[str, object] | None:
+        """Claims when the token carries our signature, ``typ`` and ``iss``; None otherwise.
+
+        Expiry is left to the caller, which compares ``exp`` with its injected clock and the grant's state.
+        """
+        try:
+            decoded = jwt.decode_complete(
+                token,
+                self._public_key,
+                algorithms=["ES256"],
+                issuer=self.issuer,
+                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False,
+                         "require": ["jti", "exp", "iat", "sub"]},
+            )
+        except jwt.PyJWTError:
+            return None
+        if decoded["header"].get("typ") != TOKEN_TYPE:
+            return None
+        return decoded["payload"]
+
+    @staticmethod
+    def token_hash(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """The JWKS document (RFC 7517 §5) served at ``/.well-known/jwks.json``."""
+        return {"keys": [self.key.public_jwk]}

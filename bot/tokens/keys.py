@@ -1,0 +1,68 @@
+"""The ES256 signing key: loaded once from a PEM file (created with mode 0600 when missing), and its JWKS."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A P-256 private key and its ``kid`` (the RFC 7638 JWK thumbprint of the public half)."""
+
+    private_key: ec.EllipticCurvePrivateKey
+    kid: str
+
+    @property
+    def public_jwk(self) -> dict[str, str]:
+        """The public key as a JWK (RFC 7517) with ``kid``, ``alg: ES256`` and ``use: sig``."""
+        jwk = ECAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
+        return {"kty": jwk["kty"], "crv": jwk["crv"], "x": jwk["x"], "y": jwk["y"], "kid": self.kid,
+                "alg": "ES256", "use": "sig"}
+
+
+def thumbprint(public_key: ec.EllipticCurvePublicKey) -> str:
+    """RFC 7638 §3: SHA-256 over the required members in lexicographic order, base64url without padding."""
+    jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
+    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def load_or_create_signing_key(path: str | os.PathLike[str]) -> SigningKey:
+    """Load the PEM (PKCS#8) private key at ``path``; create one (mode 0600) if the file does not exist.
+
+    Raises ``ValueError`` with the path when the file is not an EC P-256 private key.
+    """
+    path = Path(path)
+    if not path.exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: two processes starting at once must not both write (one would sign with a key the other lost).
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return load_or_create_signing_key(path)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        log.info("created a new signing key at %s", path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: not a readable unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError(f"{path}: the signing key must be an EC P-256 key (ES256)")
+    return SigningKey(key, thumbprint(key.public_key()))

@@ -1,0 +1,150 @@
+"""``/v1/*`` routes: create and read access requests, revoke one's own grant (DESIGN.md HTTP contract)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from bot.domain import usecases
+from bot.domain.errors import InvalidRequest
+from bot.domain.models import AccessRequestInput, Caller, Grant, RequestStatus
+from bot.web.keys import AUTH, DEPS
+
+routes = web.RouteTableDef()
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class AccessRequestBody(BaseModel):
+    """``POST /v1/access-requests`` body; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    environment: Text
+    scopes: list[Annotated[str, StringConstraints(min_length=1, max_length=255)]] = Field(max_length=50)
+    ttl_seconds: int | None = None
+    reason: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    audience: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    context: dict[Text, Annotated[str, StringConstraints(max_length=2000)]] = Field(default_factory=dict, max_length=20)
+
+
+def _explain(exc: ValidationError) -> str:
+    sentences = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        message = "is not a field of an access request" if error["type"] == "extra_forbidden" else error["msg"]
+        sentences.append(f"{where}: {message}")
+    return "; ".join(sentences) + "."
+
+
+async def authenticate(request: web.Request, body: bytes) -> Caller:
+    """The caller of a ``/v1`` route (HMAC; see ``bot.identity.hmac_auth``)."""
+    return await request.app[AUTH].authenticate(request.headers, request.method, request.raw_path, body)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def grant_json(grant: Grant, now: datetime, token: str | None) -> dict:
+    body = {
+        "id": grant.id,
+        "status": grant.status.value,
+        "token_type": "Bearer",
+        "scope": " ".join(grant.scopes),
+        "audience": grant.audience,
+        "issued_at": _iso(grant.issued_at),
+        "expires_at": _iso(grant.expires_at),
+        "expires_in": max(0, int((grant.expires_at - now).total_seconds())),
+    }
+    if token is not None:
+        body["access_token"] = token
+    return body
+
+
+def view_json(view: usecases.RequestView, now: datetime) -> dict:
+    req = view.request
+    body: dict = {
+        "id": req.id,
+        "status": req.status.value,
+        "identity": req.identity,
+        "environment": req.environment,
+        "scopes": list(req.scopes),
+        "ttl_seconds": req.ttl_seconds,
+        "rule": req.rule,
+        "created_at": _iso(req.created_at),
+    }
+    if req.status is RequestStatus.PENDING:
+        body["expires_at"] = _iso(req.expires_at)
+    else:
+        body["decided_by"] = req.decided_by
+        body["decided_at"] = _iso(req.decided_at)
+    if view.grant is not None:
+        body["grant"] = grant_json(view.grant, now, view.access_token)
+    return body
+
+
+@routes.post("/v1/access-requests")
+async def create_access_request(request: web.Request) -> web.Response:
+    raw = await request.read()
+    caller = await authenticate(request, raw)
+    try:
+        data = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"The body is not valid JSON ({exc}); send an object like {{\"environment\": ...}}.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest('The body must be a JSON object, e.g. {"environment": "staging", "scopes": ["db:read"]}.')
+    try:
+        body = AccessRequestBody.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(_explain(exc)) from None
+    deps = request.app[DEPS]
+    view = await usecases.request_access(
+        deps,
+        caller,
+        AccessRequestInput(
+            environment=body.environment,
+            scopes=tuple(body.scopes),
+            ttl_seconds=body.ttl_seconds,
+            reason=body.reason,
+            audience=body.audience,
+            context=body.context,
+        ),
+        idempotency_key=request.headers.get("Idempotency-Key") or None,
+    )
+    payload = view_json(view, deps.clock.now())
+    status = view.request.status
+    if status is RequestStatus.DENIED:
+        return web.json_response(
+            {"error": "denied", "detail": f"The policy denies this request: {view.request.decision_reason}.", **payload},
+            status=403,
+        )
+    code = {RequestStatus.APPROVED: 201, RequestStatus.PENDING: 202}.get(status, 200)
+    return web.json_response(payload, status=code, headers={"Location": f"/v1/access-requests/{view.request.id}"})
+
+
+@routes.get("/v1/access-requests/{id}")
+async def get_access_request(request: web.Request) -> web.Response:
+    caller = await authenticate(request, await request.read())
+    raw_wait = request.query.get("wait", "0")
+    try:
+        wait = float(raw_wait)
+    except ValueError:
+        raise InvalidRequest(f"wait must be a number of seconds (0 to 60), not {raw_wait!r}.") from None
+    if not 0 <= wait <= 60:
+        raise InvalidRequest("wait must be between 0 and 60 seconds.")
+    deps = request.app[DEPS]
+    view = await usecases.read_request(deps, caller, request.match_info["id"], wait)
+    return web.json_response(view_json(view, deps.clock.now()))
+
+
+@routes.post("/v1/grants/{id}/revoke")
+async def revoke_grant(request: web.Request) -> web.Response:
+    caller = await authenticate(request, await request.read())
+    deps = request.app[DEPS]
+    grant = await usecases.revoke_own_grant(deps, caller, request.match_info["id"])
+    return web.json_response({"id": grant.id, "status": grant.status.value, "ended_at": _iso(grant.ended_at)})

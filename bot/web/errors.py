@@ -1,0 +1,52 @@
+"""Error responses: every failure is ``{"error": code, "detail": sentence}`` JSON (DESIGN.md HTTP contract).
+
+Domain errors carry their own status; aiohttp's HTTP errors (404 route, 405, 413) are re-shaped; a database
+outage is 503 with ``Retry-After``; anything else is logged and answered 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from bot.domain.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra) -> web.Response:
+    return web.json_response({"error": code, "detail": detail, **extra}, status=status, headers=headers)
+
+
+_HTTP_CODES = {
+    404: ("not_found", "There is no such route; see the HTTP API in README.md."),
+    405: ("method_not_allowed", "This route does not accept that method."),
+    413: ("body_too_large", f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB."),
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DomainError as exc:
+        headers = {"WWW-Authenticate": 'GrantbotHMAC realm="grantbot"'} if exc.status == 401 else None
+        return error_response(exc.status, exc.code, exc.detail, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code, detail = _HTTP_CODES.get(exc.status, (exc.reason.lower().replace(" ", "_"), exc.reason))
+        return error_response(exc.status, code, detail, dict(exc.headers) if exc.status == 405 else None)
+    except (OperationalError, DBAPIError, PoolTimeout, ConnectionError, OSError) as exc:
+        log.error("database unavailable while serving %s %s: %s", request.method, request.path, type(exc).__name__)
+        return error_response(
+            503, "unavailable", "The database is unavailable; retry shortly.", {"Retry-After": "5"}
+        )
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")

@@ -1,0 +1,20 @@
+"""Typed application state (``web.AppKey``), set by the composition root."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from slack_bolt.async_app import AsyncApp
+
+from bot.config import Settings
+from bot.domain.usecases import Deps
+from bot.identity.hmac_auth import HmacAuthenticator
+from bot.store.repository import SqlStore
+from bot.tokens.access_tokens import AccessTokenIssuer
+
+SETTINGS = web.AppKey("settings", Settings)
+DEPS = web.AppKey("deps", Deps)
+STORE = web.AppKey("store", SqlStore)
+AUTH = web.AppKey("hmac_auth", HmacAuthenticator)
+TOKENS = web.AppKey("tokens", AccessTokenIssuer)
+BOLT = web.AppKey("bolt", AsyncApp)
+INTROSPECTION_CLIENTS = web.AppKey("introspection_clients", dict)

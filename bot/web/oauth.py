@@ -1,0 +1,66 @@
+"""OAuth-side routes: JWKS (RFC 7517), introspection (RFC 7662), authorization server metadata (RFC 8414)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+
+from aiohttp import web
+
+from bot.domain import usecases
+from bot.web.errors import error_response
+from bot.web.keys import DEPS, INTROSPECTION_CLIENTS, SETTINGS, TOKENS
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/.well-known/jwks.json")
+async def jwks(request: web.Request) -> web.Response:
+    return web.json_response(request.app[TOKENS].jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+
+@routes.get("/.well-known/oauth-authorization-server")
+async def metadata(request: web.Request) -> web.Response:
+    issuer = request.app[SETTINGS].issuer_url.rstrip("/")
+    return web.json_response(
+        {
+            "issuer": issuer,
+            "jwks_uri": f"{issuer}/.well-known/jwks.json",
+            "introspection_endpoint": f"{issuer}/oauth/introspect",
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
+        }
+    )
+
+
+def _client_id(request: web.Request) -> str | None:
+    """The resource server authenticated with HTTP Basic (RFC 7617), or None."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        client_id, sep, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    expected = request.app[INTROSPECTION_CLIENTS].get(client_id)
+    if not sep or expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
+        return None
+    return client_id
+
+
+@routes.post("/oauth/introspect")
+async def introspect(request: web.Request) -> web.Response:
+    """RFC 7662 §2: form ``token=…``; an unknown, expired or revoked token is 200 ``{"active": false}``."""
+    if _client_id(request) is None:
+        return error_response(
+            401,
+            "invalid_client",
+            "Authenticate with HTTP Basic as a client listed in GRANTBOT_INTROSPECTION_CLIENTS.",
+            {"WWW-Authenticate": 'Basic realm="grantbot"'},
+        )
+    form = await request.post()
+    token = form.get("token")
+    if not isinstance(token, str) or not token:
+        return error_response(400, "invalid_request", "Send the token to introspect as the form field token=….")
+    return web.json_response(await usecases.introspect(request.app[DEPS], token), headers={"Cache-Control": "no-store"})
