@@ -1,0 +1,470 @@
+"""A local fake of Slack, served over real HTTP, for development and end-to-end tests.
+
+grantbot talks to it exactly as it talks to Slack: its ``AsyncWebClient`` is pointed at
+``SlackSandbox.api_url``, and button clicks reach grantbot's ``/slack/events`` as signed
+``block_actions`` requests. A browser on ``GET /`` shows the channel and lets a person click.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import web
+from slack_sdk.signature import SignatureVerifier
+
+# Slack's documented limits (api.slack.com/reference/block-kit, chat.postMessage).
+MAX_BLOCKS = 50
+MAX_TEXT = 40_000
+MAX_SECTION_TEXT = 3_000
+MAX_FIELDS, MAX_FIELD_TEXT = 10, 2_000
+MAX_HEADER_TEXT = 150
+MAX_ACTION_ELEMENTS = 25
+# A response_url works five times within 30 minutes.
+RESPONSE_URL_USES = 5
+
+BOT_ID = "B0GRANTBOT"
+APP_ID = "A0GRANTBOT"
+_PAGE = Path(__file__).with_name("sandbox.html")
+
+Args = dict[str, Any]
+
+
+def _err(error: str, **extra: Any) -> dict:
+    return {"ok": False, "error": error, **extra}
+
+
+def _handle(display_name: str, fallback: str) -> str:
+    """The @handle Slack would show for a display name: "dana (approver)" -> "dana"."""
+    return (display_name.split() or [fallback])[0].lower()
+
+
+def _text_of(obj: Any) -> str:
+    return str(obj.get("text", "")) if isinstance(obj, dict) else ""
+
+
+def _check_blocks(blocks: Any) -> list[str]:
+    """Slack's Block Kit validation, reduced to the limits a card can hit; the messages mimic Slack's
+    ``response_metadata.messages`` so a failure reads the same as in production."""
+    if not isinstance(blocks, list):
+        return ["must be an array [json-pointer:/blocks]"]
+    problems: list[str] = []
+
+    def at_most(count: int, most: int, at: str, unit: str = "characters") -> None:
+        if count > most:
+            problems.append(f"must be no more than {most} {unit} [json-pointer:{at}]")
+
+    at_most(len(blocks), MAX_BLOCKS, "/blocks", "items")
+    block_ids = set()
+    for i, block in enumerate(blocks):
+        at = f"/blocks/{i}"
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            problems.append(f"missing required field: type [json-pointer:{at}]")
+            continue
+        if "block_id" in block:
+            if block["block_id"] in block_ids:
+                problems.append(f"duplicate block_id [json-pointer:{at}/block_id]")
+            block_ids.add(block["block_id"])
+        if block["type"] == "section":
+            fields = block.get("fields") or []
+            if not block.get("text") and not fields:
+                problems.append(f"must provide either text or fields [json-pointer:{at}]")
+            at_most(len(_text_of(block.get("text"))), MAX_SECTION_TEXT, f"{at}/text/text")
+            at_most(len(fields), MAX_FIELDS, f"{at}/fields", "items")
+            for j, field in enumerate(fields):
+                at_most(len(_text_of(field)), MAX_FIELD_TEXT, f"{at}/fields/{j}/text")
+        elif block["type"] == "header":
+            at_most(len(_text_of(block.get("text"))), MAX_HEADER_TEXT, f"{at}/text/text")
+        elif block["type"] == "actions":
+            at_most(len(block.get("elements") or []), MAX_ACTION_ELEMENTS, f"{at}/elements", "items")
+    return problems
+
+
+def _buttons(blocks: list[dict]):
+    """(block, button) for every button, in actions blocks and as section accessories."""
+    for block in blocks:
+        for element in block.get("elements", []) if block["type"] == "actions" else [block.get("accessory")]:
+            if isinstance(element, dict) and element.get("type") == "button":
+                yield block, element
+
+
+def _with_ids(blocks: list[dict]) -> list[dict]:
+    """Slack fills in a random block_id and action_id where the app gave none, and echoes them back in
+    payloads; doing the same here catches code that relies on ids it never set."""
+    blocks = copy.deepcopy(blocks)
+    for block in blocks:
+        block.setdefault("block_id", secrets.token_hex(3))
+    for _, button in _buttons(blocks):
+        button.setdefault("action_id", secrets.token_hex(3))
+    return blocks
+
+
+class SlackSandbox:
+    """A local stand-in for Slack's Web API, response_urls and interactivity, as one aiohttp server.
+
+    Web API (``POST``/``GET /api/{method}``, JSON, form or query arguments, Slack's wire format: always
+    HTTP 200 with ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``, ``Content-Type: application/json``):
+    ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``, ``users.info``; anything
+    else is ``unknown_method``. Calls need ``Authorization: Bearer <bot_token>`` (or a ``token`` argument),
+    else ``invalid_auth``. A user id as ``channel`` posts into the bot's DM with that user (``D...``).
+
+    Limits enforced like Slack: 50 blocks, 3,000 characters per section text, 10 fields of 2,000, 150 per
+    header, 25 elements per actions block, unique block_ids (``invalid_blocks``, with Slack's
+    ``response_metadata.messages``); missing block_id/action_id are filled in; ``text`` over 40,000
+    characters (``msg_too_long``); neither text nor blocks (``no_text``); unknown channel
+    (``channel_not_found``) or message (``message_not_found``); a response_url works 5 times.
+    Not enforced: rate limits (429), scopes, channel membership, the 3-second ``trigger_id``.
+
+    Interactivity: ``click()`` sends a Slack block_actions payload to ``events_url``, signed with the
+    signing secret, and returns grantbot's HTTP status. Each payload's ``response_url`` points at
+    ``POST /response/{token}`` here.
+
+    Browser: ``GET /`` renders the channels; ``GET /sandbox/state`` and ``POST /sandbox/click`` back it.
+
+    Recorded for tests: ``messages`` ({"channel", "ts", "thread_ts", "text", "blocks", "user",
+    "updated_count"}), ``ephemerals`` ({"channel", "user", "text", "blocks", "ts"}) and ``calls``
+    ({"method", "args"}, every Web API call in order).
+    """
+
+    # Slack shows the clicking user an error if the app does not answer within 3 seconds.
+    ack_timeout: float = 3.0
+
+    def __init__(self, *, bot_token: str, signing_secret: str, events_url: str | None = None,
+                 team_id: str = "T0SANDBOX", bot_user_id: str = "U0GRANTBOT",
+                 channels: dict[str, str] | None = None, users: dict[str, str] | None = None):
+        self.bot_token = bot_token
+        self.signing_secret = signing_secret
+        self.events_url = events_url
+        self.team_id = team_id
+        self.bot_user_id = bot_user_id
+        self.channels = dict(channels if channels is not None else {"C0SANDBOX": "access-requests"})
+        self.users = dict(users if users is not None else
+                          {"U0APPROVER": "dana (approver)", "U0OTHER": "sam (not an approver)"})
+        self.messages: list[dict] = []
+        self.ephemerals: list[dict] = []
+        self.calls: list[dict] = []
+        self.base_url: str | None = None  # set by start()
+        self._hooks: dict[str, dict] = {}  # response_url token -> {"channel", "ts", "user", "uses"}
+        self._last_us = 0
+        self._runner: web.AppRunner | None = None
+        self._methods = {
+            "auth.test": self._auth_test, "chat.postMessage": self._post_message,
+            "chat.update": self._update, "chat.postEphemeral": self._post_ephemeral,
+            "users.info": self._users_info,
+        }
+
+    # ----- server -----
+
+    def web_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_post("/response/{token}", self._response_url)
+        app.router.add_get("/", self._page)
+        app.router.add_get("/sandbox/state", self._state)
+        app.router.add_post("/sandbox/click", self._click_route)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on host:port (0 = any free port); returns the base URL, e.g. "http://127.0.0.1:54321"."""
+        self._runner = web.AppRunner(self.web_app())
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        bound_port = self._runner.addresses[0][1]
+        self.base_url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def api_url(self) -> str:
+        """What ``AsyncWebClient(base_url=...)`` takes: the base URL plus "/api/"."""
+        if self.base_url is None:
+            raise RuntimeError("SlackSandbox is not started")
+        return self.base_url + "/api/"
+
+    # ----- Web API -----
+
+    async def _api(self, request: web.Request) -> web.Response:
+        args: Args = dict(request.query)
+        try:
+            if request.method == "POST" and request.can_read_body:
+                if request.content_type == "application/json":
+                    body = await request.json()
+                    if not isinstance(body, dict):
+                        raise ValueError("JSON body is not an object")
+                    args.update(body)
+                else:
+                    args.update(await request.post())
+        except ValueError:
+            return web.json_response(_err("invalid_json"))
+        token = args.pop("token", None)
+        authorization = request.headers.get("Authorization", "")
+        if authorization.startswith("Bearer "):
+            token = authorization.removeprefix("Bearer ")
+        method = request.match_info["method"]
+        self.calls.append({"method": method, "args": args})
+        if token != self.bot_token:
+            return web.json_response(_err("invalid_auth"))
+        handler = self._methods.get(method)
+        return web.json_response(handler(args) if handler else _err("unknown_method"))
+
+    def _auth_test(self, args: Args) -> dict:
+        return {"ok": True, "url": (self.base_url or "http://sandbox.invalid") + "/", "team": "Sandbox",
+                "user": "grantbot", "team_id": self.team_id, "user_id": self.bot_user_id, "bot_id": BOT_ID,
+                "is_enterprise_install": False}
+
+    def _post_message(self, args: Args) -> dict:
+        channel = self._channel(args.get("channel"))
+        if channel is None:
+            return _err("channel_not_found")
+        text, blocks, problem = self._content(args)
+        if problem:
+            return problem
+        thread_ts = args.get("thread_ts") or None
+        parent = self._find(channel, thread_ts) if thread_ts else None
+        if parent and parent["thread_ts"]:  # replying to a reply lands in the same thread
+            thread_ts = parent["thread_ts"]
+        message = self._store(channel, text or "", blocks or [], thread_ts)
+        return {"ok": True, "channel": channel, "ts": message["ts"], "message": self._as_slack(message)}
+
+    def _update(self, args: Args) -> dict:
+        if not isinstance(args.get("channel"), str) or args["channel"] not in self.channels:
+            return _err("channel_not_found")
+        message = self._find(args["channel"], args.get("ts"))
+        if message is None:
+            return _err("message_not_found")
+        text, blocks, problem = self._content(args)
+        if problem:
+            return problem
+        self._replace(message, text, blocks)
+        return {"ok": True, "channel": message["channel"], "ts": message["ts"], "text": message["text"],
+                "message": self._as_slack(message)}
+
+    def _post_ephemeral(self, args: Args) -> dict:
+        channel = self._channel(args.get("channel"))
+        if channel is None:
+            return _err("channel_not_found")
+        if args.get("user") not in self.users:
+            return _err("user_not_found")
+        text, blocks, problem = self._content(args)
+        if problem:
+            return problem
+        ts = self._next_ts()
+        self.ephemerals.append({"channel": channel, "user": args["user"], "text": text or "",
+                                "blocks": blocks or [], "ts": ts})
+        return {"ok": True, "message_ts": ts}
+
+    def _users_info(self, args: Args) -> dict:
+        user_id = args.get("user")
+        if user_id not in self.users:
+            return _err("user_not_found")
+        display = self.users[user_id]
+        handle = _handle(display, user_id)
+        return {"ok": True, "user": {
+            "id": user_id, "team_id": self.team_id, "name": handle, "real_name": display, "is_bot": False,
+            "deleted": False, "tz": "UTC", "tz_offset": 0,
+            "profile": {"real_name": display, "display_name": display, "email": f"{handle}@example.com"}}}
+
+    # ----- response_url -----
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        hook = self._hooks.get(request.match_info["token"])
+        if hook is None:
+            return web.json_response(_err("expired_url"), status=404)
+        hook["uses"] += 1
+        if hook["uses"] > RESPONSE_URL_USES:
+            return web.json_response(_err("used_url"), status=404)
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("JSON body is not an object")
+        except ValueError:
+            return web.json_response(_err("invalid_payload"), status=400)
+        original = self._find(hook["channel"], hook["ts"])
+        if body.get("delete_original") in (True, "true"):
+            if original is not None:
+                self.messages.remove(original)
+            return web.json_response({"ok": True})
+        text, blocks, problem = self._content(body)
+        if problem:
+            return web.json_response(problem, status=400)
+        if body.get("replace_original") in (True, "true"):
+            if original is None:
+                return web.json_response(_err("message_not_found"), status=404)
+            self._replace(original, text, blocks)
+        elif body.get("response_type") == "in_channel":
+            self._store(hook["channel"], text or "", blocks or [], original["thread_ts"] if original else None)
+        else:
+            self.ephemerals.append({"channel": hook["channel"], "user": hook["user"], "text": text or "",
+                                    "blocks": blocks or [], "ts": self._next_ts()})
+        return web.json_response({"ok": True})
+
+    # ----- interactivity -----
+
+    def block_actions_payload(self, *, channel: str, ts: str, action_id: str, user_id: str) -> dict:
+        """A Slack block_actions payload for a click on the button ``action_id`` of message ``ts``.
+
+        Same shape as tests/fixtures/slack/block_actions.json. Raises KeyError for an unknown message or
+        user, ValueError if the message has no such button. Each call issues a fresh response_url.
+        """
+        message = self._find(channel, ts)
+        if message is None:
+            raise KeyError(f"no message {ts} in channel {channel}")
+        if user_id not in self.users:
+            raise KeyError(f"unknown user {user_id}")
+        block, button = next(((b, e) for b, e in _buttons(message["blocks"]) if e["action_id"] == action_id),
+                             (None, None))
+        if button is None:
+            raise ValueError(f"message {ts} has no button with action_id {action_id!r}")
+        action = {k: button[k] for k in ("action_id", "text", "value", "style", "url") if k in button}
+        action.update(block_id=block["block_id"], type="button", action_ts=f"{time.time():.6f}")
+        token = secrets.token_urlsafe(16)
+        self._hooks[token] = {"channel": channel, "ts": ts, "user": user_id, "uses": 0}
+        handle = _handle(self.users[user_id], user_id)
+        return {
+            "type": "block_actions",
+            "user": {"id": user_id, "username": handle, "name": handle, "team_id": self.team_id},
+            "api_app_id": APP_ID,
+            "token": "sandbox-verification-token",
+            "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False},
+            "trigger_id": f"{int(time.time())}.{secrets.randbelow(10**6)}.{secrets.token_hex(6)}",
+            "team": {"id": self.team_id, "domain": "sandbox"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": self.channels.get(channel, channel)},
+            "message": self._as_slack(message),
+            "state": {"values": {}},
+            "response_url": f"{self.base_url or 'http://sandbox.invalid'}/response/{token}",
+            "actions": [action],
+        }
+
+    async def click(self, *, channel: str, ts: str, action_id: str, user_id: str) -> int:
+        """Deliver a click to grantbot as Slack does: POST ``payload=<json>`` (form-encoded) to
+        ``events_url`` with X-Slack-Request-Timestamp and X-Slack-Signature. Returns grantbot's HTTP status.
+
+        Raises RuntimeError without ``events_url``, KeyError/ValueError as ``block_actions_payload``,
+        TimeoutError if grantbot does not answer within ``ack_timeout`` seconds (Slack's 3 s).
+        """
+        if not self.events_url:
+            raise RuntimeError("events_url is not set")
+        payload = self.block_actions_payload(channel=channel, ts=ts, action_id=action_id, user_id=user_id)
+        body = urlencode({"payload": json.dumps(payload)})
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
+            "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": SignatureVerifier(self.signing_secret).generate_signature(
+                timestamp=timestamp, body=body),
+        }
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.ack_timeout)) as session:
+            async with session.post(self.events_url, data=body.encode(), headers=headers) as response:
+                await response.read()
+                return response.status
+
+    # ----- browser -----
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return web.Response(text=_PAGE.read_text(encoding="utf-8"), content_type="text/html")
+
+    async def _state(self, request: web.Request) -> web.Response:
+        return web.json_response({"channels": self.channels, "users": self.users,
+                                  "messages": self.messages, "ephemerals": self.ephemerals})
+
+    async def _click_route(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            args = {k: body[k] for k in ("channel", "ts", "action_id", "user_id")}
+        except (ValueError, TypeError, KeyError):
+            return web.json_response({"error": "expected JSON {channel, ts, action_id, user_id}"}, status=400)
+        try:
+            status = await self.click(**args)
+        except (KeyError, ValueError) as e:
+            return web.json_response({"error": str(e.args[0] if e.args else e)}, status=404)
+        except RuntimeError as e:
+            return web.json_response({"error": str(e)}, status=409)
+        except TimeoutError:
+            return web.json_response({"error": f"grantbot did not answer within {self.ack_timeout:g} s"},
+                                     status=504)
+        except aiohttp.ClientError as e:
+            return web.json_response({"error": f"could not reach grantbot: {e}"}, status=502)
+        return web.json_response({"status": status})
+
+    # ----- storage -----
+
+    def _channel(self, channel: Any) -> str | None:
+        """A channel id, a "#name", or a user id (the bot's DM with that user, created on first use)."""
+        if not isinstance(channel, str):
+            return None
+        if channel in self.channels:
+            return channel
+        if channel.startswith("#"):
+            return next((cid for cid, name in self.channels.items() if name == channel[1:]), None)
+        if channel in self.users:
+            dm = "D" + channel[1:]
+            self.channels.setdefault(dm, "@" + _handle(self.users[channel], channel))
+            return dm
+        return None
+
+    def _content(self, args: Args) -> tuple[str | None, list[dict] | None, dict | None]:
+        """(text, blocks, error) from a request; blocks arrive as a JSON string when form-encoded."""
+        text, blocks = args.get("text"), args.get("blocks")
+        if isinstance(blocks, str):
+            try:
+                blocks = json.loads(blocks)
+            except ValueError:
+                return None, None, _err("invalid_blocks_format")
+        if text is not None:
+            text = str(text)
+            if len(text) > MAX_TEXT:
+                return None, None, _err("msg_too_long")
+        if blocks is not None:
+            problems = _check_blocks(blocks)
+            if problems:
+                return None, None, _err("invalid_blocks", response_metadata={"messages": problems})
+            blocks = _with_ids(blocks)
+        if not text and not blocks:
+            return None, None, _err("no_text")
+        return text, blocks, None
+
+    def _next_ts(self) -> str:
+        # Slack's ts is "seconds.micros", unique per channel and increasing; this one is unique globally.
+        self._last_us = max(self._last_us + 100, time.time_ns() // 1000)
+        return f"{self._last_us // 1_000_000}.{self._last_us % 1_000_000:06d}"
+
+    def _store(self, channel: str, text: str, blocks: list[dict], thread_ts: str | None) -> dict:
+        message = {"channel": channel, "ts": self._next_ts(), "thread_ts": thread_ts, "text": text,
+                   "blocks": blocks, "user": self.bot_user_id, "updated_count": 0}
+        self.messages.append(message)
+        return message
+
+    @staticmethod
+    def _replace(message: dict, text: str | None, blocks: list[dict] | None) -> None:
+        # Only what was sent is replaced: an update with text alone keeps the old blocks, as on Slack
+        # (python-slack-sdk#523).
+        if text is not None:
+            message["text"] = text
+        if blocks is not None:
+            message["blocks"] = blocks
+        message["updated_count"] += 1
+
+    def _find(self, channel: str, ts: Any) -> dict | None:
+        return next((m for m in self.messages if m["channel"] == channel and m["ts"] == ts), None)
+
+    def _as_slack(self, message: dict) -> dict:
+        """A stored message as Slack returns it in API answers and payloads."""
+        out = {"type": "message", "subtype": "bot_message", "ts": message["ts"], "bot_id": BOT_ID,
+               "app_id": APP_ID, "user": message["user"], "team": self.team_id, "text": message["text"],
+               "blocks": copy.deepcopy(message["blocks"])}
+        if message["thread_ts"]:
+            out["thread_ts"] = message["thread_ts"]
+        return out

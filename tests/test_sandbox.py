@@ -1,0 +1,267 @@
+"""The Slack sandbox, exercised over real HTTP with the real Slack clients."""
+
+import asyncio
+import json
+from urllib.parse import parse_qs
+
+import aiohttp
+import pytest
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.slack.sandbox import SlackSandbox
+
+TOKEN = "xoxb-sandbox"
+SECRET = "sandbox-signing-secret"
+CHANNEL = "C0SANDBOX"
+CARD = [
+    {"type": "header", "text": {"type": "plain_text", "text": "Access request"}},
+    {"type": "section", "text": {"type": "mrkdwn", "text": "*deploy-bot* asks for `db:write`"}},
+    {"type": "actions", "block_id": "decide", "elements": [
+        {"type": "button", "action_id": "approve", "text": {"type": "plain_text", "text": "Approve"},
+         "style": "primary", "value": "REQ1"},
+        {"type": "button", "action_id": "deny", "text": {"type": "plain_text", "text": "Deny"},
+         "style": "danger", "value": "REQ1"},
+    ]},
+]
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+@pytest.fixture
+async def sandbox():
+    sandbox = SlackSandbox(bot_token=TOKEN, signing_secret=SECRET)
+    await sandbox.start()
+    yield sandbox
+    await sandbox.stop()
+
+
+@pytest.fixture
+def client(sandbox):
+    return AsyncWebClient(token=TOKEN, base_url=sandbox.api_url)
+
+
+@pytest.fixture
+async def receiver(sandbox):
+    """A stand-in for grantbot's /slack/events: verifies Slack's signature, records payloads."""
+    received: list[dict] = []
+    verifier = SignatureVerifier(SECRET)
+
+    async def events(request: web.Request) -> web.Response:
+        body = (await request.read()).decode()
+        if not verifier.is_valid(body=body, timestamp=request.headers.get("X-Slack-Request-Timestamp", ""),
+                                 signature=request.headers.get("X-Slack-Signature", "")):
+            return web.Response(status=401)
+        assert request.content_type == "application/x-www-form-urlencoded"
+        received.append(json.loads(parse_qs(body)["payload"][0]))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/slack/events", events)
+    runner, url = await serve(app)
+    sandbox.events_url = url + "/slack/events"
+    yield received
+    await runner.cleanup()
+
+
+async def test_auth_test(sandbox, client):
+    answer = await client.auth_test()
+    assert answer["ok"] and answer["user_id"] == "U0GRANTBOT" and answer["team_id"] == "T0SANDBOX"
+    assert answer["bot_id"] == "B0GRANTBOT"
+    assert sandbox.calls[-1]["method"] == "auth.test"
+
+
+async def test_post_update_and_thread(sandbox, client):
+    posted = await client.chat_postMessage(channel=CHANNEL, text="Access request", blocks=CARD)
+    assert posted["channel"] == CHANNEL and posted["message"]["blocks"][2]["block_id"] == "decide"
+    stored = sandbox.messages[0]
+    assert stored["ts"] == posted["ts"] and stored["text"] == "Access request" and stored["updated_count"] == 0
+    assert all(block.get("block_id") for block in stored["blocks"])  # Slack fills in missing block_ids
+    assert sandbox.calls[-1] == {"method": "chat.postMessage",
+                                 "args": {"channel": CHANNEL, "text": "Access request", "blocks": CARD}}
+
+    reply = await client.chat_postMessage(channel=CHANNEL, text="audit note", thread_ts=posted["ts"])
+    assert reply["ts"] > posted["ts"] and sandbox.messages[1]["thread_ts"] == posted["ts"]
+
+    decided = [{"type": "section", "text": {"type": "mrkdwn", "text": "Approved by <@U0APPROVER>"}}]
+    updated = await client.chat_update(channel=CHANNEL, ts=posted["ts"], text="Approved", blocks=decided)
+    assert updated["ts"] == posted["ts"] and updated["text"] == "Approved"
+    assert stored["blocks"][0]["text"]["text"] == "Approved by <@U0APPROVER>" and stored["updated_count"] == 1
+
+    await client.chat_update(channel=CHANNEL, ts=posted["ts"], text="Approved (text only)")
+    assert stored["blocks"][0]["type"] == "section", "text-only update keeps the blocks, as Slack does"
+
+    with pytest.raises(SlackApiError) as e:
+        await client.chat_update(channel=CHANNEL, ts="1.000000", text="x")
+    assert e.value.response["error"] == "message_not_found"
+
+
+async def test_post_ephemeral_and_users_info(sandbox, client):
+    answer = await client.chat_postEphemeral(channel=CHANNEL, user="U0APPROVER", text="Only you")
+    assert sandbox.ephemerals == [{"channel": CHANNEL, "user": "U0APPROVER", "text": "Only you",
+                                   "blocks": [], "ts": answer["message_ts"]}]
+    user = (await client.users_info(user="U0APPROVER"))["user"]
+    assert user["name"] == "dana" and user["real_name"] == "dana (approver)" and user["tz"] == "UTC"
+    with pytest.raises(SlackApiError) as e:
+        await client.users_info(user="U0NOBODY")
+    assert e.value.response["error"] == "user_not_found"
+
+
+async def test_dm_by_user_id(sandbox, client):
+    answer = await client.chat_postMessage(channel="U0OTHER", text="Your request was denied")
+    assert answer["channel"] == "D0OTHER" and sandbox.channels["D0OTHER"] == "@sam"
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"blocks": [{"type": "divider"}] * 51, "text": "x"}, "invalid_blocks"),
+    ({"blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "a" * 3001}}], "text": "x"}, "invalid_blocks"),
+    ({"blocks": [{"type": "section", "fields": [{"type": "mrkdwn", "text": "f"}] * 11}], "text": "x"},
+     "invalid_blocks"),
+    ({"text": "a" * 40_001}, "msg_too_long"),
+    ({}, "no_text"),
+])
+@pytest.mark.filterwarnings("ignore:The top-level `text` argument is missing")
+async def test_limits(client, kwargs, error):
+    with pytest.raises(SlackApiError) as e:
+        await client.chat_postMessage(channel=CHANNEL, **kwargs)
+    assert e.value.response["error"] == error
+
+
+async def test_errors(sandbox, client):
+    with pytest.raises(SlackApiError) as e:
+        await client.chat_postMessage(channel="C0NOWHERE", text="x")
+    assert e.value.response["error"] == "channel_not_found"
+    with pytest.raises(SlackApiError) as e:
+        await AsyncWebClient(token="xoxb-wrong", base_url=sandbox.api_url).auth_test()
+    assert e.value.response["error"] == "invalid_auth"
+    with pytest.raises(SlackApiError) as e:
+        await client.api_call("conversations.kick", json={"channel": CHANNEL})
+    assert e.value.response["error"] == "unknown_method"
+
+
+async def test_form_and_query_arguments(sandbox):
+    async with aiohttp.ClientSession() as http:
+        # blocks arrive as a JSON string when form-encoded; the token may be an argument
+        async with http.post(sandbox.api_url + "chat.postMessage",
+                             data={"token": TOKEN, "channel": CHANNEL, "blocks": json.dumps(CARD)}) as r:
+            assert r.content_type == "application/json"
+            answer = await r.json()
+        assert answer["ok"] and sandbox.messages[0]["blocks"][2]["elements"][0]["action_id"] == "approve"
+        async with http.get(sandbox.api_url + "users.info", params={"user": "U0OTHER"},
+                            headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+            assert (await r.json())["user"]["name"] == "sam"
+        async with http.post(sandbox.api_url + "auth.test") as r:
+            assert r.status == 200 and await r.json() == {"ok": False, "error": "invalid_auth"}
+
+
+async def test_click_delivers_a_signed_block_actions_payload(sandbox, client, receiver):
+    posted = await client.chat_postMessage(channel=CHANNEL, text="Access request", blocks=CARD)
+    assert await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="deny", user_id="U0APPROVER") == 200
+
+    payload = receiver[0]
+    assert payload["type"] == "block_actions"
+    assert payload["user"] == {"id": "U0APPROVER", "username": "dana", "name": "dana", "team_id": "T0SANDBOX"}
+    assert payload["container"] == {"type": "message", "message_ts": posted["ts"], "channel_id": CHANNEL,
+                                    "is_ephemeral": False}
+    assert payload["channel"] == {"id": CHANNEL, "name": "access-requests"}
+    assert payload["message"]["ts"] == posted["ts"] and payload["message"]["blocks"] == posted["message"]["blocks"]
+    action = payload["actions"][0]
+    assert (action["action_id"], action["value"], action["block_id"], action["type"]) == \
+        ("deny", "REQ1", "decide", "button")
+    assert payload["response_url"].startswith(sandbox.base_url + "/response/")
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(payload["response_url"],
+                             json={"replace_original": True, "text": "Denied by dana", "blocks": []}) as r:
+            assert r.status == 200
+        async with http.post(payload["response_url"], json={"text": "You denied it"}) as r:
+            assert r.status == 200
+    assert sandbox.messages[0]["text"] == "Denied by dana" and sandbox.messages[0]["blocks"] == []
+    assert sandbox.messages[0]["updated_count"] == 1
+    assert sandbox.ephemerals[0]["user"] == "U0APPROVER" and sandbox.ephemerals[0]["text"] == "You denied it"
+
+    with pytest.raises(ValueError):  # the replaced message has no buttons any more
+        await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="deny", user_id="U0APPROVER")
+    with pytest.raises(KeyError):
+        await sandbox.click(channel=CHANNEL, ts="1.000000", action_id="deny", user_id="U0APPROVER")
+
+
+async def test_click_is_accepted_by_bolt(sandbox, client):
+    """The payload, signature and auth.test answer are what Bolt expects from Slack."""
+    bolt = AsyncApp(client=AsyncWebClient(token=TOKEN, base_url=sandbox.api_url), signing_secret=SECRET)
+
+    @bolt.action("approve")
+    async def approve(ack, body, respond, client):
+        await ack()
+        await client.chat_update(channel=body["channel"]["id"], ts=body["container"]["message_ts"],
+                                 text=f"Approved by <@{body['user']['id']}>", blocks=[])
+        await respond(text="Done", response_type="ephemeral")
+
+    async def events(request):
+        return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
+
+    app = web.Application()
+    app.router.add_post("/slack/events", events)
+    runner, url = await serve(app)
+    try:
+        posted = await client.chat_postMessage(channel=CHANNEL, text="Access request", blocks=CARD)
+        sandbox.events_url = url + "/slack/events"
+        assert await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="approve", user_id="U0APPROVER") == 200
+        for _ in range(100):  # Bolt acks first and finishes the listener afterwards
+            if sandbox.ephemerals:
+                break
+            await asyncio.sleep(0.02)
+        assert sandbox.messages[0]["text"] == "Approved by <@U0APPROVER>"
+        assert sandbox.ephemerals[0]["text"] == "Done"
+        assert [c["method"] for c in sandbox.calls].count("auth.test") == 1
+    finally:
+        await runner.cleanup()
+
+
+async def test_browser_page_and_state(sandbox, client, receiver):
+    posted = await client.chat_postMessage(channel=CHANNEL, text="Access request", blocks=CARD)
+    async with aiohttp.ClientSession(base_url=sandbox.base_url) as http:
+        async with http.get("/") as r:
+            page = await r.text()
+            assert r.status == 200 and r.content_type == "text/html"
+        assert "<select" in page and "/sandbox/state" in page and ".innerHTML" not in page
+        async with http.get("/sandbox/state") as r:
+            state = await r.json()
+        assert state["channels"] == {CHANNEL: "access-requests"} and state["messages"][0]["ts"] == posted["ts"]
+        assert set(state) == {"channels", "users", "messages", "ephemerals"}
+
+        click = {"channel": CHANNEL, "ts": posted["ts"], "action_id": "approve", "user_id": "U0APPROVER"}
+        async with http.post("/sandbox/click", json=click) as r:
+            assert r.status == 200 and await r.json() == {"status": 200}
+        assert receiver[0]["actions"][0]["action_id"] == "approve"
+        async with http.post("/sandbox/click", json={**click, "action_id": "nope"}) as r:
+            assert r.status == 404 and "error" in await r.json()
+        sandbox.events_url = None
+        async with http.post("/sandbox/click", json=click) as r:
+            assert r.status == 409
+
+
+async def test_click_times_out_like_slack(sandbox, client):
+    async def slow(request):
+        await asyncio.sleep(1)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/slack/events", slow)
+    runner, url = await serve(app)
+    try:
+        posted = await client.chat_postMessage(channel=CHANNEL, text="x", blocks=CARD)
+        sandbox.events_url, sandbox.ack_timeout = url + "/slack/events", 0.1
+        with pytest.raises(TimeoutError):
+            await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="approve", user_id="U0APPROVER")
+    finally:
+        await runner.cleanup()
