@@ -7,6 +7,8 @@ the process was down is simply the first sweep after start (run at once). ``misf
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,23 +20,46 @@ from bot.domain import usecases
 log = logging.getLogger(__name__)
 
 
-async def sweep(deps: usecases.Deps) -> None:
-    try:
-        result = await usecases.expire_due(deps)
-    except Exception as exc:  # the database may be away; the next sweep catches up
-        log.warning("expiry sweep failed: %s: %s", type(exc).__name__, exc)
-        return
-    if result.grants_expired or result.requests_expired:
-        log.info("sweep: %d grant(s) expired, %d pending request(s) timed out", result.grants_expired, result.requests_expired)
+class Sweeper:
+    """The sweep job. It remembers its running task so shutdown can wait for it to unwind.
+
+    APScheduler's ``shutdown(wait=False)`` cancels a running coroutine job without awaiting it; a sweep cancelled
+    mid-transaction still needs the database to roll back, so it must finish before the engine is disposed.
+    """
+
+    def __init__(self, deps: usecases.Deps) -> None:
+        self._deps = deps
+        self._running: set[asyncio.Task] = set()
+
+    async def sweep(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            result = await usecases.expire_due(self._deps)
+        except Exception as exc:  # the database may be away; the next sweep catches up
+            log.warning("expiry sweep failed: %s: %s", type(exc).__name__, exc)
+            return
+        finally:
+            self._running.discard(task)
+        if result.grants_expired or result.requests_expired:
+            log.info("sweep: %d grant(s) expired, %d pending request(s) timed out",
+                     result.grants_expired, result.requests_expired)
+
+    async def wait_stopped(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def run_scheduler(deps: usecases.Deps, interval_seconds: float) -> AsyncIterator[AsyncIOScheduler]:
     """Start the scheduler inside the running loop; yields it; shuts it down (for aiohttp ``cleanup_ctx``)."""
+    sweeper = Sweeper(deps)
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
-        sweep,
+        sweeper.sweep,
         "interval",
-        args=[deps],
         seconds=interval_seconds,
         next_run_time=datetime.now(UTC),
         id="expiry-sweep",
@@ -47,3 +72,4 @@ async def run_scheduler(deps: usecases.Deps, interval_seconds: float) -> AsyncIt
         yield scheduler
     finally:
         scheduler.shutdown(wait=False)
+        await sweeper.wait_stopped()

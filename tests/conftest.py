@@ -1,0 +1,150 @@
+"""Fixtures: a real database (SQLite file and PostgreSQL scratch database), the Slack sandbox as a real HTTP
+server, and grantbot itself served on a real port with an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+from sqlalchemy import text
+from sqlmodel import SQLModel
+
+from bot.app import create_app
+from bot.config import Settings
+from bot.domain.clock import FakeClock
+from bot.slack.sandbox import SlackSandbox
+from bot.store.engine import create_engine
+from tests.support import BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api
+
+POLICIES = Path(__file__).parent / "policies"
+ADMIN_URL = os.environ.get("GRANTBOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATABASES = os.environ.get("GRANTBOT_TEST_DATABASES", "sqlite,postgresql").split(",")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A scratch PostgreSQL database for this test session, dropped afterwards."""
+    name = f"grantbot_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def run(sql: str) -> None:  # on a thread: this session fixture may be first used inside a running loop
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, admin(sql)).result()
+
+    run(f'CREATE DATABASE "{name}"')
+    base = ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=DATABASES)
+async def database_url(request, tmp_path):
+    """Each test that uses the database runs once on SQLite and once on PostgreSQL, from an empty schema."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'grantbot.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(SQLModel.metadata.drop_all)
+    await engine.dispose()
+    yield url
+
+
+@pytest.fixture(autouse=True)
+def identity_secrets(monkeypatch):
+    """The HMAC identities' secrets, where the policy file says they are: in the environment."""
+    for name, secret in SECRETS.items():
+        monkeypatch.setenv("TEST_SECRET_" + name.upper().replace("-", "_"), secret)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def sandbox():
+    box = SlackSandbox(bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET,
+                       users={"U0APPROVER": "dana", "U0SECOND": "lee", "U0OTHER": "sam"})
+    await box.start()
+    yield box
+    await box.stop()
+
+
+@dataclass
+class Running:
+    """grantbot served on a real port, with what a test needs to talk to it and to look inside."""
+
+    base_url: str
+    api: Api
+    app: web.Application
+    settings: Settings
+
+    async def count(self, table: str) -> int:
+        from bot.web.keys import STORE
+
+        async with self.app[STORE].engine.connect() as conn:
+            return (await conn.execute(text(f"SELECT COUNT(*) FROM {table}"))).scalar_one()
+
+
+def make_settings(database_url: str, tmp_path: Path, **overrides) -> Settings:
+    values = dict(
+        database_url=database_url,
+        policy_file=POLICIES / "basic.yaml",
+        signing_key_file=tmp_path / "signing-key.pem",
+        slack_channel=CHANNEL,
+        introspection_clients="rs:rs-secret",
+        sweep_interval_seconds=0.05,
+        issuer="https://grantbot.test",
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def start_grantbot(database_url, tmp_path, clock, sandbox):
+    """Start grantbot (any number of times, e.g. to restart it) against the sandbox; returns a :class:`Running`."""
+    runners: list[web.AppRunner] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def start(**overrides) -> Running:
+        overrides.setdefault("slack_bot_token", BOT_TOKEN)
+        overrides.setdefault("slack_signing_secret", SIGNING_SECRET)
+        overrides.setdefault("slack_api_url", sandbox.api_url)
+        settings = make_settings(database_url, tmp_path, **overrides)
+        app = create_app(settings, clock=clock)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        base_url = "http://127.0.0.1:%d" % runner.addresses[0][1]
+        sandbox.events_url = base_url + "/slack/events"
+        http = aiohttp.ClientSession()
+        sessions.append(http)
+        return Running(base_url, Api(http, base_url, lambda: clock.now().timestamp()), app, settings)
+
+    yield start
+    for http in sessions:
+        await http.close()
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def grantbot(start_grantbot) -> Running:
+    return await start_grantbot()

@@ -1,0 +1,143 @@
+"""Test helpers written from the specs, independently of grantbot's code: HMAC signing (DESIGN.md), Slack's
+request signing (REFERENCE.md), and payloads built from the captured fixtures in tests/fixtures/slack/."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import hashlib
+import hmac
+import json
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SECRETS = {"deploy-bot": "deploy-bot-test-secret", "other-bot": "other-bot-test-secret"}
+SIGNING_SECRET = "test-signing-secret-0123456789abcdef"
+BOT_TOKEN = "xoxb-test-token"
+CHANNEL = "C0SANDBOX"
+
+
+def hmac_headers(identity: str, method: str, path_qs: str, body: bytes, *, secret: str | None = None,
+                 timestamp: int | None = None) -> dict[str, str]:
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    message = f"v1:{ts}:{method.upper()}:{path_qs}:".encode() + body
+    digest = hmac.new((secret or SECRETS[identity]).encode(), message, hashlib.sha256).hexdigest()
+    return {"X-Grantbot-Identity": identity, "X-Grantbot-Timestamp": ts, "X-Grantbot-Signature": f"v1={digest}"}
+
+
+def slack_signed(body: str, *, secret: str = SIGNING_SECRET, timestamp: int | None = None) -> dict[str, str]:
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}",
+            "Content-Type": "application/x-www-form-urlencoded"}
+
+
+def block_actions_body(message: dict, action_id: str, user_id: str, channel: str = CHANNEL) -> str:
+    """A block_actions payload in Slack's shape (fixture), clicking ``action_id`` on ``message``, form-encoded."""
+    payload = json.loads((FIXTURES / "slack" / "block_actions.json").read_text())
+    payload = copy.deepcopy(payload)
+    button = next(
+        dict(element, block_id=block.get("block_id"))
+        for block in message["blocks"] if block["type"] == "actions"
+        for element in block["elements"] if element["action_id"] == action_id
+    )
+    payload["user"] = {"id": user_id, "username": user_id.lower(), "name": user_id.lower(), "team_id": "T0ACME"}
+    payload["container"].update(message_ts=message["ts"], channel_id=channel)
+    payload["channel"] = {"id": channel, "name": "access-requests"}
+    payload["message"] = {"type": "message", "ts": message["ts"], "text": message.get("text", ""),
+                          "blocks": message["blocks"], "user": "U0GRANTBOT", "bot_id": "B0GRANTBOT"}
+    payload["actions"] = [{**button, "action_ts": f"{time.time():.6f}"}]
+    return "payload=" + urllib.parse.quote(json.dumps(payload))
+
+
+class Api:
+    """A pipeline's view of a running grantbot: signed calls to its HTTP API."""
+
+    def __init__(self, http: aiohttp.ClientSession, base_url: str, now=time.time) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.now = now  # the caller's clock, in unix seconds: grantbot's (injected) clock in tests
+
+    async def call(self, method: str, path: str, body: Any = None, *, identity: str = "deploy-bot",
+                   raw: bytes | None = None, headers: dict[str, str] | None = None, sign: bool = True,
+                   timestamp: int | None = None, secret: str | None = None) -> tuple[int, dict]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+        all_headers = {"Content-Type": "application/json"}
+        if sign:
+            timestamp = int(self.now()) if timestamp is None else timestamp
+            all_headers.update(hmac_headers(identity, method, path, data, secret=secret, timestamp=timestamp))
+        all_headers.update(headers or {})
+        async with self.http.request(method, self.base_url + path, data=data, headers=all_headers) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except json.JSONDecodeError:
+                return resp.status, {"_raw": text}
+
+    async def request_access(self, body: dict, **kw) -> tuple[int, dict]:
+        return await self.call("POST", "/v1/access-requests", body, **kw)
+
+    async def get_request(self, request_id: str, wait: int | None = None, **kw) -> tuple[int, dict]:
+        path = f"/v1/access-requests/{request_id}" + (f"?wait={wait}" if wait is not None else "")
+        return await self.call("GET", path, **kw)
+
+    async def introspect(self, token: str, client: tuple[str, str] = ("rs", "rs-secret")) -> tuple[int, dict]:
+        basic = base64.b64encode(f"{client[0]}:{client[1]}".encode()).decode()
+        async with self.http.post(self.base_url + "/oauth/introspect", data={"token": token},
+                                  headers={"Authorization": f"Basic {basic}"}) as resp:
+            return resp.status, await resp.json()
+
+    async def click(self, message: dict, action_id: str, user_id: str, *, secret: str = SIGNING_SECRET,
+                    timestamp: int | None = None) -> int:
+        body = block_actions_body(message, action_id, user_id)
+        async with self.http.post(self.base_url + "/slack/events", data=body.encode(),
+                                  headers=slack_signed(body, secret=secret, timestamp=timestamp)) as resp:
+            return resp.status
+
+
+async def eventually(check, timeout: float = 10.0, interval: float = 0.05):
+    """Wait for an asynchronous side effect (a Slack post by the outbox worker) and return ``check()``'s value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+def cards(sandbox) -> list[dict]:
+    """Top-level messages with blocks (approval cards), newest last."""
+    return [m for m in sandbox.messages if m.get("blocks") and not m.get("thread_ts")]
+
+
+def buttons(message: dict) -> list[str]:
+    return [e["action_id"] for b in message.get("blocks") or [] if b["type"] == "actions" for e in b["elements"]]
+
+
+def message_text(message: dict) -> str:
+    """All visible text of a message: its text and every text in its blocks."""
+    parts = [message.get("text") or ""]
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "text" and isinstance(value, str):
+                    parts.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(message.get("blocks") or [])
+    return "\n".join(parts)
