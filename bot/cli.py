@@ -101,41 +101,50 @@ def _dev_identity() -> dict:
 
 
 async def _dev(args: argparse.Namespace) -> None:
+    """grantbot on this machine: SQLite, the example policy, an HMAC identity for `grantbot request`, and the
+    local Slack sandbox unless real Slack credentials (SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET) are set."""
     from bot.app import create_app
     from bot.slack.sandbox import SlackSandbox
 
     identity = _dev_identity()
     os.environ["GRANTBOT_SECRET_DEPLOY_BOT"] = identity["secret"]
-    bot_token = "xoxb-sandbox-" + secrets.token_hex(8)
-    signing_secret = secrets.token_hex(16)
-    sandbox = SlackSandbox(bot_token=bot_token, signing_secret=signing_secret)
-    sandbox_url = await sandbox.start(args.host, args.sandbox_port)
     introspection = f"demo:{secrets.token_hex(8)}"
-    settings = _load_settings(
-        host=args.host,
-        port=args.port,
-        slack_bot_token=bot_token,
-        slack_signing_secret=signing_secret,
-        slack_api_url=sandbox.api_url,
-        slack_channel="C0SANDBOX",
-        policy_file=args.policy or bundled_policy(),
-        introspection_clients=introspection,
-    )
+    overrides: dict[str, object] = {
+        "host": args.host,
+        "port": args.port,
+        "introspection_clients": introspection,
+        "policy_file": args.policy or bundled_policy(),
+    }
+    sandbox = None
+    if not _load_settings().slack_enabled:
+        bot_token = "xoxb-sandbox-" + secrets.token_hex(8)
+        signing_secret = secrets.token_hex(16)
+        sandbox = SlackSandbox(bot_token=bot_token, signing_secret=signing_secret)
+        await sandbox.start(args.host, args.sandbox_port)
+        overrides.update(slack_bot_token=bot_token, slack_signing_secret=signing_secret,
+                         slack_api_url=sandbox.api_url, slack_channel="C0SANDBOX")
+    settings = _load_settings(**overrides)
     app = create_app(settings)
     runner = await _start_site(app, settings.host, settings.port)
     base = f"http://{settings.host}:{settings.port}"
-    sandbox.events_url = f"{base}/slack/events"
+    if sandbox is not None:
+        sandbox.events_url = f"{base}/slack/events"
+        where = f"The Slack sandbox is at {sandbox.base_url}/ - open it in a browser: it shows #access-requests."
+        approve = 'In the sandbox page, as "dana (approver)", click Approve.'
+    else:
+        where = f"Slack: the real workspace; cards go to channel {settings.slack_channel or '(set GRANTBOT_SLACK_CHANNEL)'}."
+        approve = "In Slack, as an approver of rule prod-write, click Approve."
     client_id, secret = introspection.split(":")
     print(
         f"""
 grantbot is running at {base} (database {settings.database_url}, policy {settings.policy_file})
-The Slack sandbox is at {sandbox_url}/ - open it in a browser: it shows the #access-requests channel.
+{where}
 
 Try it, in a second terminal in this folder:
   1. Ask for access that needs approval (identity 'deploy-bot', secret kept in {DEV_IDENTITY_FILE}):
-       .venv/bin/grantbot request --environment production --scope db:write --ttl 60 --reason "hotfix 42" --wait 120
-  2. In the sandbox page, as "dana (approver)", click Approve. The command prints the token.
-  3. After 60 s the grant expires: the sandbox shows a thread reply under the card.
+       .venv/bin/grantbot request --environment production --scope db:write --ttl 60 --reason "hotfix 42" --wait 300
+  2. {approve} The command prints the token.
+  3. 60 s after the approval the grant expires: a thread reply under the card says so.
   Staging is auto-approved:  .venv/bin/grantbot request --environment staging --scope db:read --ttl 30
   Check a token (RFC 7662):  curl -s -u {client_id}:{secret} -d token=TOKEN {base}/oauth/introspect
 
@@ -147,7 +156,8 @@ Stop with Ctrl-C.
         await _until_signalled()
     finally:
         await runner.cleanup()
-        await sandbox.stop()
+        if sandbox is not None:
+            await sandbox.stop()
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

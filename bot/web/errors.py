@@ -41,7 +41,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
         code, detail = _HTTP_CODES.get(exc.status, (exc.reason.lower().replace(" ", "_"), exc.reason))
-        return error_response(exc.status, code, detail, dict(exc.headers) if exc.status == 405 else None)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, code, detail, allow)
     except (OperationalError, DBAPIError, PoolTimeout, ConnectionError, OSError) as exc:
         log.error("database unavailable while serving %s %s: %s", request.method, request.path, type(exc).__name__)
         return error_response(

@@ -1,0 +1,123 @@
+"""Bad input gets a 4xx with a sentence a person can act on, and nothing is written (table-driven)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support import hmac_headers
+
+GOOD = {"environment": "production", "scopes": ["db:write"], "ttl_seconds": 600, "reason": "migration"}
+
+BAD_BODIES = [
+    # (name, raw body, status, error code, words the detail must contain)
+    ("not json", b"{environment: production", 422, "invalid_request", "not valid JSON"),
+    ("a list", b"[]", 422, "invalid_request", "JSON object"),
+    ("unknown field", json.dumps({**GOOD, "role": "admin"}).encode(), 422, "invalid_request", "role: is not a field"),
+    ("no scopes", json.dumps({**GOOD, "scopes": []}).encode(), 422, "invalid_request", "at least one scope"),
+    ("scopes missing", json.dumps({"environment": "production"}).encode(), 422, "invalid_request", "scopes"),
+    ("scope with a space", json.dumps({**GOOD, "scopes": ["db:write db:admin"]}).encode(), 422, "invalid_request",
+     "without spaces"),
+    ("scopes as a string", json.dumps({**GOOD, "scopes": "db:write"}).encode(), 422, "invalid_request", "scopes"),
+    ("ttl above the cap", json.dumps({**GOOD, "ttl_seconds": 7200}).encode(), 422, "ttl_too_long", "1800 s cap"),
+    ("ttl not a number", json.dumps({**GOOD, "ttl_seconds": "600"}).encode(), 422, "invalid_request", "ttl_seconds"),
+    ("negative ttl", json.dumps({**GOOD, "ttl_seconds": -5}).encode(), 422, "invalid_request", "positive"),
+    ("unknown environment", json.dumps({**GOOD, "environment": "prod"}).encode(), 422, "unknown_environment",
+     "production, staging"),
+    ("context not strings", json.dumps({**GOOD, "context": {"run": 42}}).encode(), 422, "invalid_request", "context"),
+    ("too large", json.dumps({**GOOD, "reason": "x" * 70_000}).encode(), 413, "body_too_large", "64 KiB"),
+]
+
+
+@pytest.mark.parametrize("name,raw,status,code,words", BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+async def test_a_bad_body_is_refused_with_a_reason_and_nothing_is_stored(grantbot, sandbox, name, raw, status, code,
+                                                                         words):
+    got, body = await grantbot.api.request_access(None, raw=raw)
+    assert got == status, body
+    assert body["error"] == code
+    assert words in body["detail"]
+    assert body["detail"].endswith(".")
+    assert await grantbot.count("access_requests") == 0
+    assert await grantbot.count("outbox") == 0
+    assert sandbox.messages == []
+
+
+async def test_an_unsigned_request_is_refused(grantbot):
+    status, body = await grantbot.api.request_access(GOOD, sign=False)
+    assert status == 401 and body["error"] == "unauthenticated" and "Sign the request" in body["detail"]
+
+
+async def test_a_wrong_signature_is_refused(grantbot):
+    status, body = await grantbot.api.request_access(GOOD, secret="guessed")
+    assert status == 401 and "does not match" in body["detail"]
+
+
+async def test_an_unknown_identity_gets_the_same_answer_as_a_wrong_signature(grantbot):
+    status, body = await grantbot.api.request_access(GOOD, identity="nobody", secret="whatever")
+    assert status == 401 and "does not match" in body["detail"]
+
+
+async def test_a_body_changed_after_signing_is_refused(grantbot):
+    signed = json.dumps(GOOD).encode()
+    headers = hmac_headers("deploy-bot", "POST", "/v1/access-requests", signed, timestamp=int(grantbot.api.now()))
+    tampered = json.dumps({**GOOD, "scopes": ["db:read"]}).encode()
+    status, _ = await grantbot.api.request_access(None, raw=tampered, sign=False, headers=headers)
+    assert status == 401
+
+
+@pytest.mark.parametrize("skew", [-301, 301])
+async def test_a_stale_or_future_timestamp_is_refused(grantbot, skew):
+    status, body = await grantbot.api.request_access(GOOD, timestamp=int(grantbot.api.now()) + skew)
+    assert status == 401 and "300 s" in body["detail"]
+
+
+async def test_a_replayed_signature_is_refused(grantbot):
+    raw = json.dumps({"environment": "staging", "scopes": ["db:read"]}).encode()
+    headers = hmac_headers("deploy-bot", "POST", "/v1/access-requests", raw, timestamp=int(grantbot.api.now()))
+    first, _ = await grantbot.api.request_access(None, raw=raw, sign=False, headers=headers)
+    again, body = await grantbot.api.request_access(None, raw=raw, sign=False, headers=headers)
+    assert (first, again) == (201, 401) and "already used" in body["detail"]
+    assert await grantbot.count("grants") == 1
+
+
+async def test_the_signature_covers_the_query_string(grantbot):
+    _, created = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
+    path = f"/v1/access-requests/{created['id']}"
+    headers = hmac_headers("deploy-bot", "GET", path + "?wait=0", b"", timestamp=int(grantbot.api.now()))
+    status, _ = await grantbot.api.call("GET", path + "?wait=5", sign=False, headers=headers)
+    assert status == 401
+
+
+async def test_an_unknown_request_id_is_404(grantbot):
+    status, body = await grantbot.api.get_request("00000000-0000-0000-0000-000000000000")
+    assert status == 404 and body["error"] == "not_found"
+
+
+async def test_another_identitys_request_is_404(grantbot):
+    _, created = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
+    status, body = await grantbot.api.get_request(created["id"], identity="other-bot")
+    assert status == 404 and "grant" not in body
+
+
+@pytest.mark.parametrize("wait", ["abc", "61", "-1"])
+async def test_a_bad_wait_is_refused(grantbot, wait):
+    _, created = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
+    status, body = await grantbot.api.call("GET", f"/v1/access-requests/{created['id']}?wait={wait}")
+    assert status == 422 and "wait" in body["detail"]
+
+
+async def test_unknown_routes_and_methods_answer_json(grantbot):
+    status, body = await grantbot.api.call("GET", "/v1/nope")
+    assert status == 404 and body["error"] == "not_found"
+    status, body = await grantbot.api.call("DELETE", "/v1/access-requests")
+    assert status == 405 and body["error"] == "method_not_allowed"
+
+
+async def test_introspection_needs_a_known_client(grantbot):
+    _, created = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
+    token = created["grant"]["access_token"]
+    assert (await grantbot.api.introspect(token, client=("rs", "wrong")))[0] == 401
+    assert (await grantbot.api.introspect(token, client=("stranger", "rs-secret")))[0] == 401
+    assert await grantbot.api.introspect("not-a-jwt") == (200, {"active": False})
+    assert await grantbot.api.introspect(token[:-4] + "AAAA") == (200, {"active": False})

@@ -1,0 +1,169 @@
+"""The real ``grantbot serve`` process, with the Slack sandbox as its Slack: a pipeline asks, a person approves in
+Slack, the pipeline gets a token, the token verifies against the JWKS, and it expires with a message in the channel.
+Time is moved through GRANTBOT_CLOCK_OFFSET_FILE instead of sleeping through the TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import jwt
+import pytest
+
+from tests.conftest import POLICIES
+from tests.support import BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, buttons, cards, eventually, message_text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def grantbot_command() -> list[str]:
+    script = Path(sys.executable).with_name("grantbot")
+    return [str(script), "serve"] if script.exists() else [sys.executable, "-m", "bot", "serve"]
+
+
+class Process:
+    """A ``grantbot serve`` child process and a clock offset file that moves its time."""
+
+    def __init__(self, tmp_path: Path, database_url: str, sandbox) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.offset_file = tmp_path / "clock-offset"
+        self.offset_file.write_text("0")
+        self.log_path = tmp_path / "grantbot.log"
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "GRANTBOT_HOST": "127.0.0.1",
+            "GRANTBOT_DATABASE_URL": database_url,
+            "GRANTBOT_POLICY_FILE": str(POLICIES / "basic.yaml"),
+            "GRANTBOT_SIGNING_KEY_FILE": str(tmp_path / "signing-key.pem"),
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": sandbox.api_url,
+            "GRANTBOT_SLACK_CHANNEL": CHANNEL,
+            "GRANTBOT_INTROSPECTION_CLIENTS": "rs:rs-secret",
+            "GRANTBOT_CLOCK_OFFSET_FILE": str(self.offset_file),
+            "GRANTBOT_SWEEP_INTERVAL_SECONDS": "0.2",
+            **{"TEST_SECRET_" + k.upper().replace("-", "_"): v for k, v in SECRETS.items()},
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def now(self) -> float:
+        return time.time() + float(self.offset_file.read_text())
+
+    def advance(self, seconds: float) -> None:
+        self.offset_file.write_text(str(float(self.offset_file.read_text()) + seconds))
+
+    async def start(self) -> None:
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(grantbot_command(), env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+        async def healthy() -> bool:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                async with aiohttp.ClientSession() as http, http.get(self.base_url + "/healthz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(healthy, timeout=20, interval=0.1)
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=15)
+
+
+@pytest.fixture
+async def process(tmp_path, database_url, sandbox):
+    proc = Process(tmp_path, database_url, sandbox)
+    sandbox.events_url = proc.base_url + "/slack/events"
+    await proc.start()
+    yield proc
+    if proc.proc and proc.proc.poll() is None:
+        assert proc.kill(signal.SIGTERM) == 0, proc.log_path.read_text()[-3000:]
+    log = proc.log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    for secret in (*SECRETS.values(), SIGNING_SECRET, BOT_TOKEN):
+        assert secret not in log
+
+
+@pytest.fixture
+async def api(process):
+    async with aiohttp.ClientSession() as http:
+        yield Api(http, process.base_url, process.now)
+
+
+async def test_a_request_is_approved_in_slack_and_its_token_expires(process, api, sandbox):
+    status, created = await api.request_access({
+        "environment": "production", "scopes": ["db:write"], "ttl_seconds": 120, "reason": "run migration 42",
+        "context": {"run_url": "https://ci.acme.example/runs/42", "commit": "4f1c9e2", "repository": "acme/api"},
+    })
+    assert status == 202 and created["status"] == "pending", created
+
+    card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
+    assert buttons(card) == ["approve", "deny"] and "run migration 42" in message_text(card)
+    assert await api.click(card, "approve", "U0APPROVER") == 200
+
+    status, decided = await api.get_request(created["id"], wait=20)
+    assert status == 200 and decided["status"] == "approved" and decided["decided_by"] == "U0APPROVER"
+    token = decided["grant"]["access_token"]
+
+    async with api.http.get(process.base_url + "/.well-known/jwks.json") as resp:
+        jwks = jwt.PyJWKSet.from_dict(await resp.json())
+    header = jwt.get_unverified_header(token)
+    assert header["typ"] == "at+jwt"
+    claims = jwt.decode(token, jwks[header["kid"]].key, algorithms=["ES256"], audience="https://api.acme.example",
+                        issuer=f"http://127.0.0.1:{process.port}", options={"require": ["exp", "iat", "jti"]})
+    assert claims["scope"] == "db:write" and claims["sub"] == "deploy-bot"
+    assert claims["exp"] - claims["iat"] == 120
+    assert (await api.introspect(token))[1]["active"] is True
+    await eventually(lambda: buttons(card) == [] and "Approved" in message_text(card))
+
+    process.advance(121)
+    reply = await eventually(lambda: next((m for m in sandbox.messages if m["thread_ts"] == card["ts"]), None))
+    assert "expired" in reply["text"] and reply["channel"] == CHANNEL
+    _, after = await api.get_request(created["id"])
+    assert after["grant"]["status"] == "expired" and "access_token" not in after["grant"]
+    assert await api.introspect(token) == (200, {"active": False})
+
+
+async def test_a_restart_between_request_and_approval_loses_nothing(process, api, sandbox):
+    _, created = await api.request_access({"environment": "production", "scopes": ["deploy:api"], "ttl_seconds": 60})
+    card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
+
+    assert process.kill(signal.SIGKILL) == -signal.SIGKILL
+    await process.start()
+
+    assert await api.click(card, "approve", "U0SECOND") == 200
+    status, decided = await api.get_request(created["id"], wait=20)
+    assert status == 200 and decided["status"] == "approved" and decided["grant"]["access_token"]
+    await eventually(lambda: buttons(card) == [])
+    await asyncio.sleep(0.5)
+    assert len(cards(sandbox)) == 1  # the card was posted once, not again after the restart
+
+
+async def test_a_card_queued_while_down_is_posted_after_the_restart(process, api, sandbox):
+    process.kill(signal.SIGTERM)
+    env_without_slack = {k: v for k, v in process.env.items() if not k.startswith("SLACK_")}
+    original, process.env = process.env, env_without_slack
+    await process.start()  # Slack not configured: the card can only wait in the outbox
+    _, created = await api.request_access({"environment": "production", "scopes": ["db:write"], "ttl_seconds": 60})
+    await asyncio.sleep(0.5)
+    assert cards(sandbox) == []
+    assert process.kill(signal.SIGKILL) == -signal.SIGKILL
+    process.env = original
+    await process.start()
+    card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
+    assert buttons(card) == ["approve", "deny"]
