@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class Sweeper:
-    """The sweep job. It remembers its running task so shutdown can wait for it to unwind.
+    """The sweep job. It remembers its running task so shutdown can let it finish.
 
-    APScheduler's ``shutdown(wait=False)`` cancels a running coroutine job without awaiting it; a sweep cancelled
-    mid-transaction still needs the database to roll back, so it must finish before the engine is disposed.
+    APScheduler's ``shutdown()`` cancels a running coroutine job without awaiting it; a sweep cut off
+    mid-transaction would still need the database to roll back after the engine is gone. So shutdown pauses the
+    scheduler, lets a running sweep finish (a batch takes milliseconds), and only cancels one that hangs.
     """
 
     def __init__(self, deps: usecases.Deps) -> None:
@@ -46,8 +47,11 @@ class Sweeper:
             log.info("sweep: %d grant(s) expired, %d pending request(s) timed out",
                      result.grants_expired, result.requests_expired)
 
-    async def wait_stopped(self) -> None:
-        for task in list(self._running):
+    async def wait_stopped(self, timeout: float = 10.0) -> None:
+        if not self._running:
+            return
+        _, hanging = await asyncio.wait(list(self._running), timeout=timeout)
+        for task in hanging:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -71,5 +75,6 @@ async def run_scheduler(deps: usecases.Deps, interval_seconds: float) -> AsyncIt
     try:
         yield scheduler
     finally:
-        scheduler.shutdown(wait=False)
+        scheduler.pause()
         await sweeper.wait_stopped()
+        scheduler.shutdown(wait=False)

@@ -95,10 +95,14 @@ class Running:
     app: web.Application
     settings: Settings
 
-    async def count(self, table: str) -> int:
+    @property
+    def engine(self):
         from bot.web.keys import STORE
 
-        async with self.app[STORE].engine.connect() as conn:
+        return self.app[STORE].engine
+
+    async def count(self, table: str) -> int:
+        async with self.engine.connect() as conn:
             return (await conn.execute(text(f"SELECT COUNT(*) FROM {table}"))).scalar_one()
 
 

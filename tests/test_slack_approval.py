@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from sqlalchemy import text
 
 from tests.support import CHANNEL, buttons, cards, eventually, message_text
 
@@ -160,3 +161,16 @@ async def test_a_long_poll_returns_as_soon_as_the_decision_is_made(grantbot, san
     status, decided = await poll
     assert status == 200 and decided["status"] == "approved" and decided["grant"]["access_token"]
     assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_a_card_slack_took_just_before_a_crash_is_not_posted_again(grantbot, sandbox, clock):
+    created, card = await pending_card(grantbot, sandbox)
+    # What a crash between Slack's answer and the database commit leaves behind: the card is in Slack, but the
+    # outbox item is unsent and still leased, and the request does not know its card.
+    async with grantbot.engine.begin() as conn:
+        await conn.execute(text("UPDATE outbox SET sent_at = NULL, locked_until = :until"), {"until": clock.now()})
+        await conn.execute(text("UPDATE access_requests SET card_ts = NULL, card_channel = NULL"))
+    clock.advance(1)
+    await grantbot.api.click(card, "approve", "U0APPROVER")
+    await eventually(lambda: card["updated_count"] > 0)
+    assert len(cards(sandbox)) == 1 and buttons(card) == []

@@ -4,6 +4,11 @@ The request path never waits on Slack: use cases write events in their own trans
 them (``claim_outbox``), renders the current state with the pure builders, calls the Web API and marks them sent.
 Slack failures are retried with ``Retry-After`` (429) or exponential backoff; the item stays in the table
 meanwhile, so a restart loses nothing.
+
+Posting once: a process can die after Slack accepted a post and before the database recorded it. Every post
+therefore carries Slack message ``metadata`` naming its outbox item, and a retried item first looks for that
+message (``conversations.history`` / ``conversations.replies``) and adopts it instead of posting again.
+Updates (``chat.update``) are idempotent by nature.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from bot.store.repository import SqlStore
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 60
+LEASE_SECONDS = 30  # longer than the client's 10 s timeout, so a live worker never loses its lease
+METADATA_EVENT = "grantbot_outbox"
 BATCH = 20
 MAX_ATTEMPTS = 12
 MAX_BACKOFF_SECONDS = 300
@@ -110,10 +116,10 @@ class SlackNotifier:
                 if not request.channel:
                     log.error("request %s has no channel to post its card to (set GRANTBOT_SLACK_CHANNEL)", request.id)
                 return
-            answer = await self._client.chat_postMessage(
-                channel=request.channel, text=blocks.card_text(request), blocks=blocks.card_blocks(request, grant)
+            channel, ts = await self._post_once(
+                item, channel=request.channel, text=blocks.card_text(request), blocks=blocks.card_blocks(request, grant)
             )
-            await self._store.set_card(request.id, answer["channel"], answer["ts"])
+            await self._store.set_card(request.id, channel, ts)
         elif item.kind is EventKind.CARD_UPDATE:
             if request.card_ts and request.card_channel:
                 await self._client.chat_update(
@@ -125,6 +131,27 @@ class SlackNotifier:
         elif item.kind in (EventKind.GRANT_EXPIRED, EventKind.GRANT_REVOKED) and grant is not None:
             text = blocks.grant_ended_text(request, grant)
             if request.card_ts and request.card_channel:
-                await self._client.chat_postMessage(channel=request.card_channel, thread_ts=request.card_ts, text=text)
+                await self._post_once(item, channel=request.card_channel, thread_ts=request.card_ts, text=text)
             elif request.channel and request.decision is Decision.AUTO_APPROVE:
-                await self._client.chat_postMessage(channel=request.channel, text=text)
+                await self._post_once(item, channel=request.channel, text=text)
+
+    async def _post_once(self, item: OutboxItem, *, channel: str, thread_ts: str | None = None, **content) -> tuple[str, str]:
+        """``chat.postMessage`` unless an earlier attempt of this item already posted; returns (channel, ts)."""
+        if item.attempts > 1 and (ts := await self._find_posted(item, channel, thread_ts)):
+            log.info("outbox item %s was already posted (ts %s); not posting it again", item.id, ts)
+            return channel, ts
+        metadata = {"event_type": METADATA_EVENT, "event_payload": {"outbox_id": item.id, "request_id": item.request_id}}
+        extra = {"thread_ts": thread_ts} if thread_ts else {}
+        answer = await self._client.chat_postMessage(channel=channel, metadata=metadata, **extra, **content)
+        return answer["channel"], answer["ts"]
+
+    async def _find_posted(self, item: OutboxItem, channel: str, thread_ts: str | None) -> str | None:
+        if thread_ts:
+            answer = await self._client.conversations_replies(channel=channel, ts=thread_ts, include_all_metadata=True)
+        else:
+            answer = await self._client.conversations_history(channel=channel, limit=200, include_all_metadata=True)
+        for message in answer.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            if metadata.get("event_type") == METADATA_EVENT and (metadata.get("event_payload") or {}).get("outbox_id") == item.id:
+                return message["ts"]
+        return None

@@ -110,7 +110,8 @@ class SlackSandbox:
 
     Web API (``POST``/``GET /api/{method}``, JSON, form or query arguments, Slack's wire format: always
     HTTP 200 with ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``, ``Content-Type: application/json``):
-    ``auth.test``, ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``, ``users.info``; anything
+    ``auth.test``, ``chat.postMessage`` (with ``metadata``), ``chat.update``, ``chat.postEphemeral``,
+    ``users.info``, ``conversations.history`` and ``conversations.replies``; anything
     else is ``unknown_method``. Calls need ``Authorization: Bearer <bot_token>`` (or a ``token`` argument),
     else ``invalid_auth``. A user id as ``channel`` posts into the bot's DM with that user (``D...``).
 
@@ -156,7 +157,8 @@ class SlackSandbox:
         self._methods = {
             "auth.test": self._auth_test, "chat.postMessage": self._post_message,
             "chat.update": self._update, "chat.postEphemeral": self._post_ephemeral,
-            "users.info": self._users_info,
+            "users.info": self._users_info, "conversations.history": self._history,
+            "conversations.replies": self._replies,
         }
 
     # ----- server -----
@@ -233,8 +235,36 @@ class SlackSandbox:
         parent = self._find(channel, thread_ts) if thread_ts else None
         if parent and parent["thread_ts"]:  # replying to a reply lands in the same thread
             thread_ts = parent["thread_ts"]
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):  # form-encoded
+            try:
+                metadata = json.loads(metadata)
+            except ValueError:
+                return _err("invalid_metadata_format")
         message = self._store(channel, text or "", blocks or [], thread_ts)
+        if metadata:
+            message["metadata"] = metadata
         return {"ok": True, "channel": channel, "ts": message["ts"], "message": self._as_slack(message)}
+
+    def _history(self, args: Args) -> dict:
+        """Slack conversations.history: top-level messages, newest first, ``oldest``/``limit`` honoured."""
+        channel = args.get("channel")
+        if channel not in self.channels:
+            return _err("channel_not_found")
+        oldest = float(args.get("oldest") or 0)
+        limit = int(args.get("limit") or 100)
+        found = [m for m in reversed(self.messages)
+                 if m["channel"] == channel and not m["thread_ts"] and float(m["ts"]) >= oldest]
+        return {"ok": True, "messages": [self._as_slack(m) for m in found[:limit]], "has_more": len(found) > limit}
+
+    def _replies(self, args: Args) -> dict:
+        """Slack conversations.replies: the parent, then its replies, oldest first."""
+        channel, ts = args.get("channel"), args.get("ts")
+        parent = self._find(channel, ts) if isinstance(channel, str) else None
+        if parent is None:
+            return _err("thread_not_found")
+        replies = [m for m in self.messages if m["channel"] == channel and m["thread_ts"] == ts]
+        return {"ok": True, "messages": [self._as_slack(m) for m in [parent, *replies]], "has_more": False}
 
     def _update(self, args: Args) -> dict:
         if not isinstance(args.get("channel"), str) or args["channel"] not in self.channels:
@@ -467,4 +497,6 @@ class SlackSandbox:
                "blocks": copy.deepcopy(message["blocks"])}
         if message["thread_ts"]:
             out["thread_ts"] = message["thread_ts"]
+        if message.get("metadata"):
+            out["metadata"] = copy.deepcopy(message["metadata"])
         return out
