@@ -29,7 +29,8 @@ DEV_APPROVER = "U0APPROVER"
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler warns on every skipped run while a long sweep is still going; failures are ERRORs and stay.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def _load_settings(**overrides: object) -> Settings:

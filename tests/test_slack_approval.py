@@ -165,6 +165,10 @@ async def test_a_long_poll_returns_as_soon_as_the_decision_is_made(grantbot, san
 
 async def test_a_card_slack_took_just_before_a_crash_is_not_posted_again(grantbot, sandbox, clock):
     created, card = await pending_card(grantbot, sandbox)
+    async def drained() -> bool:  # the worker is done with the card: posted, recorded, marked sent
+        return await grantbot.count("outbox WHERE sent_at IS NULL") == 0
+
+    await eventually(drained)
     # What a crash between Slack's answer and the database commit leaves behind: the card is in Slack, but the
     # outbox item is unsent and still leased, and the request does not know its card.
     async with grantbot.engine.begin() as conn:
