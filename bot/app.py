@@ -26,7 +26,8 @@ from bot.identity.hmac_auth import HmacAuthenticator, secrets_from_policy
 from bot.scheduler import run_scheduler
 from bot.slack.listeners import build_bolt_app
 from bot.slack.notifier import SlackNotifier
-from bot.store.engine import create_engine, create_schema
+from bot.store.engine import create_engine
+from bot.store.schema import check_current, upgrade
 from bot.store.repository import SqlStore
 from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key
@@ -41,8 +42,9 @@ def default_clock(settings: Settings) -> Clock:
     return OffsetFileClock(settings.clock_offset_file) if settings.clock_offset_file else SystemClock()
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
-    """The aiohttp application for ``settings``.
+def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool = False) -> web.Application:
+    """The aiohttp application for ``settings``; ``migrate`` upgrades the schema at start instead of refusing
+    to start on a database that is behind (``bot.store.schema.SchemaBehind``).
 
     Raises ``bot.domain.errors.PolicyError`` (bad policy file, unset identity secret) and ``ValueError``
     (unreadable signing key, malformed ``GRANTBOT_INTROSPECTION_CLIENTS``) before anything starts.
@@ -74,7 +76,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     for module in (access_requests, oauth, health, slack_events):
         app.add_routes(module.routes)
 
-    app.cleanup_ctx.append(partial(_database, store))
+    app.cleanup_ctx.append(partial(_database, store, migrate))
     if settings.slack_enabled:
         client = AsyncWebClient(
             token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10
@@ -89,8 +91,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     return app
 
 
-async def _database(store: SqlStore, _app: web.Application) -> AsyncIterator[None]:
-    await create_schema(store.engine)
+async def _database(store: SqlStore, migrate: bool, _app: web.Application) -> AsyncIterator[None]:
+    await (upgrade(store.engine) if migrate else check_current(store.engine))
     yield
     await store.engine.dispose()
 

@@ -69,8 +69,19 @@ async def _serve(settings: Settings) -> None:
 
 
 def _run(coro) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.store.schema import SchemaBehind
+
     try:
         asyncio.run(coro)
+    except SchemaBehind as exc:
+        print(f"grantbot: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        print(f"grantbot: cannot use the database: {type(exc).__name__}: {getattr(exc, 'orig', None) or exc}",
+              file=sys.stderr)
+        return 2
     except PolicyError as exc:
         print(f"grantbot: {exc}", file=sys.stderr)
         return 2
@@ -87,6 +98,29 @@ def cmd_serve(_: argparse.Namespace) -> int:
     settings = _load_settings()
     _setup_logging(settings.log_level)
     return _run(_serve(settings))
+
+
+async def _migrate(settings: Settings) -> None:
+    from bot.store.engine import create_engine
+    from bot.store.schema import current_revision, upgrade
+
+    engine = create_engine(settings.database_url)
+    try:
+        before = await current_revision(engine)
+        await upgrade(engine)
+        after = await current_revision(engine)
+    finally:
+        await engine.dispose()
+    if before == after:
+        print(f"grantbot: the database is up to date (schema revision {after})")
+    else:
+        print(f"grantbot: migrated the database from schema revision {before or '(none)'} to {after}")
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    settings = _load_settings()
+    _setup_logging(settings.log_level)
+    return _run(_migrate(settings))
 
 
 def _dev_identity() -> dict:
@@ -125,7 +159,7 @@ async def _dev(args: argparse.Namespace) -> None:
         overrides.update(slack_bot_token=bot_token, slack_signing_secret=signing_secret,
                          slack_api_url=sandbox.api_url, slack_channel="C0SANDBOX")
     settings = _load_settings(**overrides)
-    app = create_app(settings)
+    app = create_app(settings, migrate=True)
     runner = await _start_site(app, settings.host, settings.port)
     base = f"http://{settings.host}:{settings.port}"
     if sandbox is not None:
@@ -214,6 +248,9 @@ async def _request(args: argparse.Namespace) -> int:
                     if status != 200:
                         break
     print(json.dumps(answer, indent=2))
+    summary = answer.get("status") or answer.get("error") or "error"
+    detail = answer.get("detail")
+    print(f"{summary} (HTTP {status})" + (f": {detail}" if detail else ""), file=sys.stderr)
     if status >= 400 or answer.get("status") not in ("approved", "pending"):
         return 1
     return 0
@@ -233,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the HTTP API and Slack endpoint (settings from the environment)")
     serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database schema to this version (run before serve)")
+    migrate.set_defaults(func=cmd_migrate)
 
     dev = sub.add_parser("dev", help="run grantbot with the local Slack sandbox and the example policy")
     dev.add_argument("--host", default="127.0.0.1")

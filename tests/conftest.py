@@ -15,7 +15,6 @@ import asyncpg
 import pytest
 from aiohttp import web
 from sqlalchemy import text
-from sqlmodel import SQLModel
 
 from bot.app import create_app
 from bot.config import Settings
@@ -60,7 +59,8 @@ async def database_url(request, tmp_path):
     url = request.getfixturevalue("postgres_url")
     engine = create_engine(url)
     async with engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.drop_all)
+        await conn.execute(text("DROP SCHEMA public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
     await engine.dispose()
     yield url
 
@@ -131,7 +131,7 @@ async def start_grantbot(database_url, tmp_path, clock, sandbox):
         overrides.setdefault("slack_signing_secret", SIGNING_SECRET)
         overrides.setdefault("slack_api_url", sandbox.api_url)
         settings = make_settings(database_url, tmp_path, **overrides)
-        app = create_app(settings, clock=clock)
+        app = create_app(settings, clock=clock, migrate=True)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

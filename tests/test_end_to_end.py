@@ -27,9 +27,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def grantbot_command() -> list[str]:
+def grantbot_command(command: str = "serve") -> list[str]:
     script = Path(sys.executable).with_name("grantbot")
-    return [str(script), "serve"] if script.exists() else [sys.executable, "-m", "bot", "serve"]
+    return [str(script), command] if script.exists() else [sys.executable, "-m", "bot", command]
 
 
 class Process:
@@ -89,6 +89,8 @@ class Process:
 async def process(tmp_path, database_url, sandbox):
     proc = Process(tmp_path, database_url, sandbox)
     sandbox.events_url = proc.base_url + "/slack/events"
+    migrated = subprocess.run(grantbot_command("migrate"), env=proc.env, capture_output=True, text=True, timeout=60)
+    assert migrated.returncode == 0 and "migrated the database" in migrated.stdout, migrated.stderr
     await proc.start()
     yield proc
     if proc.proc and proc.proc.poll() is None:
@@ -170,3 +172,25 @@ async def test_a_card_queued_while_down_is_posted_after_the_restart(process, api
     await process.start()
     card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
     assert buttons(card) == ["approve", "deny"]
+
+
+async def test_serve_refuses_a_database_behind_the_code_and_says_to_migrate(tmp_path, database_url, sandbox):
+    proc = Process(tmp_path, database_url, sandbox)
+    refused = subprocess.run(grantbot_command("serve"), env=proc.env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "run `grantbot migrate` first" in refused.stderr and "Traceback" not in refused.stderr
+    migrated = subprocess.run(grantbot_command("migrate"), env=proc.env, capture_output=True, text=True, timeout=60)
+    assert migrated.returncode == 0
+    again = subprocess.run(grantbot_command("migrate"), env=proc.env, capture_output=True, text=True, timeout=60)
+    assert "up to date" in again.stdout
+
+
+def test_serve_says_which_policy_key_is_wrong(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: r\n    decison: deny\n")
+    env = {**os.environ, "GRANTBOT_POLICY_FILE": str(policy), "GRANTBOT_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+           "GRANTBOT_SIGNING_KEY_FILE": str(tmp_path / "k.pem")}
+    refused = subprocess.run(grantbot_command("serve"), env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{policy}: rules[0].decison: unknown key" in refused.stderr
+    assert f"{policy}: rules[0].decision: Field required" in refused.stderr

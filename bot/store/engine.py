@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel import SQLModel
 
 from bot.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
@@ -45,9 +44,3 @@ def create_engine(url: str) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
-
-
-async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables (until migrations arrive, the schema is created at start)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all)

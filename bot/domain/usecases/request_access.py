@@ -98,7 +98,7 @@ async def request_access(
         identity=caller.identity,
         environment=body.environment,
         scopes=body.scopes,
-        ttl_seconds=ttl or 0,
+        ttl_seconds=ttl or policy.default_ttl(rule),
         audience=body.audience or policy.defaults.audience or deps.issuer,
         reason=body.reason,
         context=dict(body.context),

@@ -1,0 +1,1 @@
+"""Alembic migrations of grantbot's schema, run programmatically (``grantbot migrate``)."""
