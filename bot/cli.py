@@ -123,6 +123,39 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     return _run(_migrate(settings))
 
 
+async def _audit_export(settings: Settings, since, out) -> int:
+    from bot.store.engine import create_engine
+    from bot.store.repository import SqlStore
+
+    store = SqlStore(create_engine(settings.database_url))
+    written, after = 0, 0
+    try:
+        while batch := await store.audit_events(since=since, after_id=after):
+            for event in batch:
+                out.write(json.dumps(event, separators=(",", ":")) + "\n")
+            written += len(batch)
+            after = batch[-1]["id"]
+    finally:
+        await store.engine.dispose()
+    out.flush()
+    return written
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        except ValueError:
+            print("grantbot audit export: --since must be an ISO 8601 time, e.g. 2026-11-29T00:00:00Z", file=sys.stderr)
+            return 2
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    settings = _load_settings()
+    return _run(_audit_export(settings, since, sys.stdout))
+
+
 def _dev_identity() -> dict:
     """The sandbox's HMAC identity, made once per checkout and kept in .grantbot/ (mode 0600)."""
     if DEV_IDENTITY_FILE.exists():
@@ -273,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to this version (run before serve)")
     migrate.set_defaults(func=cmd_migrate)
+
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True)
+    export = audit.add_parser("export", help="write audit events as JSON lines (oldest first) to stdout, for a SIEM")
+    export.add_argument("--since", help="only events at or after this ISO 8601 time (UTC if no zone is given)")
+    export.set_defaults(func=cmd_audit_export)
 
     dev = sub.add_parser("dev", help="run grantbot with the local Slack sandbox and the example policy")
     dev.add_argument("--host", default="127.0.0.1")

@@ -18,11 +18,21 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url``. On SQLite: WAL, a 5 s busy timeout, foreign keys, and ``BEGIN IMMEDIATE``.
+WRITE_OPTION = "grantbot_write"
 
-    Immediate transactions matter because our transactions read, then write: a deferred SQLite transaction that
-    does that fails at once with "database is locked" when another connection wrote meanwhile, whatever the timeout.
+
+def writer(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (and pool) marked for write transactions: ``BEGIN IMMEDIATE`` on SQLite."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url``. On SQLite: WAL, a 5 s busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for
+    connections carrying the execution option ``grantbot_write=True`` (see :func:`writer`).
+
+    Immediate transactions matter because our write transactions read, then write: a deferred SQLite transaction
+    that does that fails at once with "database is locked" when another connection wrote meanwhile, whatever the
+    timeout. Reads stay deferred so that, under WAL, they never wait for a writer.
     """
     url = normalize_url(url)
     if not url.startswith("sqlite"):
@@ -41,6 +51,6 @@ def create_engine(url: str) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN")
 
     return engine

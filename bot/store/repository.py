@@ -23,13 +23,15 @@ from bot.domain.models import (
     RequestStatus,
     Verdict,
 )
-from bot.store.tables import AccessRequestRow, ApprovalRow, GrantRow, OutboxRow, UsedSignatureRow
+from bot.store.engine import writer
+from bot.store.tables import AccessRequestRow, ApprovalRow, AuditEventRow, GrantRow, OutboxRow, UsedSignatureRow
 
 R = AccessRequestRow.__table__
 A = ApprovalRow.__table__
 G = GrantRow.__table__
 O = OutboxRow.__table__  # noqa: E741
 U = UsedSignatureRow.__table__
+E = AuditEventRow.__table__
 
 
 def _request_from_row(row) -> AccessRequest:
@@ -98,6 +100,7 @@ class SqlStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._writer = writer(engine)
 
     # -- events -----------------------------------------------------------------------------------------------
 
@@ -118,6 +121,33 @@ class SqlStore:
                     for e in events
                 ],
             )
+
+    # -- audit trail: written in the same transaction as the change it records ---------------------------
+
+    @staticmethod
+    async def _audit(conn: AsyncConnection, at: datetime, kind: str, actor: str, request_id: str | None,
+                     grant_id: str | None = None, **data) -> None:
+        await conn.execute(
+            insert(E).values(at=at, kind=kind, actor=actor, request_id=request_id, grant_id=grant_id, data=data)
+        )
+
+    async def _audit_grant_issued(self, conn: AsyncConnection, grant: Grant, actor: str) -> None:
+        await self._audit(conn, grant.issued_at, "grant.issued", actor, grant.request_id, grant.id, jti=grant.jti,
+                          scope=" ".join(grant.scopes), audience=grant.audience,
+                          expires_at=grant.expires_at.isoformat(), ttl_seconds=grant.ttl_seconds)
+
+    async def audit_events(self, since: datetime | None = None, after_id: int = 0, limit: int = 1000) -> list[dict]:
+        """Audit events in the order they happened (by id), as JSON-ready dicts; for ``grantbot audit export``."""
+        query = select(E).where(E.c.id > after_id).order_by(E.c.id).limit(limit)
+        if since is not None:
+            query = query.where(E.c.at >= since)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {"id": r.id, "at": r.at.isoformat().replace("+00:00", "Z"), "kind": r.kind, "actor": r.actor,
+             "request_id": r.request_id, "grant_id": r.grant_id, **({"data": r.data} if r.data else {})}
+            for r in rows
+        ]
 
     # -- requests ---------------------------------------------------------------------------------------------
 
@@ -159,11 +189,21 @@ class SqlStore:
             "body_hash": body_hash,
         }
         try:
-            async with self.engine.begin() as conn:
+            async with self._writer.begin() as conn:
                 await conn.execute(insert(R).values(**values))
+                at = request.created_at
+                await self._audit(conn, at, "request.received", request.identity, request.id,
+                                  environment=request.environment, scopes=list(request.scopes),
+                                  ttl_seconds=request.ttl_seconds, audience=request.audience, reason=request.reason,
+                                  context=request.context)
+                await self._audit(conn, at, "policy.decided", "policy", request.id, decision=request.decision.value,
+                                  rule=request.rule, reason=request.decision_reason)
                 if grant is not None:
                     await conn.execute(insert(G).values(**_grant_values(grant)))
-                await self._add_events(conn, events, request.created_at)
+                    await self._audit_grant_issued(conn, grant, "policy")
+                    if grant.delivered_at is not None:
+                        await self._audit(conn, at, "token.handed_over", request.identity, request.id, grant.id)
+                await self._add_events(conn, events, at)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -185,7 +225,7 @@ class SqlStore:
         events: list[OutboxEvent],
     ) -> bool:
         status = RequestStatus.APPROVED if verdict is Verdict.APPROVE else RequestStatus.DENIED
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             won = await conn.execute(
                 update(R)
                 .where(
@@ -200,14 +240,16 @@ class SqlStore:
             await conn.execute(
                 insert(A).values(request_id=request_id, approver=approver, verdict=verdict.value, created_at=now)
             )
+            await self._audit(conn, now, f"request.{status.value}", approver, request_id)
             if grant is not None:
                 await conn.execute(insert(G).values(**_grant_values(grant)))
+                await self._audit_grant_issued(conn, grant, approver)
             await self._add_events(conn, events, now)
         return True
 
     async def expire_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         expired: list[AccessRequest] = []
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             rows = (
                 await conn.execute(
                     select(R)
@@ -223,13 +265,14 @@ class SqlStore:
                     .values(status=RequestStatus.EXPIRED.value, decided_at=now, decided_by="timeout")
                 )
                 if won.rowcount == 1:
+                    await self._audit(conn, now, "request.expired", "timeout", row.id)
                     await self._add_events(conn, [OutboxEvent(EventKind.CARD_UPDATE, row.id)], now)
                     expired.append(_request_from_row(row))
         return expired
 
     async def set_card(self, request_id: str, channel: str, ts: str) -> None:
         """Remember where the approval card was posted (first post wins)."""
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             await conn.execute(
                 update(R).where(R.c.id == request_id, R.c.card_ts.is_(None)).values(card_channel=channel, card_ts=ts)
             )
@@ -251,13 +294,18 @@ class SqlStore:
         return await self._one_grant(G.c.jti == jti)
 
     async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime) -> bool:
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             won = await conn.execute(
                 update(G)
                 .where(G.c.id == grant_id, G.c.delivered_at.is_(None))
                 .values(delivered_at=now, token_hash=token_hash)
+                .returning(G.c.request_id, G.c.identity)
             )
-        return won.rowcount == 1
+            row = won.first()
+            if row is None:
+                return False
+            await self._audit(conn, now, "token.handed_over", row.identity, row.request_id, grant_id)
+        return True
 
     async def _end_grant(
         self, conn: AsyncConnection, grant_id: str, status: GrantStatus, by: str, now: datetime
@@ -271,7 +319,7 @@ class SqlStore:
 
     async def expire_due_grants(self, now: datetime, limit: int) -> list[Grant]:
         expired: list[Grant] = []
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             rows = (
                 await conn.execute(
                     select(G)
@@ -282,6 +330,8 @@ class SqlStore:
             ).all()
             for row in rows:
                 if await self._end_grant(conn, row.id, GrantStatus.EXPIRED, "expiry", now):
+                    await self._audit(conn, now, "grant.expired", "expiry", row.request_id, row.id,
+                                      expires_at=row.expires_at.isoformat())
                     await self._add_events(
                         conn,
                         [
@@ -294,9 +344,11 @@ class SqlStore:
         return expired
 
     async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent]) -> bool:
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             if not await self._end_grant(conn, grant_id, GrantStatus.REVOKED, by, now):
                 return False
+            request_id = events[0].request_id if events else None
+            await self._audit(conn, now, "grant.revoked", by, request_id, grant_id)
             await self._add_events(conn, events, now)
         return True
 
@@ -305,7 +357,7 @@ class SqlStore:
     async def remember_signature(self, digest: str, expires_at: datetime, now: datetime) -> bool:
         """Record a used HMAC signature; False if it was used before (a replay). Also forgets stale ones."""
         try:
-            async with self.engine.begin() as conn:
+            async with self._writer.begin() as conn:
                 await conn.execute(delete_stale_signatures(now))
                 await conn.execute(insert(U).values(digest=digest, expires_at=expires_at))
         except IntegrityError:
@@ -325,7 +377,7 @@ class SqlStore:
             earlier.c.request_id == O.c.request_id, earlier.c.id < O.c.id, earlier.c.sent_at.is_(None)
         )
         claimed: list[OutboxItem] = []
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             rows = (
                 await conn.execute(
                     select(O)
@@ -356,11 +408,11 @@ class SqlStore:
         return claimed
 
     async def complete_outbox(self, item_id: int, now: datetime) -> None:
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             await conn.execute(update(O).where(O.c.id == item_id).values(sent_at=now, locked_until=None))
 
     async def retry_outbox(self, item_id: int, not_before: datetime, error: str) -> None:
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             await conn.execute(
                 update(O)
                 .where(O.c.id == item_id, O.c.sent_at.is_(None))

@@ -14,6 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.store.engine import writer
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -39,7 +41,7 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Upgrade the database to ``revision`` (one transaction on PostgreSQL)."""
-    async with engine.begin() as conn:
+    async with writer(engine).begin() as conn:
         await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
 
 

@@ -128,3 +128,22 @@ class UsedSignatureRow(SQLModel, table=True):
 
     digest: str = Field(primary_key=True, max_length=64)
     expires_at: datetime = _time(nullable=False, index=True)
+
+
+class AuditEventRow(SQLModel, table=True):
+    """One thing grantbot did, written in the transaction of the change it records; rows are only ever inserted.
+
+    ``kind`` is e.g. ``request.received``, ``policy.decided``, ``request.approved``, ``grant.issued``,
+    ``token.handed_over``, ``grant.expired``; ``actor`` is an identity, a Slack user ID, ``policy`` or ``expiry``.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _time(nullable=False)
+    kind: str = Field(max_length=32)
+    request_id: str | None = Field(default=None, index=True, max_length=36)
+    grant_id: str | None = Field(default=None, max_length=36)
+    actor: str = Field(max_length=255)
+    data: dict = _json()
