@@ -39,7 +39,8 @@ class Sweeper:
         try:
             result = await usecases.expire_due(self._deps)
         except Exception as exc:  # the database may be away; the next sweep catches up
-            log.warning("expiry sweep failed: %s: %s", type(exc).__name__, exc)
+            # The driver's own message, not SQLAlchemy's (which repeats the statement and its parameters).
+            log.warning("expiry sweep failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
             return
         finally:
             self._running.discard(task)

@@ -130,7 +130,7 @@ async def start_grantbot(database_url, tmp_path, clock, sandbox):
         overrides.setdefault("slack_bot_token", BOT_TOKEN)
         overrides.setdefault("slack_signing_secret", SIGNING_SECRET)
         overrides.setdefault("slack_api_url", sandbox.api_url)
-        settings = make_settings(database_url, tmp_path, **overrides)
+        settings = make_settings(overrides.pop("database_url", database_url), tmp_path, **overrides)
         app = create_app(settings, clock=clock, migrate=True)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.exc import DBAPIError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.domain.models import Decision, EventKind, OutboxItem
@@ -58,7 +59,10 @@ class SlackNotifier:
                 sent = await self.drain_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the database may be away; try again next round
+            except (DBAPIError, OSError) as exc:  # the database is away: try again next round
+                log.warning("outbox round failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
+                sent = 0
+            except Exception:
                 log.exception("outbox round failed")
                 sent = 0
             if sent == 0:
