@@ -35,12 +35,13 @@ def grantbot_command(command: str = "serve") -> list[str]:
 class Process:
     """A ``grantbot serve`` child process and a clock offset file that moves its time."""
 
-    def __init__(self, tmp_path: Path, database_url: str, sandbox) -> None:
+    def __init__(self, tmp_path: Path, database_url: str, sandbox, name: str = "grantbot") -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.offset_file = tmp_path / "clock-offset"
-        self.offset_file.write_text("0")
-        self.log_path = tmp_path / "grantbot.log"
+        self.offset_file = tmp_path / "clock-offset"  # shared by the processes of one test: one clock
+        if not self.offset_file.exists():
+            self.offset_file.write_text("0")
+        self.log_path = tmp_path / f"{name}.log"
         self.env = {
             **os.environ,
             "PORT": str(self.port),
@@ -84,21 +85,29 @@ class Process:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout=15)
 
+    def check_log(self) -> None:
+        """No tracebacks, and no secret or token, in what the process logged."""
+        log = self.log_path.read_text()
+        assert "Traceback" not in log, log[-3000:]
+        for secret in (*SECRETS.values(), SIGNING_SECRET, BOT_TOKEN):
+            assert secret not in log
+
+
+def migrate(proc: Process) -> None:
+    migrated = subprocess.run(grantbot_command("migrate"), env=proc.env, capture_output=True, text=True, timeout=60)
+    assert migrated.returncode == 0, migrated.stderr
+
 
 @pytest.fixture
 async def process(tmp_path, database_url, sandbox):
     proc = Process(tmp_path, database_url, sandbox)
     sandbox.events_url = proc.base_url + "/slack/events"
-    migrated = subprocess.run(grantbot_command("migrate"), env=proc.env, capture_output=True, text=True, timeout=60)
-    assert migrated.returncode == 0 and "migrated the database" in migrated.stdout, migrated.stderr
+    migrate(proc)
     await proc.start()
     yield proc
     if proc.proc and proc.proc.poll() is None:
         assert proc.kill(signal.SIGTERM) == 0, proc.log_path.read_text()[-3000:]
-    log = proc.log_path.read_text()
-    assert "Traceback" not in log, log[-3000:]
-    for secret in (*SECRETS.values(), SIGNING_SECRET, BOT_TOKEN):
-        assert secret not in log
+    proc.check_log()
 
 
 @pytest.fixture
