@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 from aiohttp import web
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.changes import LocalChanges
@@ -33,7 +34,7 @@ from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key
 from bot.web import access_requests, health, oauth, slack_events
 from bot.web.errors import MAX_BODY_BYTES, error_middleware
-from bot.web.keys import AUTH, BOLT, DEPS, INTROSPECTION_CLIENTS, SETTINGS, STORE, TOKENS
+from bot.web.keys import AUTH, BOLT, DEPS, INTROSPECTION_CLIENTS, SETTINGS, SLACK_VERIFIER, STORE, TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
             token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10
         )
         app[BOLT] = build_bolt_app(deps, client, settings.slack_signing_secret.get_secret_value())
+        app[SLACK_VERIFIER] = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
         notifier = SlackNotifier(store, client, clock)
         changes.subscribe(notifier.wake)
         app.cleanup_ctx.append(partial(_background, notifier.run(), "outbox worker"))

@@ -121,3 +121,30 @@ async def test_introspection_needs_a_known_client(grantbot):
     assert (await grantbot.api.introspect(token, client=("stranger", "rs-secret")))[0] == 401
     assert await grantbot.api.introspect("not-a-jwt") == (200, {"active": False})
     assert await grantbot.api.introspect(token[:-4] + "AAAA") == (200, {"active": False})
+
+
+SLACK_GARBAGE = [
+    # (name, body bytes, extra headers, signed?, expected status)
+    ("truncated payload, unsigned", b"payload=%7B", {}, False, 401),
+    ("truncated payload, signed", b"payload=%7B", {}, True, 400),
+    ("not UTF-8", b"payload=\xff\xfe", {}, False, 400),
+    ("timestamp not a number", b"payload=%7B%7D", {"X-Slack-Request-Timestamp": "abc"}, False, 401),
+    ("non-ASCII signature", b"payload=%7B%7D", {"X-Slack-Signature": "v0=\u00e9" + "a" * 63}, False, 401),
+    ("no actions, signed", b"payload=" + json.dumps({"type": "block_actions", "actions": [],
+                                                     "user": {"id": "U0APPROVER"}}).encode(), {}, True, 400),
+]
+
+
+@pytest.mark.parametrize("name,raw,headers,signed,status", SLACK_GARBAGE, ids=[g[0] for g in SLACK_GARBAGE])
+async def test_garbage_to_the_slack_endpoint_is_refused_cleanly(grantbot, name, raw, headers, signed, status, caplog):
+    from tests.support import SIGNING_SECRET, slack_signed
+
+    all_headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if signed:
+        all_headers.update(slack_signed(raw.decode(), secret=SIGNING_SECRET))
+    else:
+        all_headers.update({"X-Slack-Request-Timestamp": str(int(grantbot.api.now())), "X-Slack-Signature": "v0=00"})
+    all_headers.update({k: v.encode("utf-8").decode("latin-1") for k, v in headers.items()})
+    async with grantbot.api.http.post(grantbot.base_url + "/slack/events", data=raw, headers=all_headers) as resp:
+        assert resp.status == status
+    assert "Traceback" not in caplog.text and "payload=" not in caplog.text

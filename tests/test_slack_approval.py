@@ -178,3 +178,25 @@ async def test_a_card_slack_took_just_before_a_crash_is_not_posted_again(grantbo
     await grantbot.api.click(card, "approve", "U0APPROVER")
     await eventually(lambda: card["updated_count"] > 0)
     assert len(cards(sandbox)) == 1 and buttons(card) == []
+
+
+async def test_a_crashed_post_is_found_even_after_a_busy_channel_moved_on(grantbot, sandbox, clock):
+    created, card = await pending_card(grantbot, sandbox)
+
+    async def drained() -> bool:
+        return await grantbot.count("outbox WHERE sent_at IS NULL") == 0
+
+    await eventually(drained)
+    # People talk in the channel: 450 messages after the card, more than two pages of history.
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    people = AsyncWebClient(token=sandbox.bot_token, base_url=sandbox.api_url)
+    for i in range(450):
+        await people.chat_postMessage(channel=CHANNEL, text=f"chatter {i}")
+    async with grantbot.engine.begin() as conn:
+        await conn.execute(text("UPDATE outbox SET sent_at = NULL, locked_until = :until"), {"until": clock.now()})
+        await conn.execute(text("UPDATE access_requests SET card_ts = NULL, card_channel = NULL"))
+    clock.advance(1)
+    await grantbot.api.click(card, "approve", "U0APPROVER")
+    await eventually(lambda: card["updated_count"] > 0)
+    assert len(cards(sandbox)) == 1 and buttons(card) == []

@@ -141,3 +141,4 @@ class OutboxItem:
     request_id: str
     grant_id: str | None
     attempts: int
+    created_at: datetime

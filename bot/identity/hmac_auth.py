@@ -80,12 +80,13 @@ class HmacAuthenticator:
         secret = self._secrets.get(identity)
         # Compare even for an unknown identity so the answer's timing does not tell which identities exist.
         expected = signature(secret or b"\0unknown", timestamp, method, path_qs, body)
-        if not hmac.compare_digest(expected, sent) or secret is None:
+        # Bytes, so a non-ASCII header cannot make compare_digest raise.
+        if not hmac.compare_digest(expected.encode(), sent.encode("utf-8", "backslashreplace")) or secret is None:
             raise Unauthenticated(
                 "The signature does not match: sign \"v1:{timestamp}:{METHOD}:{path and query}:{body}\" "
                 "with the identity's secret (HMAC-SHA256, hex, prefixed v1=)."
             )
-        digest = hashlib.sha256(sent.encode()).hexdigest()
+        digest = hashlib.sha256(sent.encode("utf-8", "backslashreplace")).hexdigest()
         if not await self._remember(digest, now + timedelta(seconds=2 * WINDOW_SECONDS), now):
             raise Unauthenticated("This signature was already used; a retrying client must sign the request again.")
         return Caller(identity=identity)

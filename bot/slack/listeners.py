@@ -25,11 +25,14 @@ def build_bolt_app(deps: usecases.Deps, client: AsyncWebClient, signing_secret: 
     async def on_decision(ack: AsyncAck, body: dict, client: AsyncWebClient) -> None:
         """Slack block_actions payload: ``actions[0].value`` is the request id, ``user.id`` the approver."""
         await ack()
-        action = body["actions"][0]
-        user = body["user"]["id"]
+        actions, user = body.get("actions") or [{}], (body.get("user") or {}).get("id")
+        action = actions[0]
+        if not user or not isinstance(action.get("value"), str):
+            log.warning("ignored a block_actions payload without a user or a request id")
+            return
         decide = usecases.approve if action["action_id"] == APPROVE_ACTION else usecases.deny
         try:
-            await decide(deps, action.get("value", ""), user)
+            await decide(deps, action["value"], user)
         except DomainError as exc:
             channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
             if channel:
@@ -37,4 +40,10 @@ def build_bolt_app(deps: usecases.Deps, client: AsyncWebClient, signing_secret: 
 
     bolt.action(APPROVE_ACTION)(on_decision)
     bolt.action(DENY_ACTION)(on_decision)
+
+    async def on_error(error: Exception) -> None:
+        # Instead of Bolt's default handler, which logs the whole traceback for any malformed signed payload.
+        log.warning("a Slack request failed in Bolt: %s: %s", type(error).__name__, error)
+
+    bolt.error(on_error)
     return bolt

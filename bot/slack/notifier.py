@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 30  # longer than the client's 10 s timeout, so a live worker never loses its lease
 METADATA_EVENT = "grantbot_outbox"
+CLOCK_SKEW_SECONDS = 300  # our clock vs. Slack's message timestamps
+MAX_HISTORY_PAGES = 50
 BATCH = 20
 MAX_ATTEMPTS = 12
 MAX_BACKOFF_SECONDS = 300
@@ -150,12 +152,27 @@ class SlackNotifier:
         return answer["channel"], answer["ts"]
 
     async def _find_posted(self, item: OutboxItem, channel: str, thread_ts: str | None) -> str | None:
-        if thread_ts:
-            answer = await self._client.conversations_replies(channel=channel, ts=thread_ts, include_all_metadata=True)
-        else:
-            answer = await self._client.conversations_history(channel=channel, limit=200, include_all_metadata=True)
-        for message in answer.get("messages") or []:
-            metadata = message.get("metadata") or {}
-            if metadata.get("event_type") == METADATA_EVENT and (metadata.get("event_payload") or {}).get("outbox_id") == item.id:
-                return message["ts"]
+        """The ts of a message an earlier attempt of ``item`` posted, searching everything posted since the item
+        was queued (minus a margin for clock skew), page by page."""
+        oldest = f"{item.created_at.timestamp() - CLOCK_SKEW_SECONDS:.6f}"
+        cursor = None
+        for _ in range(MAX_HISTORY_PAGES):
+            page = {"cursor": cursor} if cursor else {}
+            if thread_ts:
+                answer = await self._client.conversations_replies(
+                    channel=channel, ts=thread_ts, limit=200, include_all_metadata=True, **page
+                )
+            else:
+                answer = await self._client.conversations_history(
+                    channel=channel, oldest=oldest, limit=200, include_all_metadata=True, **page
+                )
+            for message in answer.get("messages") or []:
+                metadata = message.get("metadata") or {}
+                payload = metadata.get("event_payload") or {}
+                if metadata.get("event_type") == METADATA_EVENT and payload.get("outbox_id") == item.id:
+                    return message["ts"]
+            cursor = (answer.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+        log.warning("outbox item %s: gave up searching %d pages of history; posting again", item.id, MAX_HISTORY_PAGES)
         return None

@@ -252,10 +252,17 @@ class SlackSandbox:
         if channel not in self.channels:
             return _err("channel_not_found")
         oldest = float(args.get("oldest") or 0)
-        limit = int(args.get("limit") or 100)
         found = [m for m in reversed(self.messages)
                  if m["channel"] == channel and not m["thread_ts"] and float(m["ts"]) >= oldest]
-        return {"ok": True, "messages": [self._as_slack(m) for m in found[:limit]], "has_more": len(found) > limit}
+        return self._paginate(found, args)
+
+    def _paginate(self, found: list[dict], args: Args) -> dict:
+        """One page of ``found`` per Slack's cursor pagination (``limit``, ``cursor``, ``response_metadata``)."""
+        limit = int(args.get("limit") or 100)
+        start = int(args.get("cursor") or 0)
+        rest = found[start + limit:]
+        return {"ok": True, "messages": [self._as_slack(m) for m in found[start:start + limit]],
+                "has_more": bool(rest), "response_metadata": {"next_cursor": str(start + limit) if rest else ""}}
 
     def _replies(self, args: Args) -> dict:
         """Slack conversations.replies: the parent, then its replies, oldest first."""
@@ -264,7 +271,7 @@ class SlackSandbox:
         if parent is None:
             return _err("thread_not_found")
         replies = [m for m in self.messages if m["channel"] == channel and m["thread_ts"] == ts]
-        return {"ok": True, "messages": [self._as_slack(m) for m in [parent, *replies]], "has_more": False}
+        return self._paginate([parent, *replies], args)
 
     def _update(self, args: Args) -> dict:
         if not isinstance(args.get("channel"), str) or args["channel"] not in self.channels:

@@ -403,7 +403,8 @@ class SqlStore:
                 )
                 if won.rowcount == 1:
                     claimed.append(
-                        OutboxItem(row.id, EventKind(row.kind), row.request_id, row.grant_id, row.attempts + 1)
+                        OutboxItem(row.id, EventKind(row.kind), row.request_id, row.grant_id, row.attempts + 1,
+                                   row.created_at)
                     )
         return claimed
 

@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from bot.domain import usecases
-from bot.domain.errors import InvalidRequest
+from bot.domain.errors import InvalidRequest, NotFound
 from bot.domain.models import AccessRequestInput, Caller, Grant, RequestStatus
 from bot.web.keys import AUTH, DEPS
 
 routes = web.RouteTableDef()
 
-Text = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return value
+
+
+def _text(min_length: int = 0, max_length: int = 255):
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length), AfterValidator(_no_nul)]
+
+
+Text = _text(1)
+MAX_IDEMPOTENCY_KEY = 255
+# Beyond any sane TTL, and within a 32-bit integer column on every database; the policy's cap is checked later.
+MAX_TTL_SECONDS = 2**31 - 1
 
 
 class AccessRequestBody(BaseModel):
@@ -25,11 +39,11 @@ class AccessRequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     environment: Text
-    scopes: list[Annotated[str, StringConstraints(min_length=1, max_length=255)]] = Field(max_length=50)
-    ttl_seconds: int | None = None
-    reason: Annotated[str, StringConstraints(max_length=2000)] | None = None
-    audience: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
-    context: dict[Text, Annotated[str, StringConstraints(max_length=2000)]] = Field(default_factory=dict, max_length=20)
+    scopes: list[Text] = Field(max_length=50)
+    ttl_seconds: Annotated[int, Field(le=MAX_TTL_SECONDS)] | None = None
+    reason: _text(0, 2000) | None = None
+    audience: _text(1, 1024) | None = None
+    context: dict[Text, _text(0, 2000)] = Field(default_factory=dict, max_length=20)
 
 
 def _explain(exc: ValidationError) -> str:
@@ -94,14 +108,18 @@ async def create_access_request(request: web.Request) -> web.Response:
     caller = await authenticate(request, raw)
     try:
         data = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"The body is not valid JSON ({exc}); send an object like {{\"environment\": ...}}.") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300-digit numbers, deep nesting
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise InvalidRequest(f"The body is not valid JSON ({reason}); send an object like {{\"environment\": ...}}.") from None
     if not isinstance(data, dict):
         raise InvalidRequest('The body must be a JSON object, e.g. {"environment": "staging", "scopes": ["db:read"]}.')
     try:
         body = AccessRequestBody.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest(_explain(exc)) from None
+    idempotency_key = request.headers.get("Idempotency-Key") or None
+    if idempotency_key is not None and (len(idempotency_key) > MAX_IDEMPOTENCY_KEY or "\x00" in idempotency_key):
+        raise InvalidRequest(f"The Idempotency-Key header must be at most {MAX_IDEMPOTENCY_KEY} characters (a UUID fits).")
     deps = request.app[DEPS]
     view = await usecases.request_access(
         deps,
@@ -114,7 +132,7 @@ async def create_access_request(request: web.Request) -> web.Response:
             audience=body.audience,
             context=body.context,
         ),
-        idempotency_key=request.headers.get("Idempotency-Key") or None,
+        idempotency_key=idempotency_key,
     )
     payload = view_json(view, deps.clock.now())
     status = view.request.status
@@ -127,9 +145,20 @@ async def create_access_request(request: web.Request) -> web.Response:
     return web.json_response(payload, status=code, headers={"Location": f"/v1/access-requests/{view.request.id}"})
 
 
+def _resource_id(request: web.Request, what: str) -> str:
+    """The ``{id}`` of the path; ids are UUIDs, so anything else is simply not found."""
+    value = request.match_info["id"]
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"There is no {what} {value[:64]!r}.") from None
+    return value
+
+
 @routes.get("/v1/access-requests/{id}")
 async def get_access_request(request: web.Request) -> web.Response:
     caller = await authenticate(request, await request.read())
+    request_id = _resource_id(request, "access request")
     raw_wait = request.query.get("wait", "0")
     try:
         wait = float(raw_wait)
@@ -138,7 +167,7 @@ async def get_access_request(request: web.Request) -> web.Response:
     if not 0 <= wait <= 60:
         raise InvalidRequest("wait must be between 0 and 60 seconds.")
     deps = request.app[DEPS]
-    view = await usecases.read_request(deps, caller, request.match_info["id"], wait)
+    view = await usecases.read_request(deps, caller, request_id, wait)
     return web.json_response(view_json(view, deps.clock.now()))
 
 
@@ -146,5 +175,5 @@ async def get_access_request(request: web.Request) -> web.Response:
 async def revoke_grant(request: web.Request) -> web.Response:
     caller = await authenticate(request, await request.read())
     deps = request.app[DEPS]
-    grant = await usecases.revoke_own_grant(deps, caller, request.match_info["id"])
+    grant = await usecases.revoke_own_grant(deps, caller, _resource_id(request, "grant"))
     return web.json_response({"id": grant.id, "status": grant.status.value, "ended_at": _iso(grant.ended_at)})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from bot.domain.errors import DomainError
@@ -30,6 +30,13 @@ _HTTP_CODES = {
 }
 
 
+def _is_outage(exc: DBAPIError) -> bool:
+    """A lost or refused connection (retrying helps), as opposed to a statement the database rejected."""
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)) or isinstance(
+        exc.orig, (ConnectionError, OSError)
+    ) or "connection" in str(exc.orig).lower()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
@@ -43,7 +50,10 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         code, detail = _HTTP_CODES.get(exc.status, (exc.reason.lower().replace(" ", "_"), exc.reason))
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, detail, allow)
-    except (OperationalError, DBAPIError, PoolTimeout, ConnectionError, OSError) as exc:
+    except (DBAPIError, PoolTimeout, ConnectionError, OSError) as exc:
+        if isinstance(exc, DBAPIError) and not _is_outage(exc):
+            log.exception("database refused a statement serving %s %s", request.method, request.path)
+            return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
         log.error("database unavailable while serving %s %s: %s", request.method, request.path, type(exc).__name__)
         return error_response(
             503, "unavailable", "The database is unavailable; retry shortly.", {"Retry-After": "5"}

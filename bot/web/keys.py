@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.signature import SignatureVerifier
 
 from bot.config import Settings
 from bot.domain.usecases import Deps
@@ -17,4 +18,5 @@ STORE = web.AppKey("store", SqlStore)
 AUTH = web.AppKey("hmac_auth", HmacAuthenticator)
 TOKENS = web.AppKey("tokens", AccessTokenIssuer)
 BOLT = web.AppKey("bolt", AsyncApp)
+SLACK_VERIFIER = web.AppKey("slack_verifier", SignatureVerifier)
 INTROSPECTION_CLIENTS = web.AppKey("introspection_clients", dict)

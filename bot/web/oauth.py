@@ -59,7 +59,10 @@ async def introspect(request: web.Request) -> web.Response:
             "Authenticate with HTTP Basic as a client listed in GRANTBOT_INTROSPECTION_CLIENTS.",
             {"WWW-Authenticate": 'Basic realm="grantbot"'},
         )
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, UnicodeDecodeError, AssertionError):
+        return error_response(400, "invalid_request", "Send the token form-encoded: token=….")
     token = form.get("token")
     if not isinstance(token, str) or not token:
         return error_response(400, "invalid_request", "Send the token to introspect as the form field token=….")
