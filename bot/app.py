@@ -86,10 +86,15 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         app[SLACK_VERIFIER] = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
         notifier = SlackNotifier(store, client, clock)
         changes.subscribe(notifier.wake)
-        app.cleanup_ctx.append(partial(_background, notifier.run(), "outbox worker"))
+        app.cleanup_ctx.append(partial(_background, notifier.run(), notifier.stop, "outbox worker"))
     else:
         log.warning("Slack is not configured: approval cards wait in the outbox until SLACK_BOT_TOKEN is set")
     app.cleanup_ctx.append(lambda _app: run_scheduler(deps, settings.sweep_interval_seconds))
+
+    async def drain(_app: web.Application) -> None:
+        changes.shutdown()  # long polls answer now instead of holding the shutdown for up to 60 s
+
+    app.on_shutdown.append(drain)
     return app
 
 
@@ -99,9 +104,14 @@ async def _database(store: SqlStore, migrate: bool, _app: web.Application) -> As
     await store.engine.dispose()
 
 
-async def _background(coro, name: str, _app: web.Application) -> AsyncIterator[None]:
+async def _background(coro, stop, name: str, _app: web.Application) -> AsyncIterator[None]:
+    """Run ``coro`` for the application's life; on shutdown ask it to ``stop()``, cancel it only if it hangs."""
     task = asyncio.create_task(coro, name=name)
     yield
-    task.cancel()
+    stop()
+    _, hanging = await asyncio.wait([task], timeout=10)
+    if hanging:
+        log.warning("%s did not stop within 10 s; cancelling it", name)
+        task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -16,6 +16,14 @@ class LocalChanges:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._subscribers: list[Callable[[str], None]] = []
+        self.closing = False
+
+    def shutdown(self) -> None:
+        """Wake every waiter and make later waits return at once (the process is draining)."""
+        self.closing = True
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
         self._subscribers.append(callback)
@@ -27,6 +35,8 @@ class LocalChanges:
             callback(request_id)
 
     async def wait(self, request_id: str, timeout: float) -> None:
+        if self.closing:
+            return
         event = asyncio.Event()
         self._waiters[request_id].add(event)
         try:

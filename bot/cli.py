@@ -42,7 +42,8 @@ def _load_settings(**overrides: object) -> Settings:
 
 
 async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # shutdown_timeout: how long in-flight requests may finish after SIGTERM (long polls answer at once).
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=15)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
@@ -65,7 +66,9 @@ async def _serve(settings: Settings) -> None:
     try:
         await _until_signalled()
     finally:
+        logging.getLogger("bot").info("draining: no new connections; finishing what is in flight")
         await runner.cleanup()
+        logging.getLogger("bot").info("stopped")
 
 
 def _run(coro) -> int:

@@ -203,3 +203,17 @@ def test_serve_says_which_policy_key_is_wrong(tmp_path):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert f"{policy}: rules[0].decison: unknown key" in refused.stderr
     assert f"{policy}: rules[0].decision: Field required" in refused.stderr
+
+
+async def test_sigterm_drains_answers_long_polls_and_exits_0(process, api, sandbox):
+    _, created = await api.request_access({"environment": "production", "scopes": ["db:write"], "ttl_seconds": 60})
+    poll = asyncio.create_task(api.get_request(created["id"], wait=50))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    process.proc.send_signal(signal.SIGTERM)
+    status, answer = await poll
+    assert status == 200 and answer["status"] == "pending"  # answered with what it had; the client polls again
+    assert process.proc.wait(timeout=20) == 0
+    assert time.monotonic() - started < 15
+    log = process.log_path.read_text()
+    assert "draining" in log and "stopped" in log

@@ -25,7 +25,12 @@ class TokenMinter(Protocol):
 
 
 class Changes(Protocol):
-    """In-process notification that a request changed, so long polls wake without hammering the database."""
+    """In-process notification that a request changed, so long polls wake without hammering the database.
+
+    ``closing`` turns true when the process drains: long polls then answer with what they have.
+    """
+
+    closing: bool
 
     def notify(self, request_id: str) -> None: ...
 

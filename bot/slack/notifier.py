@@ -50,13 +50,19 @@ class SlackNotifier:
         self._clock = clock
         self._poll_seconds = poll_seconds
         self._wakeup = asyncio.Event()
+        self._stopping = False
 
     def wake(self, *_: object) -> None:
         self._wakeup.set()
 
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from :meth:`run` (graceful shutdown)."""
+        self._stopping = True
+        self._wakeup.set()
+
     async def run(self) -> None:
-        """Run until cancelled."""
-        while True:
+        """Deliver until :meth:`stop` (or cancellation)."""
+        while not self._stopping:
             try:
                 sent = await self.drain_once()
             except asyncio.CancelledError:
@@ -67,7 +73,7 @@ class SlackNotifier:
             except Exception:
                 log.exception("outbox round failed")
                 sent = 0
-            if sent == 0:
+            if sent == 0 and not self._stopping:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)

@@ -53,7 +53,11 @@ async def read_request(deps: Deps, caller: Caller, request_id: str, wait_seconds
         raise NotFound(f"There is no access request {request_id!r} for identity {caller.identity!r}.")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(max(wait_seconds, 0), MAX_WAIT_SECONDS)
-    while request.status is RequestStatus.PENDING and (remaining := deadline - loop.time()) > 0:
+    while (
+        request.status is RequestStatus.PENDING
+        and not deps.changes.closing
+        and (remaining := deadline - loop.time()) > 0
+    ):
         await deps.changes.wait(request_id, min(remaining, _RECHECK_SECONDS))
         request = await deps.store.get_request(request_id) or request
     return await hand_over(deps, request)
