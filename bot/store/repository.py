@@ -1,7 +1,12 @@
-"""The SQL store: the domain's ``Store`` port, plus the outbox and replay-protection queries.
+"""The SQL store: the domain's ``Store`` port, plus the outbox, audit and replay-protection queries.
 
 Every public method is one transaction; every state change is a conditional UPDATE whose row count tells
 whether this caller won (so a double click, a retried payload or a racing replica applies it once).
+
+Several replicas sweep and drain the outbox at the same time, with no leader. Correctness comes from the
+conditional UPDATEs alone; on PostgreSQL the sweeps' and the outbox's SELECTs also take ``FOR UPDATE SKIP
+LOCKED`` so that replicas split the due rows between them instead of all racing for the same ones (SQLite has
+one writer at a time anyway: ``BEGIN IMMEDIATE``, and SQLAlchemy leaves the clause out there).
 """
 
 from __future__ import annotations
@@ -256,6 +261,7 @@ class SqlStore:
                     .where(R.c.status == RequestStatus.PENDING.value, R.c.expires_at <= now)
                     .order_by(R.c.expires_at)
                     .limit(limit)
+                    .with_for_update(skip_locked=True)
                 )
             ).all()
             for row in rows:
@@ -326,6 +332,7 @@ class SqlStore:
                     .where(G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at <= now)
                     .order_by(G.c.expires_at)
                     .limit(limit)
+                    .with_for_update(skip_locked=True)
                 )
             ).all()
             for row in rows:
@@ -389,6 +396,7 @@ class SqlStore:
                     )
                     .order_by(O.c.id)
                     .limit(limit)
+                    .with_for_update(skip_locked=True)
                 )
             ).all()
             for row in rows:
