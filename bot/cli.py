@@ -29,6 +29,7 @@ DEV_APPROVER = "U0APPROVER"
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # APScheduler warns on every skipped run while a long sweep is still going; failures are ERRORs and stay.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
@@ -74,11 +75,11 @@ async def _serve(settings: Settings) -> None:
 def _run(coro) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot.store.schema import SchemaBehind
+    from bot.store.schema import DatabaseUnreachable, SchemaBehind
 
     try:
         asyncio.run(coro)
-    except SchemaBehind as exc:
+    except (SchemaBehind, DatabaseUnreachable) as exc:
         print(f"grantbot: {exc}", file=sys.stderr)
         return 2
     except SQLAlchemyError as exc:

@@ -217,3 +217,21 @@ async def test_sigterm_drains_answers_long_polls_and_exits_0(process, api, sandb
     assert time.monotonic() - started < 15
     log = process.log_path.read_text()
     assert "draining" in log and "stopped" in log
+
+
+BAD_DATABASES = [
+    ("postgresql://postgres:hunter2@127.0.0.1:1/grantbot", "cannot reach the database postgresql+asyncpg://postgres:***@"),
+    ("postgres://postgres@127.0.0.1:5432/no_such_database_here", 'database "no_such_database_here" does not exist'),
+    ("sqlite:////no/such/folder/grantbot.db", "unable to open database file"),
+    ("mysql://root@127.0.0.1/grantbot", "must be a SQLite or PostgreSQL URL"),
+]
+
+
+@pytest.mark.parametrize("url,words", BAD_DATABASES, ids=[u.split(":")[0] + str(i) for i, (u, _) in enumerate(BAD_DATABASES)])
+def test_serve_says_clearly_when_it_cannot_reach_its_database(tmp_path, url, words):
+    env = {**os.environ, "GRANTBOT_DATABASE_URL": url, "GRANTBOT_SIGNING_KEY_FILE": str(tmp_path / "k.pem"),
+           "GRANTBOT_POLICY_FILE": str(POLICIES / "basic.yaml"), "PORT": str(free_port()),
+           **{"TEST_SECRET_" + k.upper().replace("-", "_"): v for k, v in SECRETS.items()}}
+    refused = subprocess.run(grantbot_command("serve"), env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and "hunter2" not in refused.stderr

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -21,6 +21,14 @@ def normalize_url(url: str) -> str:
 WRITE_OPTION = "grantbot_write"
 
 
+def describe_url(url: str) -> str:
+    """The URL with its password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://…" if "://" in url else "(not a URL)"
+
+
 def writer(engine: AsyncEngine) -> AsyncEngine:
     """The same engine (and pool) marked for write transactions: ``BEGIN IMMEDIATE`` on SQLite."""
     return engine.execution_options(**{WRITE_OPTION: True})
@@ -35,6 +43,11 @@ def create_engine(url: str) -> AsyncEngine:
     timeout. Reads stay deferred so that, under WAL, they never wait for a writer.
     """
     url = normalize_url(url)
+    if not url.startswith(("sqlite+aiosqlite:", "postgresql+asyncpg:")):
+        raise ValueError(
+            f"GRANTBOT_DATABASE_URL must be a SQLite or PostgreSQL URL (sqlite:///grantbot.db, "
+            f"postgresql://user:pass@host/db), not {describe_url(url)!r}"
+        )
     if not url.startswith("sqlite"):
         return create_async_engine(url, pool_pre_ping=True)
     engine = create_async_engine(url, connect_args={"timeout": 5})

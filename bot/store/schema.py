@@ -12,15 +12,20 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.store.engine import writer
+from bot.store.engine import describe_url, writer
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 class SchemaBehind(Exception):
     """The database's schema revision is not the code's; the message says what to run."""
+
+
+class DatabaseUnreachable(Exception):
+    """The database cannot be reached or opened; the message names it (password masked) and why."""
 
 
 def alembic_config(connection=None) -> Config:
@@ -40,14 +45,31 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Upgrade the database to ``revision`` (one transaction on PostgreSQL)."""
-    async with writer(engine).begin() as conn:
-        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+    """Upgrade the database to ``revision`` (one transaction on PostgreSQL); :class:`DatabaseUnreachable`."""
+    try:
+        async with writer(engine).begin() as conn:
+            await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+    except (OSError, OperationalError, InterfaceError) as exc:
+        raise unreachable(engine, exc) from None
+    except DBAPIError as exc:
+        if "does not exist" in str(exc.orig) or exc.connection_invalidated:
+            raise unreachable(engine, exc) from None
+        raise
+
+
+def unreachable(engine: AsyncEngine, exc: Exception) -> DatabaseUnreachable:
+    reason = getattr(exc, "orig", None) or exc
+    return DatabaseUnreachable(f"cannot reach the database {describe_url(str(engine.url))}: {reason}")
 
 
 async def check_current(engine: AsyncEngine) -> None:
-    """Raise :class:`SchemaBehind` unless the database is at the code's head revision."""
-    current, head = await current_revision(engine), head_revision()
+    """Raise :class:`SchemaBehind` unless the database is at the code's head revision,
+    :class:`DatabaseUnreachable` when it cannot be asked."""
+    try:
+        current = await current_revision(engine)
+    except (OSError, DBAPIError) as exc:
+        raise unreachable(engine, exc) from None
+    head = head_revision()
     if current != head:
         state = "has no grantbot schema yet" if current is None else f"is at schema revision {current}"
         raise SchemaBehind(
