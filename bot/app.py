@@ -23,6 +23,7 @@ from bot.domain.clock import OffsetFileClock, SystemClock
 from bot.domain.policy import load_policy
 from bot.domain.ports import Clock
 from bot.domain.usecases import Deps
+from bot.metrics import Metrics
 from bot.identity.hmac_auth import HmacAuthenticator, secrets_from_policy
 from bot.scheduler import run_scheduler
 from bot.slack.listeners import build_bolt_app
@@ -32,9 +33,9 @@ from bot.store.schema import check_current, upgrade
 from bot.store.repository import SqlStore
 from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key
-from bot.web import access_requests, health, oauth, slack_events
+from bot.web import access_requests, health, oauth, openapi, slack_events
 from bot.web.errors import MAX_BODY_BYTES, error_middleware
-from bot.web.keys import AUTH, BOLT, DEPS, INTROSPECTION_CLIENTS, SETTINGS, SLACK_VERIFIER, STORE, TOKENS
+from bot.web.keys import AUTH, BOLT, DEPS, INTROSPECTION_CLIENTS, METRICS, SETTINGS, SLACK_VERIFIER, STORE, TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     app[STORE] = store
     app[TOKENS] = tokens
     app[INTROSPECTION_CLIENTS] = introspection_clients
+    app[METRICS] = metrics = Metrics()
     app[AUTH] = HmacAuthenticator(secrets, clock, store.remember_signature)
-    for module in (access_requests, oauth, health, slack_events):
+    for module in (access_requests, oauth, health, openapi, slack_events):
         app.add_routes(module.routes)
 
     app.cleanup_ctx.append(partial(_database, store, migrate))
@@ -84,12 +86,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         )
         app[BOLT] = build_bolt_app(deps, client, settings.slack_signing_secret.get_secret_value())
         app[SLACK_VERIFIER] = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
-        notifier = SlackNotifier(store, client, clock)
+        notifier = SlackNotifier(store, client, clock, metrics)
         changes.subscribe(notifier.wake)
         app.cleanup_ctx.append(partial(_background, notifier.run(), notifier.stop, "outbox worker"))
     else:
         log.warning("Slack is not configured: approval cards wait in the outbox until SLACK_BOT_TOKEN is set")
-    app.cleanup_ctx.append(lambda _app: run_scheduler(deps, settings.sweep_interval_seconds))
+    app.cleanup_ctx.append(lambda _app: run_scheduler(deps, metrics, settings.sweep_interval_seconds))
 
     async def drain(_app: web.Application) -> None:
         changes.shutdown()  # long polls answer now instead of holding the shutdown for up to 60 s

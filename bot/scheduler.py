@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.domain import usecases
+from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,9 @@ class Sweeper:
     scheduler, lets a running sweep finish (a batch takes milliseconds), and only cancels one that hangs.
     """
 
-    def __init__(self, deps: usecases.Deps) -> None:
+    def __init__(self, deps: usecases.Deps, metrics: Metrics) -> None:
         self._deps = deps
+        self._metrics = metrics
         self._running: set[asyncio.Task] = set()
 
     async def sweep(self) -> None:
@@ -44,6 +46,8 @@ class Sweeper:
             return
         finally:
             self._running.discard(task)
+        self._metrics.grants_expired.inc(result.grants_expired)
+        self._metrics.requests_timed_out.inc(result.requests_expired)
         if result.grants_expired or result.requests_expired:
             log.info("sweep: %d grant(s) expired, %d pending request(s) timed out",
                      result.grants_expired, result.requests_expired)
@@ -58,9 +62,11 @@ class Sweeper:
                 await task
 
 
-async def run_scheduler(deps: usecases.Deps, interval_seconds: float) -> AsyncIterator[AsyncIOScheduler]:
+async def run_scheduler(
+    deps: usecases.Deps, metrics: Metrics, interval_seconds: float
+) -> AsyncIterator[AsyncIOScheduler]:
     """Start the scheduler inside the running loop; yields it; shuts it down (for aiohttp ``cleanup_ctx``)."""
-    sweeper = Sweeper(deps)
+    sweeper = Sweeper(deps, metrics)
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         sweeper.sweep,

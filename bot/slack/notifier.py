@@ -24,6 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.domain.models import Decision, EventKind, OutboxItem
 from bot.domain.ports import Clock
+from bot.metrics import Metrics
 from bot.slack import blocks
 from bot.store.repository import SqlStore
 
@@ -44,8 +45,11 @@ PERMANENT_ERRORS = {"channel_not_found", "not_in_channel", "is_archived", "inval
 class SlackNotifier:
     """Drains the outbox into Slack. ``wake()`` after a commit; it also polls every ``poll_seconds``."""
 
-    def __init__(self, store: SqlStore, client: AsyncWebClient, clock: Clock, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self, store: SqlStore, client: AsyncWebClient, clock: Clock, metrics: Metrics, poll_seconds: float = 1.0
+    ) -> None:
         self._store = store
+        self._metrics = metrics
         self._client = client
         self._clock = clock
         self._poll_seconds = poll_seconds
@@ -97,6 +101,7 @@ class SlackNotifier:
                 await self._retry(item, retry_after, "rate limited (429)")
             elif error in PERMANENT_ERRORS or item.attempts >= MAX_ATTEMPTS:
                 log.error("giving up on outbox item %s (%s): Slack said %s", item.id, item.kind, error or exc)
+                self._metrics.slack_messages.labels(result="abandoned").inc()
                 await self._store.complete_outbox(item.id, self._clock.now())
             else:
                 await self._retry(item, self._backoff(item), f"Slack error {exc.response.status_code} {error}")
@@ -104,6 +109,7 @@ class SlackNotifier:
             # Network trouble, timeouts and non-JSON answers (slack-sdk raises ValueError-like errors for those).
             await self._retry(item, self._backoff(item), f"{type(exc).__name__}: {exc}")
         else:
+            self._metrics.slack_messages.labels(result="sent").inc()
             await self._store.complete_outbox(item.id, self._clock.now())
 
     @staticmethod
@@ -112,6 +118,7 @@ class SlackNotifier:
 
     async def _retry(self, item: OutboxItem, delay: float, why: str) -> None:
         log.warning("outbox item %s (%s) will be retried in %.0f s: %s", item.id, item.kind, delay, why)
+        self._metrics.slack_messages.labels(result="retried").inc()
         await self._store.retry_outbox(item.id, self._clock.now() + timedelta(seconds=delay), why)
 
     async def _deliver(self, item: OutboxItem) -> None:

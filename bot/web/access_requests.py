@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from bot.domain import usecases
 from bot.domain.errors import InvalidRequest, NotFound
 from bot.domain.models import AccessRequestInput, Caller, Grant, RequestStatus
-from bot.web.keys import AUTH, DEPS
+from bot.web.keys import AUTH, DEPS, METRICS
 
 routes = web.RouteTableDef()
 
@@ -136,6 +136,7 @@ async def create_access_request(request: web.Request) -> web.Response:
     )
     payload = view_json(view, deps.clock.now())
     status = view.request.status
+    request.app[METRICS].access_requests.labels(status=status.value).inc()
     if status is RequestStatus.DENIED:
         return web.json_response(
             {"error": "denied", "detail": f"The policy denies this request: {view.request.decision_reason}.", **payload},

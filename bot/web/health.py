@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy import text
 
-from bot.web.keys import STORE
+from bot.web.keys import METRICS, STORE
 
 routes = web.RouteTableDef()
 
@@ -27,3 +27,10 @@ async def readyz(request: web.Request) -> web.Response:
             {"status": "unavailable", "detail": "The database does not answer."}, status=503, headers={"Retry-After": "5"}
         )
     return web.json_response({"status": "ok"})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition format (version 0.0.4)."""
+    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})

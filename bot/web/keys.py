@@ -8,6 +8,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.config import Settings
 from bot.domain.usecases import Deps
+from bot.metrics import Metrics
 from bot.identity.hmac_auth import HmacAuthenticator
 from bot.store.repository import SqlStore
 from bot.tokens.access_tokens import AccessTokenIssuer
@@ -20,3 +21,4 @@ TOKENS = web.AppKey("tokens", AccessTokenIssuer)
 BOLT = web.AppKey("bolt", AsyncApp)
 SLACK_VERIFIER = web.AppKey("slack_verifier", SignatureVerifier)
 INTROSPECTION_CLIENTS = web.AppKey("introspection_clients", dict)
+METRICS = web.AppKey("metrics", Metrics)

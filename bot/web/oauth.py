@@ -10,7 +10,7 @@ from aiohttp import web
 
 from bot.domain import usecases
 from bot.web.errors import error_response
-from bot.web.keys import DEPS, INTROSPECTION_CLIENTS, SETTINGS, TOKENS
+from bot.web.keys import DEPS, INTROSPECTION_CLIENTS, METRICS, SETTINGS, TOKENS
 
 routes = web.RouteTableDef()
 
@@ -29,6 +29,8 @@ async def metadata(request: web.Request) -> web.Response:
             "jwks_uri": f"{issuer}/.well-known/jwks.json",
             "introspection_endpoint": f"{issuer}/oauth/introspect",
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "revocation_endpoint": f"{issuer}/oauth/revoke",
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic"],
         }
     )
 
@@ -49,21 +51,47 @@ def _client_id(request: web.Request) -> str | None:
     return client_id
 
 
-@routes.post("/oauth/introspect")
-async def introspect(request: web.Request) -> web.Response:
-    """RFC 7662 §2: form ``token=…``; an unknown, expired or revoked token is 200 ``{"active": false}``."""
-    if _client_id(request) is None:
-        return error_response(
-            401,
-            "invalid_client",
-            "Authenticate with HTTP Basic as a client listed in GRANTBOT_INTROSPECTION_CLIENTS.",
-            {"WWW-Authenticate": 'Basic realm="grantbot"'},
-        )
+def _unauthorized() -> web.Response:
+    return error_response(
+        401,
+        "invalid_client",
+        "Authenticate with HTTP Basic as a client listed in GRANTBOT_INTROSPECTION_CLIENTS.",
+        {"WWW-Authenticate": 'Basic realm="grantbot"'},
+    )
+
+
+async def _token_field(request: web.Request) -> str | web.Response:
     try:
         form = await request.post()
     except (ValueError, UnicodeDecodeError, AssertionError):
         return error_response(400, "invalid_request", "Send the token form-encoded: token=….")
     token = form.get("token")
     if not isinstance(token, str) or not token:
-        return error_response(400, "invalid_request", "Send the token to introspect as the form field token=….")
-    return web.json_response(await usecases.introspect(request.app[DEPS], token), headers={"Cache-Control": "no-store"})
+        return error_response(400, "invalid_request", "Send the token as the form field token=….")
+    return token
+
+
+@routes.post("/oauth/introspect")
+async def introspect(request: web.Request) -> web.Response:
+    """RFC 7662 §2: form ``token=…``; an unknown, expired or revoked token is 200 ``{"active": false}``."""
+    if _client_id(request) is None:
+        return _unauthorized()
+    token = await _token_field(request)
+    if isinstance(token, web.Response):
+        return token
+    answer = await usecases.introspect(request.app[DEPS], token)
+    request.app[METRICS].introspections.labels(active=str(answer["active"]).lower()).inc()
+    return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
+
+@routes.post("/oauth/revoke")
+async def revoke(request: web.Request) -> web.Response:
+    """RFC 7009 §2: form ``token=…``; 200 with an empty body whether or not the token was known or active."""
+    client_id = _client_id(request)
+    if client_id is None:
+        return _unauthorized()
+    token = await _token_field(request)
+    if isinstance(token, web.Response):
+        return token
+    await usecases.revoke_token(request.app[DEPS], token, f"client:{client_id}")
+    return web.Response(status=200)

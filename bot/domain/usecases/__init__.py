@@ -7,6 +7,7 @@ from bot.domain.usecases.introspect import introspect
 from bot.domain.usecases.read_request import RequestView, read_request
 from bot.domain.usecases.request_access import request_access
 from bot.domain.usecases.revoke import revoke_own_grant
+from bot.domain.usecases.revoke_token import revoke_token
 
 __all__ = [
     "Deps",
@@ -18,4 +19,5 @@ __all__ = [
     "read_request",
     "request_access",
     "revoke_own_grant",
+    "revoke_token",
 ]

@@ -1,0 +1,73 @@
+"""RFC 7009 revocation, the holder's own revoke, RFC 8414 metadata, Prometheus metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from tests.support import buttons, cards, eventually, message_text
+
+
+async def form_post(grantbot, path: str, token: str, client=("rs", "rs-secret")):
+    import base64
+
+    basic = base64.b64encode(f"{client[0]}:{client[1]}".encode()).decode()
+    async with grantbot.api.http.post(grantbot.base_url + path, data={"token": token},
+                                      headers={"Authorization": f"Basic {basic}"}) as resp:
+        return resp.status, await resp.text()
+
+
+async def test_a_resource_server_revokes_a_token_and_the_card_says_so(grantbot, sandbox):
+    _, created = await grantbot.api.request_access({"environment": "production", "scopes": ["db:write"],
+                                                    "ttl_seconds": 600})
+    card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
+    await grantbot.api.click(card, "approve", "U0APPROVER")
+    _, decided = await grantbot.api.get_request(created["id"], wait=10)
+    token = decided["grant"]["access_token"]
+
+    status, body = await form_post(grantbot, "/oauth/revoke", token, client=("rs", "wrong"))
+    assert status == 401 and "invalid_client" in body
+    assert (await grantbot.api.introspect(token))[1]["active"] is True
+    assert (await form_post(grantbot, "/oauth/revoke", token))[0] == 200
+    assert await grantbot.api.introspect(token) == (200, {"active": False})
+    assert (await form_post(grantbot, "/oauth/revoke", token))[0] == 200  # again: still 200, nothing more happens
+    assert (await form_post(grantbot, "/oauth/revoke", "not-a-token"))[0] == 200  # RFC 7009 §2.2
+
+    reply = await eventually(lambda: next((m for m in sandbox.messages if m["thread_ts"] == card["ts"]), None))
+    assert "revoked by client:rs" in reply["text"]
+    await eventually(lambda: "revoked" in message_text(card))
+    assert len([m for m in sandbox.messages if m["thread_ts"] == card["ts"]]) == 1
+    _, after = await grantbot.api.get_request(created["id"])
+    assert after["grant"]["status"] == "revoked"
+
+
+async def test_the_holder_revokes_its_own_grant_once(grantbot, sandbox):
+    _, created = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 60})
+    grant_id = created["grant"]["id"]
+    status, body = await grantbot.api.call("POST", f"/v1/grants/{grant_id}/revoke")
+    assert status == 200 and body["status"] == "revoked"
+    status, again = await grantbot.api.call("POST", f"/v1/grants/{grant_id}/revoke", timestamp=int(grantbot.api.now()) + 1)
+    assert status == 200 and again["status"] == "revoked" and again["ended_at"] == body["ended_at"]
+    assert (await grantbot.api.call("POST", f"/v1/grants/{grant_id}/revoke", identity="other-bot"))[0] == 404
+    assert await grantbot.api.introspect(created["grant"]["access_token"]) == (200, {"active": False})
+    message = await eventually(lambda: sandbox.messages and sandbox.messages[0])
+    assert "revoked by deploy-bot" in message["text"] and buttons(message) == []
+
+
+async def test_metadata_metrics_and_openapi(grantbot):
+    await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
+    await grantbot.api.request_access({"environment": "staging", "scopes": ["db:admin"]})
+    http, base = grantbot.api.http, grantbot.base_url
+    async with http.get(base + "/.well-known/oauth-authorization-server") as resp:
+        meta = await resp.json()
+    assert meta["issuer"] == "https://grantbot.test"
+    assert meta["jwks_uri"] == "https://grantbot.test/.well-known/jwks.json"
+    assert meta["revocation_endpoint"].endswith("/oauth/revoke")
+    async with http.get(base + "/metrics") as resp:
+        metrics = await resp.text()
+    assert 'grantbot_access_requests_total{status="approved"} 1.0' in metrics
+    assert 'grantbot_access_requests_total{status="denied"} 1.0' in metrics
+    async with http.get(base + "/openapi.json") as resp:
+        doc = await resp.json()
+    assert doc["openapi"] == "3.1.0"
+    served = {(r.method, r.resource.canonical) for r in grantbot.app.router.routes() if r.method != "HEAD"}
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert served == documented
+    assert doc["components"]["schemas"]["AccessRequest"]["required"] == ["environment", "scopes"]
