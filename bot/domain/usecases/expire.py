@@ -21,17 +21,17 @@ async def expire_due(deps: Deps) -> SweepResult:
     The database decides what is due, so a sweep after downtime catches up on everything missed.
     """
     now = deps.clock.now()
-    grants = requests = 0
-    while batch := await deps.store.expire_due_grants(now, BATCH):
-        grants += len(batch)
-        for grant in batch:
-            deps.changes.notify(grant.request_id)
-        if len(batch) < BATCH:
-            break
-    while batch := await deps.store.expire_pending_requests(now, BATCH):
-        requests += len(batch)
-        for request in batch:
-            deps.changes.notify(request.id)
-        if len(batch) < BATCH:
-            break
+    grants = await _in_batches(deps, deps.store.expire_due_grants, now, lambda grant: grant.request_id)
+    requests = await _in_batches(deps, deps.store.expire_pending_requests, now, lambda request: request.id)
     return SweepResult(grants, requests)
+
+
+async def _in_batches(deps: Deps, expire, now, request_id_of) -> int:
+    done = 0
+    while batch := await expire(now, BATCH):
+        done += len(batch)
+        for item in batch:
+            deps.changes.notify(request_id_of(item))
+        if len(batch) < BATCH:
+            break
+    return done

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.domain.models import EventKind, OutboxEvent
 from bot.domain.usecases.deps import Deps
+from bot.domain.usecases.revoke import revocation_events
 
 
 async def revoke_token(deps: Deps, token: str, by: str) -> bool:
@@ -17,11 +17,7 @@ async def revoke_token(deps: Deps, token: str, by: str) -> bool:
     grant = await deps.store.grant_by_jti(claims["jti"])
     if grant is None or grant.token_hash != deps.tokens.token_hash(token):
         return False
-    events = [
-        OutboxEvent(EventKind.GRANT_REVOKED, grant.request_id, grant.id),
-        OutboxEvent(EventKind.CARD_UPDATE, grant.request_id),
-    ]
-    ended = await deps.store.revoke_grant(grant.id, by, deps.clock.now(), events)
+    ended = await deps.store.revoke_grant(grant.id, by, deps.clock.now(), revocation_events(grant))
     if ended:
         deps.changes.notify(grant.request_id)
     return ended
