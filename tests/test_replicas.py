@@ -89,7 +89,7 @@ async def test_three_replicas_handle_300_requests_and_every_transition_happens_o
 
     events = await audit(database_url)
     per_request = collections.defaultdict(list)
-    for _, kind, request_id, grant_id in events:
+    for _, kind, request_id, _grant_id in events:
         per_request[request_id].append(kind)
     expected = {
         201: ["request.received", "policy.decided", "grant.issued", "token.handed_over", "grant.expired"],
