@@ -26,8 +26,23 @@ DEV_IDENTITY_FILE = DEV_STATE_DIR / "dev-identity.json"
 DEV_APPROVER = "U0APPROVER"
 
 
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs requests its parser refuses (answered 400) with a traceback quoting the request line or a
+    header's value; keep one line without either."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            record.msg, record.args = "refused a malformed HTTP request: %s", (type(record.exc_info[1]).__name__,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # APScheduler warns on every skipped run while a long sweep is still going; failures are ERRORs and stay.

@@ -148,3 +148,32 @@ async def test_garbage_to_the_slack_endpoint_is_refused_cleanly(grantbot, name, 
     async with grantbot.api.http.post(grantbot.base_url + "/slack/events", data=raw, headers=all_headers) as resp:
         assert resp.status == status
     assert "Traceback" not in caplog.text and "payload=" not in caplog.text
+
+
+async def test_an_idempotency_key_that_is_not_printable_ascii_is_refused(grantbot):
+    raw = json.dumps({"environment": "staging", "scopes": ["db:read"]}).encode()
+    for key in ("k\u00ff", "a" * 256, "tab\there"):
+        status, body = await grantbot.api.request_access(None, raw=raw, headers={"Idempotency-Key": key},
+                                                         timestamp=int(grantbot.api.now()) + len(key))
+        assert status == 422 and "Idempotency-Key" in body["detail"]
+    assert await grantbot.count("access_requests") == 0
+
+
+async def test_a_body_that_cannot_be_decoded_is_400(grantbot):
+    raw = b"this is not gzip"
+    status, body = await grantbot.api.request_access(None, raw=raw, headers={"Content-Encoding": "gzip"})
+    assert status == 400 and body["error"] == "unreadable_body"
+
+
+@pytest.mark.parametrize("authorization,content_type,body", [
+    ("Basic \u00e9", "application/x-www-form-urlencoded", b"token=x"),
+    (None, "application/x-www-form-urlencoded; charset=bogus", b"token=x"),
+    (None, "multipart/form-data; boundary=x", b"--x\r\nbroken"),
+])
+async def test_introspection_refuses_malformed_requests_cleanly(grantbot, authorization, content_type, body):
+    import base64
+
+    basic = "Basic " + base64.b64encode(b"rs:rs-secret").decode()
+    headers = {"Authorization": (authorization or basic).encode().decode("latin-1"), "Content-Type": content_type}
+    async with grantbot.api.http.post(grantbot.base_url + "/oauth/introspect", data=body, headers=headers) as resp:
+        assert resp.status == (401 if authorization else 400)

@@ -13,6 +13,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.domain import usecases
 from bot.domain.errors import DomainError
+from bot.domain.ids import is_uuid
 from bot.slack.blocks import APPROVE_ACTION, DENY_ACTION
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def build_bolt_app(deps: usecases.Deps, client: AsyncWebClient, signing_secret: 
         await ack()
         actions, user = body.get("actions") or [{}], (body.get("user") or {}).get("id")
         action = actions[0]
-        if not user or not isinstance(action.get("value"), str):
+        if not isinstance(user, str) or not is_uuid(action.get("value")):
             log.warning("ignored a block_actions payload without a user or a request id")
             return
         decide = usecases.approve if action["action_id"] == APPROVE_ACTION else usecases.deny

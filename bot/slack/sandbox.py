@@ -290,7 +290,7 @@ class SlackSandbox:
         channel = self._channel(args.get("channel"))
         if channel is None:
             return _err("channel_not_found")
-        if args.get("user") not in self.users:
+        if not isinstance(args.get("user"), str) or args["user"] not in self.users:
             return _err("user_not_found")
         text, blocks, problem = self._content(args)
         if problem:

@@ -50,7 +50,9 @@ def create_engine(url: str) -> AsyncEngine:
         )
     if not url.startswith("sqlite"):
         return create_async_engine(url, pool_pre_ping=True)
-    engine = create_async_engine(url, connect_args={"timeout": 5})
+    # One connection: SQLite has one writer at a time anyway, and contention queued in asyncio costs microseconds,
+    # while contention between connections is resolved by SQLite's busy handler, which sleeps (up to 100 ms a try).
+    engine = create_async_engine(url, connect_args={"timeout": 5}, pool_size=1, max_overflow=0, pool_timeout=30)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:

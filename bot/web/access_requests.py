@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from bot.domain import usecases
 from bot.domain.errors import InvalidRequest, NotFound
+from bot.domain.ids import is_uuid
 from bot.domain.models import AccessRequestInput, Caller, Grant, RequestStatus
 from bot.web.keys import AUTH, DEPS, METRICS
 
@@ -118,8 +118,12 @@ async def create_access_request(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise InvalidRequest(_explain(exc)) from None
     idempotency_key = request.headers.get("Idempotency-Key") or None
-    if idempotency_key is not None and (len(idempotency_key) > MAX_IDEMPOTENCY_KEY or "\x00" in idempotency_key):
-        raise InvalidRequest(f"The Idempotency-Key header must be at most {MAX_IDEMPOTENCY_KEY} characters (a UUID fits).")
+    if idempotency_key is not None and not (
+        len(idempotency_key) <= MAX_IDEMPOTENCY_KEY and idempotency_key.isascii() and idempotency_key.isprintable()
+    ):
+        raise InvalidRequest(
+            f"The Idempotency-Key header must be at most {MAX_IDEMPOTENCY_KEY} printable ASCII characters (a UUID fits)."
+        )
     deps = request.app[DEPS]
     view = await usecases.request_access(
         deps,
@@ -149,10 +153,8 @@ async def create_access_request(request: web.Request) -> web.Response:
 def _resource_id(request: web.Request, what: str) -> str:
     """The ``{id}`` of the path; ids are UUIDs, so anything else is simply not found."""
     value = request.match_info["id"]
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        raise NotFound(f"There is no {what} {value[:64]!r}.") from None
+    if not is_uuid(value):
+        raise NotFound(f"There is no {what} {value[:64]!r}.")
     return value
 
 

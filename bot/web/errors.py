@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -44,6 +46,9 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except DomainError as exc:
         headers = {"WWW-Authenticate": 'GrantbotHMAC realm="grantbot"'} if exc.status == 401 else None
         return error_response(exc.status, exc.code, exc.detail, headers)
+    except (RequestPayloadError, HttpProcessingError):
+        return error_response(400, "unreadable_body", "The request body could not be read (check Content-Encoding "
+                              "and Content-Type).")
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise

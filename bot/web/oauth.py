@@ -7,6 +7,7 @@ import binascii
 import hmac
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.domain import usecases
 from bot.web.errors import error_response
@@ -43,7 +44,7 @@ def _client_id(request: web.Request) -> str | None:
         return None
     try:
         client_id, sep, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # not base64, not ASCII, not UTF-8
         return None
     expected = request.app[INTROSPECTION_CLIENTS].get(client_id)
     if not sep or expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
@@ -63,7 +64,7 @@ def _unauthorized() -> web.Response:
 async def _token_field(request: web.Request) -> str | web.Response:
     try:
         form = await request.post()
-    except (ValueError, UnicodeDecodeError, AssertionError):
+    except (ValueError, LookupError, AssertionError, HttpProcessingError):  # bad encoding, charset or multipart
         return error_response(400, "invalid_request", "Send the token form-encoded: token=….")
     token = form.get("token")
     if not isinstance(token, str) or not token:
