@@ -85,7 +85,7 @@ async def test_a_double_click_and_a_redelivered_payload_issue_one_grant(grantbot
     await eventually(lambda: len(sandbox.ephemerals) >= 1)  # the later clicks are told it is already decided
     assert await grantbot.count("grants") == 1
     assert await grantbot.count("approvals") == 1
-    assert "already approved" in sandbox.ephemerals[0]["text"]
+    assert sandbox.ephemerals[0]["text"] == "This request was already approved by <@U0APPROVER>."
 
 
 async def test_approve_and_deny_racing_resolve_once(grantbot, sandbox):

@@ -62,10 +62,16 @@ class NotAnApprover(DomainError):
 
 
 class AlreadyDecided(DomainError):
-    """The request is no longer pending; ``status`` of the request and who decided it are in ``detail``."""
+    """The request is no longer pending: ``outcome`` is its status (``approved``, ``denied``, ``expired`` …) and
+    ``decided_by`` who decided it (a Slack user ID, ``policy``, ``timeout``, or None)."""
 
     code = "already_decided"
     status = 409
+
+    def __init__(self, detail: str, outcome: str, decided_by: str | None) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+        self.decided_by = decided_by
 
 
 class PolicyError(Exception):

@@ -154,3 +154,11 @@ def grant_ended_text(request: AccessRequest, grant: Grant) -> str:
         f":hourglass: Grant {what}{origin} expired at {clock_time(grant.expires_at)}; access has ended.",
         SECTION_TEXT_LIMIT,
     )
+
+
+def refusal_text(error) -> str:
+    """What the person who clicked is told privately when their click changes nothing (a ``DomainError``)."""
+    outcome, decided_by = getattr(error, "outcome", None), getattr(error, "decided_by", None)
+    if outcome and decided_by and decided_by not in ("policy", "timeout"):
+        return f"This request was already {escape(outcome)} by <@{decided_by}>."
+    return escape(error.detail)

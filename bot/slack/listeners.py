@@ -14,7 +14,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.domain import usecases
 from bot.domain.errors import DomainError
 from bot.domain.ids import is_uuid
-from bot.slack.blocks import APPROVE_ACTION, DENY_ACTION
+from bot.slack.blocks import APPROVE_ACTION, DENY_ACTION, refusal_text
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def build_bolt_app(deps: usecases.Deps, client: AsyncWebClient, signing_secret: 
         except DomainError as exc:
             channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
             if channel:
-                await client.chat_postEphemeral(channel=channel, user=user, text=exc.detail)
+                await client.chat_postEphemeral(channel=channel, user=user, text=refusal_text(exc))
 
     bolt.action(APPROVE_ACTION)(on_decision)
     bolt.action(DENY_ACTION)(on_decision)

@@ -17,7 +17,7 @@ async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict) 
             f"Only the approvers of rule {request.rule!r} can decide this request; you are not one of them."
         )
     if request.status is not RequestStatus.PENDING:
-        raise AlreadyDecided(_already(request))
+        raise _already(request)
     now = deps.clock.now()
     grant = new_grant(request, now) if verdict is Verdict.APPROVE else None
     decided = await deps.store.decide(
@@ -25,16 +25,17 @@ async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict) 
     )
     current = await deps.store.get_request(request_id) or request
     if not decided:
-        raise AlreadyDecided(_already(current))
+        raise _already(current)
     deps.changes.notify(request_id)
     return current
 
 
-def _already(request: AccessRequest) -> str:
+def _already(request: AccessRequest) -> AlreadyDecided:
     if request.status is RequestStatus.PENDING:  # pending but past its deadline; the sweep will mark it
-        return "This request timed out before it was decided."
-    who = f" by <@{request.decided_by}>" if request.decided_by and request.decided_by != "policy" else ""
-    return f"This request was already {request.status.value}{who}."
+        return AlreadyDecided("This request timed out before it was decided.", "expired", "timeout")
+    who = f" by {request.decided_by}" if request.decided_by not in (None, "policy", "timeout") else ""
+    return AlreadyDecided(f"This request was already {request.status.value}{who}.", request.status.value,
+                          request.decided_by)
 
 
 async def approve(deps: Deps, request_id: str, approver: str) -> AccessRequest:
