@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from functools import partial
 
 from aiohttp import web
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -39,6 +41,9 @@ from bot.web.keys import AUTH, BOLT, DEPS, INTROSPECTION_CLIENTS, METRICS, SETTI
 
 log = logging.getLogger(__name__)
 
+# How often the Socket Mode connection is checked; a dropped connection is replaced within a few of these.
+SOCKET_PING_SECONDS = 2
+
 
 def default_clock(settings: Settings) -> Clock:
     return OffsetFileClock(settings.clock_offset_file) if settings.clock_offset_file else SystemClock()
@@ -53,7 +58,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     """
     clock = clock or default_clock(settings)
     policy = load_policy(settings.resolved_policy_file)
-    secrets = secrets_from_policy(policy)
+    identity_secrets = secrets_from_policy(policy)
     introspection_clients = settings.introspection_credentials()
     tokens = AccessTokenIssuer(load_or_create_signing_key(settings.signing_key_file), settings.issuer_url)
     store = SqlStore(create_engine(settings.database_url))
@@ -75,7 +80,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     app[TOKENS] = tokens
     app[INTROSPECTION_CLIENTS] = introspection_clients
     app[METRICS] = metrics = Metrics()
-    app[AUTH] = HmacAuthenticator(secrets, clock, store.remember_signature)
+    app[AUTH] = HmacAuthenticator(identity_secrets, clock, store.remember_signature)
     for module in (access_requests, oauth, health, openapi, slack_events):
         app.add_routes(module.routes)
 
@@ -84,8 +89,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         client = AsyncWebClient(
             token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10
         )
-        app[BOLT] = build_bolt_app(deps, client, settings.slack_signing_secret.get_secret_value())
-        app[SLACK_VERIFIER] = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
+        # Without a signing secret (Socket Mode only) a random one makes every HTTP delivery fail verification.
+        signing_secret = (
+            settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else secrets.token_hex(32)
+        )
+        app[BOLT] = bolt = build_bolt_app(deps, client, signing_secret)
+        app[SLACK_VERIFIER] = SignatureVerifier(signing_secret)
+        if settings.slack_app_token is not None:
+            app.cleanup_ctx.append(partial(_socket_mode, bolt, client, settings.slack_app_token.get_secret_value()))
         notifier = SlackNotifier(store, client, clock, metrics)
         changes.subscribe(notifier.wake)
         app.cleanup_ctx.append(partial(_background, notifier.run(), notifier.stop, "outbox worker"))
@@ -104,6 +115,15 @@ async def _database(store: SqlStore, migrate: bool, _app: web.Application) -> As
     await (upgrade(store.engine) if migrate else check_current(store.engine))
     yield
     await store.engine.dispose()
+
+
+async def _socket_mode(bolt, client: AsyncWebClient, app_token: str, _app: web.Application) -> AsyncIterator[None]:
+    """Slack Socket Mode: the same listeners, over a WebSocket that slack-sdk reconnects when it drops."""
+    handler = AsyncSocketModeHandler(bolt, app_token, web_client=client, ping_interval=SOCKET_PING_SECONDS)
+    await handler.connect_async()
+    log.info("connected to Slack over Socket Mode")
+    yield
+    await handler.close_async()
 
 
 async def _background(coro, stop, name: str, _app: web.Application) -> AsyncIterator[None]:

@@ -62,7 +62,10 @@ class Settings(BaseSettings):
 
     @property
     def slack_enabled(self) -> bool:
-        return self.slack_bot_token is not None and self.slack_signing_secret is not None
+        """A bot token, and a way for Slack to reach us: a signing secret (HTTP) or an app token (Socket Mode)."""
+        return self.slack_bot_token is not None and (
+            self.slack_signing_secret is not None or self.slack_app_token is not None
+        )
 
     def introspection_credentials(self) -> dict[str, str]:
         """``GRANTBOT_INTROSPECTION_CLIENTS`` (``id:secret,id:secret``) as a map; raises ValueError when malformed."""

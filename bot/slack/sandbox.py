@@ -7,6 +7,7 @@ grantbot talks to it exactly as it talks to Slack: its ``AsyncWebClient`` is poi
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import secrets
@@ -138,8 +139,12 @@ class SlackSandbox:
 
     def __init__(self, *, bot_token: str, signing_secret: str, events_url: str | None = None,
                  team_id: str = "T0SANDBOX", bot_user_id: str = "U0GRANTBOT",
-                 channels: dict[str, str] | None = None, users: dict[str, str] | None = None):
+                 channels: dict[str, str] | None = None, users: dict[str, str] | None = None,
+                 app_token: str | None = None):
         self.bot_token = bot_token
+        self.app_token = app_token  # Socket Mode: apps.connections.open takes this xapp- token
+        self._sockets: list[web.WebSocketResponse] = []
+        self._acks: dict[str, asyncio.Future] = {}
         self.signing_secret = signing_secret
         self.events_url = events_url
         self.team_id = team_id
@@ -170,6 +175,7 @@ class SlackSandbox:
         app.router.add_get("/", self._page)
         app.router.add_get("/sandbox/state", self._state)
         app.router.add_post("/sandbox/click", self._click_route)
+        app.router.add_get("/socket-mode", self._socket)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -182,6 +188,7 @@ class SlackSandbox:
         return self.base_url
 
     async def stop(self) -> None:
+        await self.drop_sockets()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -214,10 +221,62 @@ class SlackSandbox:
             token = authorization.removeprefix("Bearer ")
         method = request.match_info["method"]
         self.calls.append({"method": method, "args": args})
+        if method == "apps.connections.open":
+            return web.json_response(self._connections_open(token))
         if token != self.bot_token:
             return web.json_response(_err("invalid_auth"))
         handler = self._methods.get(method)
         return web.json_response(handler(args) if handler else _err("unknown_method"))
+
+    # ----- Socket Mode -----
+
+    def _connections_open(self, token: str | None) -> dict:
+        """Slack apps.connections.open: a WebSocket URL for an app-level (xapp-) token."""
+        if not self.app_token or token != self.app_token:
+            return _err("invalid_auth")
+        return {"ok": True, "url": (self.base_url or "").replace("http", "ws", 1) + "/socket-mode"}
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        """The Socket Mode WebSocket: says hello, then carries envelopes out and their acks back."""
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        await ws.send_json({"type": "hello", "num_connections": len(self._sockets) + 1,
+                            "connection_info": {"app_id": APP_ID}, "debug_info": {"host": "sandbox"}})
+        self._sockets.append(ws)
+        try:
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    ack = json.loads(message.data)
+                    future = self._acks.pop(ack.get("envelope_id", ""), None)
+                    if future is not None and not future.done():
+                        future.set_result(ack)
+        finally:
+            if ws in self._sockets:
+                self._sockets.remove(ws)
+        return ws
+
+    @property
+    def socket_connected(self) -> bool:
+        return bool(self._sockets)
+
+    async def drop_sockets(self) -> None:
+        """Close every Socket Mode connection, as Slack does on its side from time to time."""
+        for ws in list(self._sockets):
+            self._sockets.remove(ws)
+            await ws.close()
+
+    async def _deliver_over_socket(self, payload: dict) -> int:
+        envelope_id = secrets.token_hex(8)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._acks[envelope_id] = future
+        await self._sockets[-1].send_json({"envelope_id": envelope_id, "type": "interactive", "payload": payload,
+                                           "accepts_response_payload": True, "retry_attempt": 0,
+                                           "retry_reason": ""})
+        try:
+            await asyncio.wait_for(future, self.ack_timeout)
+        finally:
+            self._acks.pop(envelope_id, None)
+        return 200
 
     def _auth_test(self, args: Args) -> dict:
         return {"ok": True, "url": (self.base_url or "http://sandbox.invalid") + "/", "team": "Sandbox",
@@ -391,9 +450,11 @@ class SlackSandbox:
         Raises RuntimeError without ``events_url``, KeyError/ValueError as ``block_actions_payload``,
         TimeoutError if grantbot does not answer within ``ack_timeout`` seconds (Slack's 3 s).
         """
+        payload = self.block_actions_payload(channel=channel, ts=ts, action_id=action_id, user_id=user_id)
+        if self._sockets:  # Socket Mode: the app is connected; Slack sends over the socket, not to a URL
+            return await self._deliver_over_socket(payload)
         if not self.events_url:
             raise RuntimeError("events_url is not set")
-        payload = self.block_actions_payload(channel=channel, ts=ts, action_id=action_id, user_id=user_id)
         body = urlencode({"payload": json.dumps(payload)})
         timestamp = str(int(time.time()))
         headers = {
