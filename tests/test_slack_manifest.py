@@ -1,0 +1,55 @@
+"""manifests/slack-app.yaml declares what the code uses: a bot scope for every Web API method grantbot calls
+(found in the source), interactivity for the buttons, nothing it does not need."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from bot.slack.blocks import APPROVE_ACTION, DENY_ACTION
+from tests.support import buttons, cards, eventually, message_text
+
+ROOT = Path(__file__).parents[1]
+# Slack's required bot scope per Web API method (api.slack.com/methods/<method>).
+SCOPES = {
+    "chat.postMessage": {"chat:write"},
+    "chat.update": {"chat:write"},
+    "chat.postEphemeral": {"chat:write"},
+    "conversations.history": {"channels:history", "groups:history"},
+    "conversations.replies": {"channels:history", "groups:history"},
+}
+
+
+def called_methods() -> set[str]:
+    source = "\n".join(p.read_text() for p in (ROOT / "bot").rglob("*.py") if "sandbox" not in p.name)
+    calls = re.findall(r"client\.((?:chat|conversations|users|views|usergroups|reactions)_[A-Za-z]+)\(", source)
+    return {name.replace("_", ".", 1) for name in calls}
+
+
+def test_every_called_method_has_its_scope_and_no_scope_is_unused():
+    manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
+    methods = called_methods()
+    assert methods == set(SCOPES), "a new Web API method needs its scope here and in the manifest"
+    needed = set().union(*(SCOPES[m] for m in methods))
+    assert set(manifest["oauth_config"]["scopes"]["bot"]) == needed
+
+
+def test_interactivity_is_on_for_the_card_buttons():
+    manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
+    assert manifest["settings"]["interactivity"]["is_enabled"] is True
+    assert manifest["settings"]["interactivity"]["request_url"].endswith("/slack/events")
+    assert "slash_commands" not in manifest.get("features", {})  # none are handled yet
+
+
+async def test_every_rendered_action_id_has_a_listener(grantbot, sandbox):
+    _, created = await grantbot.api.request_access({"environment": "production", "scopes": ["db:write"]})
+    card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
+    rendered = buttons(card)
+    assert rendered == [APPROVE_ACTION, DENY_ACTION]
+    for number, action_id in enumerate(rendered, start=1):
+        # Clicked by someone who may not decide: handled (200, a private refusal), and nothing changes.
+        assert await grantbot.api.click(card, action_id, "U0OTHER") == 200
+        await eventually(lambda: len(sandbox.ephemerals) == number)
+    assert (await grantbot.api.get_request(created["id"]))[1]["status"] == "pending"
