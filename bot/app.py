@@ -22,7 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.changes import LocalChanges
 from bot.config import Settings
 from bot.domain.clock import OffsetFileClock, SystemClock
-from bot.domain.policy import load_policy
+from bot.policy_file import load_policy
 from bot.domain.ports import Clock
 from bot.domain.usecases import Deps
 from bot.metrics import Metrics

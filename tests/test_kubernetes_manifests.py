@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bot.domain.policy import parse_policy
+from bot.policy_file import parse_policy
 
 MANIFESTS = sorted((Path(__file__).parents[1] / "manifests" / "kubernetes").glob("*.yaml"))
 KUBERNETES_VERSION = "1.31"

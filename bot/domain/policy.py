@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from bot.domain.errors import PolicyError
@@ -200,12 +198,8 @@ def _format_location(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Parse and validate a policy document; raise :class:`PolicyError` naming ``source``, the key and the problem."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {exc}") from None
+def validate_policy(data: object, source: str = "<policy>") -> Policy:
+    """Validate a parsed policy document; raise :class:`PolicyError` naming ``source``, the key and the problem."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -220,13 +214,3 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
                 message = "unknown key (check its spelling and indentation)"
             problems.append(f"{source}: {_format_location(error['loc'])}: {message}")
         raise PolicyError("invalid policy file:\n  " + "\n  ".join(problems)) from None
-
-
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate the policy file at ``path``; raises :class:`PolicyError`."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror}") from None
-    return parse_policy(text, str(path))
