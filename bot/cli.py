@@ -175,6 +175,44 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return _run(_audit_export(settings, since, sys.stdout))
 
 
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from bot.domain.policy import lint
+    from bot.policy_file import load_policy
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(f"grantbot: {exc}", file=sys.stderr)
+        return 2
+    warnings = lint(policy)
+    for warning in warnings:
+        print(f"warning: {args.file}: {warning}")
+    print(f"{args.file}: valid; {len(policy.rules)} rules, {len(policy.identities)} identities, "
+          f"default {policy.default.value}; {len(warnings)} warning(s)")
+    return 0
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from bot.domain.models import Caller
+    from bot.domain.policy import explain
+    from bot.policy_file import load_policy
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(f"grantbot: {exc}", file=sys.stderr)
+        return 2
+    claims = dict(item.split("=", 1) for item in args.claim or [])
+    outcome, rules = explain(policy, Caller(args.identity, claims), args.environment, tuple(args.scope), args.audience)
+    print(f"decision: {outcome.decision.value} ({outcome.reason})")
+    for index, (rule, reason) in enumerate(rules):
+        verdict = "matches" if reason is None else f"no: {reason}"
+        print(f"  rules[{index}] {rule.name} ({rule.decision.value}): {verdict}")
+    if outcome.rule is None:
+        print(f"  default: {policy.default.value}")
+    return 0
+
+
 def _dev_identity() -> dict:
     """The sandbox's HMAC identity, made once per checkout and kept in .grantbot/ (mode 0600)."""
     if DEV_IDENTITY_FILE.exists():
@@ -330,6 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     export = audit.add_parser("export", help="write audit events as JSON lines (oldest first) to stdout, for a SIEM")
     export.add_argument("--since", help="only events at or after this ISO 8601 time (UTC if no zone is given)")
     export.set_defaults(func=cmd_audit_export)
+
+    policy = sub.add_parser("policy", help="check a policy file, or explain its decision for a request")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_sub.add_parser("check", help="validate a policy file and warn of rules that can never decide")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_policy_check)
+    explain_cmd = policy_sub.add_parser("explain", help="print the decision for a request and why, rule by rule")
+    explain_cmd.add_argument("file", type=Path)
+    explain_cmd.add_argument("--identity", required=True)
+    explain_cmd.add_argument("--environment", required=True)
+    explain_cmd.add_argument("--scope", action="append", required=True)
+    explain_cmd.add_argument("--audience")
+    explain_cmd.add_argument("--claim", action="append", metavar="KEY=VALUE")
+    explain_cmd.set_defaults(func=cmd_policy_explain)
 
     dev = sub.add_parser("dev", help="run grantbot with the local Slack sandbox and the example policy")
     dev.add_argument("--host", default="127.0.0.1")

@@ -214,3 +214,83 @@ def validate_policy(data: object, source: str = "<policy>") -> Policy:
                 message = "unknown key (check its spelling and indentation)"
             problems.append(f"{source}: {_format_location(error['loc'])}: {message}")
         raise PolicyError("invalid policy file:\n  " + "\n  ".join(problems)) from None
+
+
+# -- explain and check --------------------------------------------------------------------------------------------
+
+
+def why_not(
+    rule: Rule, caller: Caller, environment: str, scopes: tuple[str, ...], audience: str | None = None
+) -> str | None:
+    """The first condition of ``rule.match`` the request fails, as a sentence; None when the rule matches."""
+    match = rule.match
+    if not _any_glob(caller.identity, match.identity):
+        return f"identity {caller.identity!r} is not one of {match.identity}"
+    if match.environment is not None and not _any_glob(environment, match.environment):
+        return f"environment {environment!r} is not one of {match.environment}"
+    if match.scopes is not None:
+        outside = [s for s in scopes if not _any_glob(s, match.scopes)]
+        if rule.decision is Decision.DENY and len(outside) == len(scopes):
+            return f"no requested scope matches {match.scopes}"
+        if rule.decision is not Decision.DENY and outside:
+            return f"scope {outside[0]!r} is not covered by {match.scopes}"
+    if match.audiences is not None and (audience is None or not _any_glob(audience, match.audiences)):
+        return f"audience {audience!r} is not one of {match.audiences}"
+    for claim, pattern in match.claims.items():
+        if not rule_matches(Rule(name="_", match=Match(claims={claim: pattern}), decision=rule.decision),
+                            caller, environment, scopes, audience):
+            return f"claim {claim}={caller.claims.get(claim)!r} does not match {pattern!r}"
+    return None
+
+
+def explain(
+    policy: Policy, caller: Caller, environment: str, scopes: tuple[str, ...], audience: str | None = None
+) -> tuple[PolicyDecision, list[tuple[Rule, str | None]]]:
+    """The decision and, rule by rule in file order, why each rule matched (None) or not (a sentence)."""
+    return (
+        decide(policy, caller, environment, scopes, audience),
+        [(rule, why_not(rule, caller, environment, scopes, audience)) for rule in policy.rules],
+    )
+
+
+def _covers(wide: list[str] | None, narrow: list[str] | None) -> bool:
+    """Every value ``narrow`` admits is admitted by ``wide`` (conservative: a glob is covered only by "*" or itself)."""
+    if wide is None:
+        return True
+    if narrow is None:
+        return "*" in wide
+    return all(
+        "*" in wide or pattern in wide or (not _is_glob(pattern) and _any_glob(pattern, wide)) for pattern in narrow
+    )
+
+
+def _shadows(earlier: Rule, later: Rule) -> bool:
+    a, b = earlier.match, later.match
+    return (
+        earlier.decision is not Decision.DENY
+        and _covers(a.identity, b.identity)
+        and _covers(a.environment, b.environment)
+        and _covers(a.scopes, b.scopes)
+        and _covers(a.audiences, b.audiences)
+        and all(key in b.claims and _covers([pattern], [b.claims[key]]) for key, pattern in a.claims.items())
+    )
+
+
+def lint(policy: Policy) -> list[str]:
+    """Warnings about a valid policy: rules that can never decide, auto-approval without a cap of its own."""
+    warnings = []
+    for index, rule in enumerate(policy.rules):
+        if rule.decision is not Decision.DENY:
+            for earlier_index, earlier in enumerate(policy.rules[:index]):
+                if _shadows(earlier, rule):
+                    warnings.append(
+                        f"rules[{index}] ({rule.name}) can never decide: rules[{earlier_index}] ({earlier.name}) "
+                        "comes first and matches every request it matches"
+                    )
+                    break
+        if rule.decision is Decision.AUTO_APPROVE and rule.max_ttl_seconds is None:
+            warnings.append(
+                f"rules[{index}] ({rule.name}) auto-approves with no max_ttl_seconds of its own: only "
+                f"defaults.max_ttl_seconds ({policy.defaults.max_ttl_seconds} s) caps it"
+            )
+    return warnings
