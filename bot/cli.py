@@ -175,15 +175,29 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return _run(_audit_export(settings, since, sys.stdout))
 
 
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    from bot.domain.policy import lint
+def _policy_or_exit(path: Path):
+    """The policy at ``path``; a bad file ends the command with its message and exit status 2."""
     from bot.policy_file import load_policy
 
     try:
-        policy = load_policy(args.file)
+        return load_policy(path)
     except PolicyError as exc:
         print(f"grantbot: {exc}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    """argparse type for KEY=VALUE options."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    return key, value
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from bot.domain.policy import lint
+
+    policy = _policy_or_exit(args.file)
     warnings = lint(policy)
     for warning in warnings:
         print(f"warning: {args.file}: {warning}")
@@ -195,14 +209,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     from bot.domain.models import Caller
     from bot.domain.policy import explain
-    from bot.policy_file import load_policy
 
-    try:
-        policy = load_policy(args.file)
-    except PolicyError as exc:
-        print(f"grantbot: {exc}", file=sys.stderr)
-        return 2
-    claims = dict(item.split("=", 1) for item in args.claim or [])
+    policy = _policy_or_exit(args.file)
+    claims = dict(args.claim or [])
     outcome, rules = explain(policy, Caller(args.identity, claims), args.environment, tuple(args.scope), args.audience)
     print(f"decision: {outcome.decision.value} ({outcome.reason})")
     for index, (rule, reason) in enumerate(rules):
@@ -315,7 +324,7 @@ async def _request(args: argparse.Namespace) -> int:
     if args.audience:
         body["audience"] = args.audience
     if args.context:
-        body["context"] = dict(item.split("=", 1) for item in args.context)
+        body["context"] = dict(args.context)
     raw = json.dumps(body).encode()
     base = args.url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=None, sock_read=90)
@@ -380,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("--environment", required=True)
     explain_cmd.add_argument("--scope", action="append", required=True)
     explain_cmd.add_argument("--audience")
-    explain_cmd.add_argument("--claim", action="append", metavar="KEY=VALUE")
+    explain_cmd.add_argument("--claim", action="append", type=_key_value, metavar="KEY=VALUE")
     explain_cmd.set_defaults(func=cmd_policy_explain)
 
     dev = sub.add_parser("dev", help="run grantbot with the local Slack sandbox and the example policy")
@@ -399,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--ttl", type=int, default=None, help="seconds")
     req.add_argument("--reason")
     req.add_argument("--audience")
-    req.add_argument("--context", action="append", metavar="KEY=VALUE", help="pipeline context, e.g. run_url=…")
+    req.add_argument("--context", action="append", type=_key_value, metavar="KEY=VALUE", help="pipeline context, e.g. run_url=…")
     req.add_argument("--wait", type=int, default=0, metavar="SECONDS", help="wait this long for an approval")
     req.set_defaults(func=cmd_request)
     return parser
