@@ -112,7 +112,15 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
 
 
 async def _database(store: SqlStore, migrate: bool, _app: web.Application) -> AsyncIterator[None]:
-    await (upgrade(store.engine) if migrate else check_current(store.engine))
+    try:
+        await (upgrade(store.engine) if migrate else check_current(store.engine))
+    except BaseException:
+        # Close the pool's connections while the loop still runs. aiosqlite, when a connect fails, queues the
+        # close of its worker thread without awaiting it (aiosqlite/core.py ``_connect``); the thread then hands
+        # its result to the loop, which must still be open or the thread dies with a traceback on stderr.
+        await store.engine.dispose()
+        await asyncio.sleep(0.2)
+        raise
     yield
     await store.engine.dispose()
 

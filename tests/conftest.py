@@ -59,6 +59,11 @@ async def database_url(request, tmp_path):
     url = request.getfixturevalue("postgres_url")
     engine = create_engine(url)
     async with engine.begin() as conn:
+        # A connection a previous test left behind (a process still shutting down) could hold a lock that
+        # DROP SCHEMA would wait on forever: end them first, and never wait on a lock for long.
+        await conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        await conn.execute(text("SET LOCAL lock_timeout = '10s'"))
         await conn.execute(text("DROP SCHEMA public CASCADE"))
         await conn.execute(text("CREATE SCHEMA public"))
     await engine.dispose()
