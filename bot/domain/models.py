@@ -64,8 +64,11 @@ class AccessRequest:
     """An access request and its resolution.
 
     ``expires_at`` is the pending deadline (after it an undecided request becomes ``expired``);
-    ``approvers`` are the Slack user IDs who may decide it, fixed when it was made;
-    ``card_channel``/``card_ts`` locate its approval card once the outbox has posted it.
+    ``approvers`` are the Slack user IDs who may decide it and ``approver_groups`` the Slack user groups whose
+    members may, both fixed when it was made; ``excluded_approvers`` may never decide it (the person who
+    triggered the pipeline); it is approved once ``min_approvals`` distinct people approve, and denied by the
+    first denial when ``deny_on_first_denial``; ``decision_reasons`` explain the policy's decision, condition by
+    condition; ``card_channel``/``card_ts`` locate its approval card once the outbox has posted it.
     """
 
     id: str
@@ -88,6 +91,12 @@ class AccessRequest:
     decided_by: str | None = None
     card_channel: str | None = None
     card_ts: str | None = None
+    decision_reasons: tuple[str, ...] = ()
+    approver_groups: tuple[str, ...] = ()
+    excluded_approvers: tuple[str, ...] = ()
+    min_approvals: int = 1
+    deny_on_first_denial: bool = True
+    actor: str | None = None
 
 
 @dataclass

@@ -61,6 +61,12 @@ def _request_from_row(row) -> AccessRequest:
         decided_by=row.decided_by,
         card_channel=row.card_channel,
         card_ts=row.card_ts,
+        decision_reasons=tuple(row.decision_reasons),
+        approver_groups=tuple(row.approver_groups),
+        excluded_approvers=tuple(row.excluded_approvers),
+        min_approvals=row.min_approvals,
+        deny_on_first_denial=bool(row.deny_on_first_denial),
+        actor=row.actor,
     )
 
 
@@ -190,6 +196,12 @@ class SqlStore:
             "expires_at": request.expires_at,
             "decided_at": request.decided_at,
             "decided_by": request.decided_by,
+            "decision_reasons": list(request.decision_reasons),
+            "approver_groups": list(request.approver_groups),
+            "excluded_approvers": list(request.excluded_approvers),
+            "min_approvals": request.min_approvals,
+            "deny_on_first_denial": request.deny_on_first_denial,
+            "actor": request.actor,
             "idempotency_key": idempotency_key,
             "body_hash": body_hash,
         }

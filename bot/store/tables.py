@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint, true as sa_true
 from sqlmodel import Field, SQLModel
 
 
@@ -40,11 +40,17 @@ def _json():
     return Field(default=None, sa_column=Column(JSON, nullable=False))
 
 
+def _json_list():
+    return Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"))
+
+
 class AccessRequestRow(SQLModel, table=True):
     __tablename__ = "access_requests"
     __table_args__ = (
         UniqueConstraint("identity", "idempotency_key", name="uq_access_requests_idempotency"),
         Index("ix_access_requests_status_expires_at", "status", "expires_at"),
+        # auto_approve_limit counts a rule's recent automatic approvals of one identity
+        Index("ix_access_requests_identity_rule_created_at", "identity", "rule", "created_at"),
     )
 
     id: str = Field(primary_key=True, max_length=36)
@@ -59,7 +65,13 @@ class AccessRequestRow(SQLModel, table=True):
     decision: str = Field(max_length=32)
     rule: str | None = Field(default=None, max_length=255)
     decision_reason: str
+    decision_reasons: list = _json_list()  # the explanation, condition by condition, shown on the card
     approvers: list = _json()
+    approver_groups: list = _json_list()  # Slack user group IDs whose members may approve
+    excluded_approvers: list = _json_list()  # Slack user IDs who may not approve (who triggered the pipeline)
+    min_approvals: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    deny_on_first_denial: bool = Field(default=True, sa_column_kwargs={"server_default": sa_true()})
+    actor: str | None = Field(default=None, max_length=255)  # the person who triggered the pipeline, as claimed
     channel: str | None = Field(default=None, max_length=64)
     created_at: datetime = _time(nullable=False)
     expires_at: datetime | None = _time()
@@ -119,6 +131,16 @@ class OutboxRow(SQLModel, table=True):
     attempts: int = 0
     sent_at: datetime | None = _time()
     last_error: str | None = Field(default=None, max_length=500)
+
+
+class IdentityScopeRow(SQLModel, table=True):
+    """A scope an identity has been granted at least once (``first_use: require_approval`` asks people before)."""
+
+    __tablename__ = "identity_scopes"
+
+    identity: str = Field(primary_key=True, max_length=255)
+    scope: str = Field(primary_key=True, max_length=255)
+    first_granted_at: datetime = _time(nullable=False)
 
 
 class UsedSignatureRow(SQLModel, table=True):
