@@ -74,5 +74,13 @@ class AlreadyDecided(DomainError):
         self.decided_by = decided_by
 
 
+class AutoApproveLimitReached(Exception):
+    """Internal: the store found the rule's automatic approvals used up while inserting; people must decide."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"auto-approve limit of {count} reached")
+        self.count = count
+
+
 class PolicyError(Exception):
     """The policy file is invalid; the message names the file, the key and what is wrong."""

@@ -151,3 +151,12 @@ class OutboxItem:
     grant_id: str | None
     attempts: int
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class AutoApproveQuota:
+    """An auto-approve rule's limit, checked again inside the insert's transaction: fewer than ``count`` automatic
+    approvals of the identity under the rule after ``since``."""
+
+    count: int
+    since: datetime

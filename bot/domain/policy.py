@@ -8,11 +8,23 @@ when *any* requested scope matches (so ``db:read db:admin`` cannot slip past a r
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, time
 from fnmatch import fnmatchcase
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bot.domain.errors import PolicyError
 from bot.domain.models import Caller, Decision
@@ -22,7 +34,31 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-Globs = Annotated[list[str], BeforeValidator(_as_list)]
+def _check_glob(pattern: str) -> str:
+    """A glob is a non-empty word; ``[`` must be closed (fnmatch would silently take an open one literally)."""
+    if not pattern or any(ch.isspace() or ord(ch) < 32 for ch in pattern):
+        raise ValueError(f"bad glob {pattern!r}: a glob is one word without spaces")
+    depth = 0
+    for ch in pattern:
+        if ch == "[":
+            depth += 1
+        elif ch == "]" and depth:
+            depth -= 1
+    if depth:
+        raise ValueError(f"bad glob {pattern!r}: a '[' is never closed with ']'")
+    return pattern
+
+
+Glob = Annotated[str, AfterValidator(_check_glob)]
+Globs = Annotated[list[Glob], BeforeValidator(_as_list)]
+def _claim_text_or_value(value: Any) -> Any:
+    """YAML reads ``ref_protected: true`` as a boolean; claims compare as text ("true"/"false")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class _Strict(BaseModel):
@@ -35,6 +71,9 @@ class Approvers(_Strict):
     min_approvals: int = Field(default=1, ge=1)
 
 
+FirstUse = Literal["auto_approve", "require_approval"]
+
+
 class Defaults(_Strict):
     ttl_seconds: int = Field(default=900, gt=0)
     max_ttl_seconds: int = Field(default=3600, gt=0)
@@ -42,6 +81,70 @@ class Defaults(_Strict):
     channel: str | None = None
     audience: str | None = None
     approvers: Approvers | None = None
+    first_use: FirstUse = "auto_approve"
+
+
+class When(_Strict):
+    """When a rule applies: ``days`` (mon..sun) and ``hours`` ("09:00-18:00"; may wrap midnight, "22:00-06:00"),
+    read on the wall clock of ``timezone`` (IANA, e.g. "Europe/Berlin"; DST follows the zone's rules)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
+    hours: str | None = None
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as 'Europe/Berlin' or 'UTC'") from None
+        return value
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: str | None) -> str | None:
+        if value is not None:
+            _parse_hours(value)
+        return value
+
+    def holds(self, at: datetime) -> bool:
+        local = at.astimezone(ZoneInfo(self.timezone))
+        if self.days is not None and WEEKDAYS[local.weekday()] not in self.days:
+            return False
+        if self.hours is not None:
+            start, end = _parse_hours(self.hours)
+            now = local.time().replace(tzinfo=None)
+            inside = start <= now < end if start < end else (now >= start or now < end)
+            if not inside:
+                return False
+        return True
+
+    def describe(self) -> str:
+        parts = []
+        if self.days is not None:
+            parts.append("/".join(self.days))
+        if self.hours is not None:
+            parts.append(self.hours)
+        return " ".join(parts + [self.timezone])
+
+
+def _parse_hours(value: str) -> tuple[time, time]:
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)", value.strip())
+    if not match:
+        raise ValueError(f"bad hours {value!r}: write a range like '09:00-18:00' (24-hour clock)")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    end = time.max if (h2, m2) == (24, 0) else time(h2 % 24, m2)
+    if (h2 == 24 and m2) or time(h1, m1) == end:
+        raise ValueError(f"bad hours {value!r}: the range is empty")
+    return time(h1, m1), end
+
+
+class AutoApproveLimit(_Strict):
+    """At most ``count`` automatic approvals per identity and rule in any ``per_seconds``; beyond it people decide."""
+
+    count: int = Field(ge=0)
+    per_seconds: int = Field(gt=0)
 
 
 class Identity(_Strict):
@@ -65,17 +168,36 @@ class Match(_Strict):
     environment: Globs | None = None
     scopes: Globs | None = None
     audiences: Globs | None = None
-    claims: dict[str, str] = Field(default_factory=dict)
+    claims: dict[str, Annotated[Glob, BeforeValidator(_claim_text_or_value)]] = Field(default_factory=dict)
 
 
 class Rule(_Strict):
     name: str = Field(min_length=1)
     match: Match = Field(default_factory=Match)
+    when: When | None = None
     decision: Decision
     approvers: Approvers | None = None
     max_ttl_seconds: int | None = Field(default=None, gt=0)
     default_ttl_seconds: int | None = Field(default=None, gt=0)
+    pending_timeout_seconds: int | None = Field(default=None, gt=0)
     channel: str | None = None
+    require_reason: bool = False
+    reason_pattern: str | None = None
+    auto_approve_limit: AutoApproveLimit | None = None
+    first_use: FirstUse | None = None
+
+    @field_validator("reason_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {value!r}: {exc}") from None
+        return value
+
+    def needs_reason(self) -> bool:
+        return self.require_reason or self.reason_pattern is not None
 
 
 class Policy(_Strict):
@@ -106,9 +228,31 @@ class Policy(_Strict):
                     f"rules[{index}] ({rule.name}): decision require_approval needs approvers.users "
                     "(on the rule or in defaults.approvers)"
                 )
+            if (rule.decision is Decision.AUTO_APPROVE and self.sends_to_people(rule)
+                    and not self.approvers_for(rule).users):
+                raise ValueError(
+                    f"rules[{index}] ({rule.name}): auto_approve_limit / first_use send requests to people, so the "
+                    "rule needs approvers.users (on the rule or in defaults.approvers)"
+                )
+            if rule.decision is not Decision.AUTO_APPROVE and (rule.auto_approve_limit or rule.first_use):
+                raise ValueError(
+                    f"rules[{index}] ({rule.name}): auto_approve_limit and first_use only apply to auto_approve rules"
+                )
         if self.default is Decision.REQUIRE_APPROVAL and not self.approvers_for(None).users:
             raise ValueError("default: require_approval needs defaults.approvers.users")
         return self
+
+    def first_use(self, rule: Rule | None) -> FirstUse:
+        return (rule.first_use if rule and rule.first_use else None) or self.defaults.first_use
+
+    def sends_to_people(self, rule: Rule) -> bool:
+        """An auto-approve rule whose guard rails can send a request to people instead."""
+        return rule.auto_approve_limit is not None or self.first_use(rule) == "require_approval"
+
+    def pending_timeout(self, rule: Rule | None) -> int:
+        if rule and rule.pending_timeout_seconds:
+            return rule.pending_timeout_seconds
+        return self.defaults.pending_timeout_seconds
 
     def approvers_for(self, rule: Rule | None) -> Approvers:
         return (rule.approvers if rule and rule.approvers else None) or self.defaults.approvers or Approvers()
@@ -142,53 +286,149 @@ def _is_glob(pattern: str) -> bool:
 
 @dataclass(frozen=True)
 class PolicyDecision:
-    """The outcome of :func:`decide`: the decision, the rule that made it (None for ``default``) and why."""
+    """The outcome of :func:`decide`: the decision, the rule that made it (None for ``default``), a one-line
+    ``reason`` and ``reasons``, the explanation condition by condition (stored with the request, shown on its card).
+
+    ``guard`` names the guard rail that sent an auto-approvable request to people (``auto_approve_limit`` or
+    ``first_use``), else None."""
 
     decision: Decision
     rule: Rule | None
     reason: str
+    reasons: tuple[str, ...] = ()
+    guard: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the guard rails need from history: automatic approvals of this identity under the deciding rule within
+    its ``auto_approve_limit.per_seconds``, and the scopes this identity has been granted before."""
+
+    recent_auto_approvals: int = 0
+    known_scopes: frozenset[str] = frozenset()
 
 
 def _any_glob(value: str, patterns: list[str]) -> bool:
     return any(fnmatchcase(value, pattern) for pattern in patterns)
 
 
-def rule_matches(
-    rule: Rule, caller: Caller, environment: str, scopes: tuple[str, ...], audience: str | None
-) -> bool:
-    """True when every condition of ``rule.match`` holds for the request."""
+def _claim_text(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else None
+
+
+def why_not(
+    rule: Rule,
+    caller: Caller,
+    environment: str,
+    scopes: tuple[str, ...],
+    audience: str | None = None,
+    at: datetime | None = None,
+) -> str | None:
+    """The first condition of ``rule`` (``match`` and ``when``) the request fails, as a sentence; None when the
+    rule matches. ``at`` (aware) is the time ``when`` is read at; without it ``when`` is not checked."""
     match = rule.match
     if not _any_glob(caller.identity, match.identity):
-        return False
+        return f"identity {caller.identity!r} is not one of {match.identity}"
     if match.environment is not None and not _any_glob(environment, match.environment):
-        return False
+        return f"environment {environment!r} is not one of {match.environment}"
     if match.scopes is not None:
-        hits = [_any_glob(scope, match.scopes) for scope in scopes]
-        if not (any(hits) if rule.decision is Decision.DENY else all(hits)):
-            return False
+        outside = [s for s in scopes if not _any_glob(s, match.scopes)]
+        if rule.decision is Decision.DENY and len(outside) == len(scopes):
+            return f"no requested scope matches {match.scopes}"
+        if rule.decision is not Decision.DENY and outside:
+            return f"scope {outside[0]!r} is not covered by {match.scopes}"
     if match.audiences is not None and (audience is None or not _any_glob(audience, match.audiences)):
-        return False
+        return f"audience {audience!r} is not one of {match.audiences}"
     for claim, pattern in match.claims.items():
-        value = caller.claims.get(claim)
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        if not isinstance(value, str) or not fnmatchcase(value, pattern):
-            return False
-    return True
+        value = _claim_text(caller.claims.get(claim))
+        if value is None or not fnmatchcase(value, pattern):
+            shown = "missing" if claim not in caller.claims else repr(caller.claims.get(claim))
+            return f"claim {claim} is {shown}, not {pattern!r}"
+    if rule.when is not None and at is not None and not rule.when.holds(at):
+        local = at.astimezone(ZoneInfo(rule.when.timezone))
+        return f"it is {local:%a %H:%M} in {rule.when.timezone}, outside {rule.when.describe()}"
+    return None
+
+
+def rule_matches(
+    rule: Rule,
+    caller: Caller,
+    environment: str,
+    scopes: tuple[str, ...],
+    audience: str | None = None,
+    at: datetime | None = None,
+) -> bool:
+    """True when every condition of ``rule.match`` (and ``rule.when`` at ``at``) holds for the request."""
+    return why_not(rule, caller, environment, scopes, audience, at) is None
+
+
+def _reason_problem(rule: Rule, reason: str | None) -> str | None:
+    if not rule.needs_reason():
+        return None
+    if not reason or not reason.strip():
+        wanted = f" matching {rule.reason_pattern!r}" if rule.reason_pattern else ""
+        return f"rule {rule.name!r} needs a reason{wanted}; the request gives none"
+    if rule.reason_pattern and not re.search(rule.reason_pattern, reason):
+        return f"rule {rule.name!r} needs a reason matching {rule.reason_pattern!r} (e.g. a ticket reference)"
+    return None
 
 
 def decide(
-    policy: Policy, caller: Caller, environment: str, scopes: tuple[str, ...], audience: str | None = None
+    policy: Policy,
+    caller: Caller,
+    environment: str,
+    scopes: tuple[str, ...],
+    audience: str | None = None,
+    *,
+    reason: str | None = None,
+    at: datetime | None = None,
 ) -> PolicyDecision:
-    """Evaluate the policy for one access request: deny wins, then first match, then ``default``."""
-    matching = [rule for rule in policy.rules if rule_matches(rule, caller, environment, scopes, audience)]
+    """Evaluate the policy for one access request (DESIGN.md "Policy file"): a matching ``deny`` rule wins, then
+    the first matching rule, then ``default``. A rule whose ``when`` does not hold at ``at`` does not match; the
+    deciding rule's ``require_reason`` / ``reason_pattern`` turn a missing or wrong reason into a denial.
+    Guard rails (``auto_approve_limit``, ``first_use``) are applied afterwards by :func:`apply_guard_rails`."""
+    at = at or datetime.now(UTC)
+    explained = [(rule, why_not(rule, caller, environment, scopes, audience, at)) for rule in policy.rules]
+    lines = tuple(
+        f"{rule.name} ({rule.decision.value}): " + ("matches" if why is None else f"no: {why}")
+        for rule, why in explained
+    )
+    matching = [rule for rule, why in explained if why is None]
     for rule in matching:
         if rule.decision is Decision.DENY:
-            return PolicyDecision(Decision.DENY, rule, f"rule {rule.name!r} denies it")
+            return PolicyDecision(Decision.DENY, rule, f"rule {rule.name!r} denies it", lines)
     if matching:
         rule = matching[0]
-        return PolicyDecision(rule.decision, rule, f"first matching rule {rule.name!r}")
-    return PolicyDecision(policy.default, None, f"no rule matches; the default is {policy.default.value}")
+        problem = _reason_problem(rule, reason)
+        if problem:
+            return PolicyDecision(Decision.DENY, rule, problem, lines + (problem,))
+        return PolicyDecision(rule.decision, rule, f"first matching rule {rule.name!r}", lines)
+    return PolicyDecision(policy.default, None, f"no rule matches; the default is {policy.default.value}",
+                          lines + (f"default: {policy.default.value}",))
+
+
+def apply_guard_rails(
+    policy: Policy, outcome: PolicyDecision, identity: str, scopes: tuple[str, ...], usage: Usage
+) -> PolicyDecision:
+    """Send an auto-approvable request to people when the rule's ``auto_approve_limit`` is used up or, under
+    ``first_use: require_approval``, when ``identity`` was never granted one of ``scopes``; else ``outcome``."""
+    rule = outcome.rule
+    if outcome.decision is not Decision.AUTO_APPROVE or rule is None:
+        return outcome
+    if policy.first_use(rule) == "require_approval":
+        new = [scope for scope in scopes if scope not in usage.known_scopes]
+        if new:
+            why = (f"first use: {identity} has never been granted {', '.join(repr(s) for s in new)}; "
+                   "people decide the first time")
+            return PolicyDecision(Decision.REQUIRE_APPROVAL, rule, why, outcome.reasons + (why,), "first_use")
+    limit = rule.auto_approve_limit
+    if limit is not None and usage.recent_auto_approvals >= limit.count:
+        why = (f"auto-approve limit reached: {usage.recent_auto_approvals} automatic approvals of {identity} under "
+               f"rule {rule.name!r} in the last {limit.per_seconds} s (limit {limit.count}); people decide this one")
+        return PolicyDecision(Decision.REQUIRE_APPROVAL, rule, why, outcome.reasons + (why,), "auto_approve_limit")
+    return outcome
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:
@@ -219,38 +459,25 @@ def validate_policy(data: object, source: str = "<policy>") -> Policy:
 # -- explain and check --------------------------------------------------------------------------------------------
 
 
-def why_not(
-    rule: Rule, caller: Caller, environment: str, scopes: tuple[str, ...], audience: str | None = None
-) -> str | None:
-    """The first condition of ``rule.match`` the request fails, as a sentence; None when the rule matches."""
-    match = rule.match
-    if not _any_glob(caller.identity, match.identity):
-        return f"identity {caller.identity!r} is not one of {match.identity}"
-    if match.environment is not None and not _any_glob(environment, match.environment):
-        return f"environment {environment!r} is not one of {match.environment}"
-    if match.scopes is not None:
-        outside = [s for s in scopes if not _any_glob(s, match.scopes)]
-        if rule.decision is Decision.DENY and len(outside) == len(scopes):
-            return f"no requested scope matches {match.scopes}"
-        if rule.decision is not Decision.DENY and outside:
-            return f"scope {outside[0]!r} is not covered by {match.scopes}"
-    if match.audiences is not None and (audience is None or not _any_glob(audience, match.audiences)):
-        return f"audience {audience!r} is not one of {match.audiences}"
-    for claim, pattern in match.claims.items():
-        if not rule_matches(Rule(name="_", match=Match(claims={claim: pattern}), decision=rule.decision),
-                            caller, environment, scopes, audience):
-            return f"claim {claim}={caller.claims.get(claim)!r} does not match {pattern!r}"
-    return None
-
-
 def explain(
-    policy: Policy, caller: Caller, environment: str, scopes: tuple[str, ...], audience: str | None = None
+    policy: Policy,
+    caller: Caller,
+    environment: str,
+    scopes: tuple[str, ...],
+    audience: str | None = None,
+    *,
+    reason: str | None = None,
+    at: datetime | None = None,
 ) -> tuple[PolicyDecision, list[tuple[Rule, str | None]]]:
     """The decision and, rule by rule in file order, why each rule matched (None) or not (a sentence)."""
+    at = at or datetime.now(UTC)
     return (
-        decide(policy, caller, environment, scopes, audience),
-        [(rule, why_not(rule, caller, environment, scopes, audience)) for rule in policy.rules],
+        decide(policy, caller, environment, scopes, audience, reason=reason, at=at),
+        [(rule, why_not(rule, caller, environment, scopes, audience, at)) for rule in policy.rules],
     )
+
+
+# -- check --------------------------------------------------------------------------------------------------------
 
 
 def _covers(wide: list[str] | None, narrow: list[str] | None) -> bool:
@@ -268,6 +495,7 @@ def _shadows(earlier: Rule, later: Rule) -> bool:
     a, b = earlier.match, later.match
     return (
         earlier.decision is not Decision.DENY
+        and earlier.when is None  # a rule limited in time leaves the other hours to later rules
         and _covers(a.identity, b.identity)
         and _covers(a.environment, b.environment)
         and _covers(a.scopes, b.scopes)

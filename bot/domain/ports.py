@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from bot.domain.models import AccessRequest, Grant, OutboxEvent, Verdict
+from bot.domain.models import AccessRequest, AutoApproveQuota, Grant, OutboxEvent, Verdict
+from bot.domain.policy import Usage
 
 
 class Clock(Protocol):
@@ -51,8 +52,15 @@ class Store(Protocol):
         events: list[OutboxEvent],
         idempotency_key: str | None = None,
         body_hash: str | None = None,
+        quota: AutoApproveQuota | None = None,
     ) -> bool:
-        """Insert a new request (and its grant when auto-approved). False when the idempotency key is taken."""
+        """Insert a new request (and its grant when auto-approved). False when the idempotency key is taken.
+        With ``quota``, raises :class:`AutoApproveLimitReached` (and stores nothing) when the rule's automatic
+        approvals are used up, counted inside the same transaction."""
+
+    async def usage(self, identity: str, rule: str, since: datetime) -> Usage:
+        """What the policy's guard rails need: automatic approvals of ``identity`` under ``rule`` after ``since``
+        and the scopes ``identity`` was ever granted."""
 
     async def get_request(self, request_id: str) -> AccessRequest | None: ...
 

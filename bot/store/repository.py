@@ -14,11 +14,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import exists, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot.domain.errors import AutoApproveLimitReached
 from bot.domain.models import (
     AccessRequest,
+    AutoApproveQuota,
     Decision,
     EventKind,
     Grant,
@@ -28,10 +32,20 @@ from bot.domain.models import (
     RequestStatus,
     Verdict,
 )
+from bot.domain.policy import Usage
 from bot.store.engine import writer
-from bot.store.tables import AccessRequestRow, ApprovalRow, AuditEventRow, GrantRow, OutboxRow, UsedSignatureRow
+from bot.store.tables import (
+    AccessRequestRow,
+    ApprovalRow,
+    AuditEventRow,
+    GrantRow,
+    IdentityScopeRow,
+    OutboxRow,
+    UsedSignatureRow,
+)
 
 R = AccessRequestRow.__table__
+S = IdentityScopeRow.__table__
 A = ApprovalRow.__table__
 G = GrantRow.__table__
 O = OutboxRow.__table__  # noqa: E741
@@ -146,6 +160,13 @@ class SqlStore:
         await self._audit(conn, grant.issued_at, "grant.issued", actor, grant.request_id, grant.id, jti=grant.jti,
                           scope=" ".join(grant.scopes), audience=grant.audience,
                           expires_at=grant.expires_at.isoformat(), ttl_seconds=grant.ttl_seconds)
+        # Every issued grant makes its scopes known to the identity (``first_use`` asks people only before that).
+        # ON CONFLICT DO NOTHING: two grants of one scope committing at once must not fail each other.
+        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        await conn.execute(dialect_insert(S).on_conflict_do_nothing(), [
+            {"identity": grant.identity, "scope": scope, "first_granted_at": grant.issued_at}
+            for scope in dict.fromkeys(grant.scopes)
+        ])
 
     async def audit_events(self, since: datetime | None = None, after_id: int = 0, limit: int = 1000) -> list[dict]:
         """Audit events in the order they happened (by id), as JSON-ready dicts; for ``grantbot audit export``."""
@@ -176,6 +197,7 @@ class SqlStore:
         events: list[OutboxEvent],
         idempotency_key: str | None = None,
         body_hash: str | None = None,
+        quota: AutoApproveQuota | None = None,
     ) -> bool:
         values = {
             "id": request.id,
@@ -213,8 +235,11 @@ class SqlStore:
                                   environment=request.environment, scopes=list(request.scopes),
                                   ttl_seconds=request.ttl_seconds, audience=request.audience, reason=request.reason,
                                   context=request.context)
+                if quota is not None and not await self._within_quota(conn, request, quota):
+                    raise AutoApproveLimitReached(quota.count)
                 await self._audit(conn, at, "policy.decided", "policy", request.id, decision=request.decision.value,
-                                  rule=request.rule, reason=request.decision_reason)
+                                  rule=request.rule, reason=request.decision_reason,
+                                  reasons=list(request.decision_reasons))
                 if grant is not None:
                     await conn.execute(insert(G).values(**_grant_values(grant)))
                     await self._audit_grant_issued(conn, grant, "policy")
@@ -226,6 +251,31 @@ class SqlStore:
                 raise
             return False
         return True
+
+    async def _within_quota(self, conn: AsyncConnection, request: AccessRequest, quota: AutoApproveQuota) -> bool:
+        """Count the identity's automatic approvals under the rule inside the insert's own transaction, so that
+        concurrent requests cannot all take the last slot: SQLite writers are serialised (BEGIN IMMEDIATE); on
+        PostgreSQL a transaction-scoped advisory lock per (identity, rule) serialises the count and the insert."""
+        if conn.dialect.name == "postgresql":
+            await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"quota:{request.identity}:{request.rule}"))))
+        used = await self._count_auto_approvals(conn, request.identity, request.rule or "", quota.since)
+        return used < quota.count
+
+    @staticmethod
+    async def _count_auto_approvals(conn: AsyncConnection, identity: str, rule: str, since: datetime) -> int:
+        return (await conn.execute(
+            select(func.count()).select_from(R).where(
+                R.c.identity == identity, R.c.rule == rule, R.c.decision == Decision.AUTO_APPROVE.value,
+                R.c.created_at > since,
+            )
+        )).scalar_one()
+
+    async def usage(self, identity: str, rule: str, since: datetime) -> Usage:
+        """Automatic approvals of ``identity`` under ``rule`` after ``since``, and the scopes it was ever granted."""
+        async with self.engine.connect() as conn:
+            count = await self._count_auto_approvals(conn, identity, rule, since)
+            known = (await conn.execute(select(S.c.scope).where(S.c.identity == identity))).scalars().all()
+        return Usage(recent_auto_approvals=count, known_scopes=frozenset(known))
 
     async def get_request(self, request_id: str) -> AccessRequest | None:
         async with self.engine.connect() as conn:

@@ -9,10 +9,17 @@ import uuid
 from dataclasses import asdict
 from datetime import timedelta
 
-from bot.domain.errors import IdempotencyConflict, InvalidRequest, TTLTooLong, UnknownEnvironment
+from bot.domain.errors import (
+    AutoApproveLimitReached,
+    IdempotencyConflict,
+    InvalidRequest,
+    TTLTooLong,
+    UnknownEnvironment,
+)
 from bot.domain.models import (
     AccessRequest,
     AccessRequestInput,
+    AutoApproveQuota,
     Caller,
     Decision,
     EventKind,
@@ -20,7 +27,7 @@ from bot.domain.models import (
     OutboxEvent,
     RequestStatus,
 )
-from bot.domain.policy import decide
+from bot.domain.policy import PolicyDecision, apply_guard_rails, decide
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.read_request import RequestView, hand_over
 
@@ -81,24 +88,50 @@ async def request_access(
             return await _replay(deps, earlier, body_hash)
 
     policy = deps.policy
-    outcome = decide(policy, caller, body.environment, body.scopes, body.audience)
     now = deps.clock.now()
+    outcome = decide(policy, caller, body.environment, body.scopes, body.audience, reason=body.reason, at=now)
+    quota = None
+    rule = outcome.rule
+    if outcome.decision is Decision.AUTO_APPROVE and rule is not None and policy.sends_to_people(rule):
+        limit = rule.auto_approve_limit
+        since = now - timedelta(seconds=limit.per_seconds if limit else 0)
+        usage = await deps.store.usage(caller.identity, rule.name, since)
+        outcome = apply_guard_rails(policy, outcome, caller.identity, body.scopes, usage)
+        if outcome.decision is Decision.AUTO_APPROVE and limit is not None:
+            quota = AutoApproveQuota(limit.count, since)
+
     ttl = body.ttl_seconds
     if outcome.decision is not Decision.DENY:
-        cap = policy.ttl_cap(outcome.rule)
+        cap = policy.ttl_cap(rule)
         if ttl is None:
-            ttl = min(policy.default_ttl(outcome.rule), cap)
+            ttl = min(policy.default_ttl(rule), cap)
         elif ttl > cap:
-            where = f"rule {outcome.rule.name!r}" if outcome.rule else "the policy"
+            where = f"rule {rule.name!r}" if rule else "the policy"
             raise TTLTooLong(f"ttl_seconds {ttl} is above the {cap} s cap of {where}; ask for {cap} or less.")
 
+    request = _new_request(deps, caller, body, outcome, ttl or policy.default_ttl(rule), now)
+    try:
+        return await _store(deps, request, body, idempotency_key, body_hash, quota)
+    except AutoApproveLimitReached as exc:
+        # Another request took the last automatic approval while this one was being decided: people decide it.
+        why = (f"auto-approve limit reached: {exc.count} automatic approvals of {caller.identity} under rule "
+               f"{rule.name!r} in the last {rule.auto_approve_limit.per_seconds} s; people decide this one")
+        outcome = PolicyDecision(Decision.REQUIRE_APPROVAL, rule, why, outcome.reasons + (why,), "auto_approve_limit")
+        request = _new_request(deps, caller, body, outcome, request.ttl_seconds, now)
+        return await _store(deps, request, body, idempotency_key, body_hash, None)
+
+
+def _new_request(
+    deps: Deps, caller: Caller, body: AccessRequestInput, outcome: PolicyDecision, ttl: int, now
+) -> AccessRequest:
+    policy = deps.policy
     rule = outcome.rule
     request = AccessRequest(
         id=str(uuid.uuid4()),
         identity=caller.identity,
         environment=body.environment,
         scopes=body.scopes,
-        ttl_seconds=ttl or policy.default_ttl(rule),
+        ttl_seconds=ttl,
         audience=body.audience or policy.defaults.audience or deps.issuer,
         reason=body.reason,
         context=dict(body.context),
@@ -106,28 +139,42 @@ async def request_access(
         decision=outcome.decision,
         rule=rule.name if rule else None,
         decision_reason=outcome.reason,
+        decision_reasons=outcome.reasons,
         approvers=tuple(policy.approvers_for(rule).users),
         channel=(rule.channel if rule else None) or deps.default_channel or policy.defaults.channel,
         created_at=now,
         expires_at=None,
     )
-    grant = None
-    token = None
-    events: list[OutboxEvent] = []
     if outcome.decision is Decision.DENY:
         request.status, request.decided_at, request.decided_by = RequestStatus.DENIED, now, "policy"
     elif outcome.decision is Decision.AUTO_APPROVE:
         request.status, request.decided_at, request.decided_by = RequestStatus.APPROVED, now, "policy"
-        grant = new_grant(request, now)
-        token = deps.tokens.mint(grant)
-        grant.token_hash, grant.delivered_at = deps.tokens.token_hash(token), now
     else:
-        request.expires_at = now + timedelta(seconds=policy.defaults.pending_timeout_seconds)
+        request.expires_at = now + timedelta(seconds=policy.pending_timeout(rule))
+    return request
+
+
+async def _store(
+    deps: Deps,
+    request: AccessRequest,
+    body: AccessRequestInput,
+    idempotency_key: str | None,
+    body_hash: str,
+    quota: AutoApproveQuota | None,
+) -> RequestView:
+    grant = None
+    token = None
+    events: list[OutboxEvent] = []
+    if request.status is RequestStatus.APPROVED:
+        grant = new_grant(request, request.created_at)
+        token = deps.tokens.mint(grant)
+        grant.token_hash, grant.delivered_at = deps.tokens.token_hash(token), request.created_at
+    elif request.status is RequestStatus.PENDING:
         events.append(OutboxEvent(EventKind.CARD_POST, request.id))
 
-    if not await deps.store.insert_request(request, grant, events, idempotency_key, body_hash):
+    if not await deps.store.insert_request(request, grant, events, idempotency_key, body_hash, quota=quota):
         # Lost a race with a concurrent retry carrying the same key: answer as that one did.
-        earlier = await deps.store.find_by_idempotency_key(caller.identity, idempotency_key or "")
+        earlier = await deps.store.find_by_idempotency_key(request.identity, idempotency_key or "")
         if earlier is None:  # pragma: no cover - the unique key that refused us must exist
             raise InvalidRequest("The Idempotency-Key conflicted with a request that no longer exists; retry.")
         return await _replay(deps, earlier, body_hash)
