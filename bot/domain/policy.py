@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from bot.domain.errors import PolicyError
+from bot.domain.errors import PolicyError, TTLTooLong
 from bot.domain.models import Caller, Decision
 
 
@@ -407,6 +407,19 @@ def decide(
         return PolicyDecision(rule.decision, rule, f"first matching rule {rule.name!r}", lines)
     return PolicyDecision(policy.default, None, f"no rule matches; the default is {policy.default.value}",
                           lines + (f"default: {policy.default.value}",))
+
+
+def granted_ttl(policy: Policy, rule: Rule | None, requested: int | None) -> int:
+    """The TTL in seconds a grant under ``rule`` gets: ``requested`` if within the cap (the rule's
+    ``max_ttl_seconds`` and ``defaults.max_ttl_seconds``, whichever is lower), else :class:`TTLTooLong`;
+    without a request, the rule's ``default_ttl_seconds`` (else ``defaults.ttl_seconds``) held to the cap."""
+    cap = policy.ttl_cap(rule)
+    if requested is None:
+        return min(policy.default_ttl(rule), cap)
+    if requested > cap:
+        where = f"rule {rule.name!r}" if rule else "the policy"
+        raise TTLTooLong(f"ttl_seconds {requested} is above the {cap} s cap of {where}; ask for {cap} or less.")
+    return requested
 
 
 def apply_guard_rails(

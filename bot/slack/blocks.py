@@ -14,6 +14,7 @@ from bot.domain.models import AccessRequest, Decision, Grant, GrantStatus, Reque
 SECTION_TEXT_LIMIT = 3000
 FIELD_TEXT_LIMIT = 2000
 HEADER_LIMIT = 150
+CONTEXT_TEXT_LIMIT = 2000
 FALLBACK_TEXT_LIMIT = 3000
 APPROVE_ACTION = "approve"
 DENY_ACTION = "deny"
@@ -122,6 +123,10 @@ def card_blocks(request: AccessRequest, grant: Grant | None = None) -> list[dict
     blocks.append(
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Request `{request.id}` · {escape(request.decision_reason)}"}]}
     )
+    if request.decision_reasons:
+        # The policy's explanation, rule by rule: what `grantbot policy explain` prints for this request.
+        why = "*Why (policy, rule by rule):*\n" + "\n".join("• " + escape(line) for line in request.decision_reasons)
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": truncate(why, CONTEXT_TEXT_LIMIT)}]})
     if request.status is RequestStatus.PENDING:
         blocks.append(
             {

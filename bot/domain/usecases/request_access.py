@@ -13,7 +13,6 @@ from bot.domain.errors import (
     AutoApproveLimitReached,
     IdempotencyConflict,
     InvalidRequest,
-    TTLTooLong,
     UnknownEnvironment,
 )
 from bot.domain.models import (
@@ -27,7 +26,7 @@ from bot.domain.models import (
     OutboxEvent,
     RequestStatus,
 )
-from bot.domain.policy import PolicyDecision, apply_guard_rails, decide
+from bot.domain.policy import PolicyDecision, apply_guard_rails, decide, granted_ttl
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.read_request import RequestView, hand_over
 
@@ -102,12 +101,7 @@ async def request_access(
 
     ttl = body.ttl_seconds
     if outcome.decision is not Decision.DENY:
-        cap = policy.ttl_cap(rule)
-        if ttl is None:
-            ttl = min(policy.default_ttl(rule), cap)
-        elif ttl > cap:
-            where = f"rule {rule.name!r}" if rule else "the policy"
-            raise TTLTooLong(f"ttl_seconds {ttl} is above the {cap} s cap of {where}; ask for {cap} or less.")
+        ttl = granted_ttl(policy, rule, ttl)  # raises TTLTooLong: nothing is stored
 
     request = _new_request(deps, caller, body, outcome, ttl or policy.default_ttl(rule), now)
     try:
