@@ -31,6 +31,13 @@ class FakeClock:
         self._now += timedelta(seconds=seconds)
         return self._now
 
+    def set(self, moment: datetime) -> datetime:
+        """Jump to ``moment`` (aware), e.g. a Monday morning in some time zone."""
+        if moment.tzinfo is None:
+            raise ValueError("FakeClock.set needs an aware datetime")
+        self._now = moment
+        return self._now
+
 
 class OffsetFileClock:
     """The wall clock shifted by a number of seconds read from a file (``GRANTBOT_CLOCK_OFFSET_FILE``).

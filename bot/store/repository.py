@@ -229,14 +229,14 @@ class SqlStore:
         }
         try:
             async with self._writer.begin() as conn:
+                if quota is not None and not await self._within_quota(conn, request, quota):
+                    raise AutoApproveLimitReached(quota.count)
                 await conn.execute(insert(R).values(**values))
                 at = request.created_at
                 await self._audit(conn, at, "request.received", request.identity, request.id,
                                   environment=request.environment, scopes=list(request.scopes),
                                   ttl_seconds=request.ttl_seconds, audience=request.audience, reason=request.reason,
                                   context=request.context)
-                if quota is not None and not await self._within_quota(conn, request, quota):
-                    raise AutoApproveLimitReached(quota.count)
                 await self._audit(conn, at, "policy.decided", "policy", request.id, decision=request.decision.value,
                                   rule=request.rule, reason=request.decision_reason,
                                   reasons=list(request.decision_reasons))

@@ -90,6 +90,7 @@ def view_json(view: usecases.RequestView, now: datetime) -> dict:
         "scopes": list(req.scopes),
         "ttl_seconds": req.ttl_seconds,
         "rule": req.rule,
+        "decision_reason": req.decision_reason,  # why the policy decided so (all reasons: on the card and audit)
         "created_at": _iso(req.created_at),
     }
     if req.status is RequestStatus.PENDING:
