@@ -206,19 +206,39 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iso_time(text: str):
+    """argparse type for an ISO 8601 time; UTC when no zone is given."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time such as 2026-11-30T09:30:00+01:00, not {text!r}")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from bot.domain.models import Caller
     from bot.domain.policy import explain
 
     policy = _policy_or_exit(args.file)
     claims = dict(args.claim or [])
-    outcome, rules = explain(policy, Caller(args.identity, claims), args.environment, tuple(args.scope), args.audience)
+    at = args.at or datetime.now(UTC)
+    outcome, rules = explain(policy, Caller(args.identity, claims), args.environment, tuple(args.scope),
+                             args.audience, reason=args.reason, at=at)
     print(f"decision: {outcome.decision.value} ({outcome.reason})")
+    print(f"  at {at.isoformat()}")
     for index, (rule, reason) in enumerate(rules):
         verdict = "matches" if reason is None else f"no: {reason}"
         print(f"  rules[{index}] {rule.name} ({rule.decision.value}): {verdict}")
     if outcome.rule is None:
         print(f"  default: {policy.default.value}")
+    if outcome.rule is not None and outcome.decision.value == "auto_approve" and policy.sends_to_people(outcome.rule):
+        guards = [name for name, on in (("auto_approve_limit", outcome.rule.auto_approve_limit is not None),
+                                        ("first_use", policy.first_use(outcome.rule) == "require_approval")) if on]
+        print(f"  note: {' and '.join(guards)} may still send it to people; they depend on the identity's history")
     return 0
 
 
@@ -390,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("--scope", action="append", required=True)
     explain_cmd.add_argument("--audience")
     explain_cmd.add_argument("--claim", action="append", type=_key_value, metavar="KEY=VALUE")
+    explain_cmd.add_argument("--reason", help="the request's reason (for require_reason / reason_pattern)")
+    explain_cmd.add_argument("--at", type=_iso_time, metavar="TIME",
+                             help="decide as at this ISO 8601 time (for `when`); default: now")
     explain_cmd.set_defaults(func=cmd_policy_explain)
 
     dev = sub.add_parser("dev", help="run grantbot with the local Slack sandbox and the example policy")

@@ -11,12 +11,35 @@ from bot.domain.policy import Policy, validate_policy
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Parse and validate a policy document; :class:`PolicyError` names ``source``, the key and the problem."""
+    """Parse and validate a policy document; :class:`PolicyError` names ``source``, the line, the key and the
+    problem (e.g. ``policy.yaml:14: rules[2].when.timezone: unknown timezone 'Europe/Berln'``)."""
     try:
         data = yaml.safe_load(text)
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{source}: not valid YAML: {exc}") from None
-    return validate_policy(data, source)
+    return validate_policy(data, source, _locator(tree))
+
+
+def _locator(tree: yaml.Node | None):
+    """Map a key path to the 1-based line of the deepest node of it that exists in the YAML document."""
+
+    def locate(path: tuple) -> int | None:
+        node, line = tree, None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                found = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+                if found is None:
+                    break
+                line, node = found[0].start_mark.line + 1, found[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    return locate if tree is not None else None
 
 
 def load_policy(path: str | Path) -> Policy:

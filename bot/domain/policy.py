@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from fnmatch import fnmatchcase
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -451,8 +452,14 @@ def _format_location(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def validate_policy(data: object, source: str = "<policy>") -> Policy:
-    """Validate a parsed policy document; raise :class:`PolicyError` naming ``source``, the key and the problem."""
+Locate = Callable[[tuple[Any, ...]], int | None]
+_RULE_PREFIX = re.compile(r"^rules\[(\d+)\]")
+
+
+def validate_policy(data: object, source: str = "<policy>", locate: Locate | None = None) -> Policy:
+    """Validate a parsed policy document; raise :class:`PolicyError` naming ``source``, the line (when
+    ``locate`` maps a key path such as ``("rules", 2, "when", "timezone")`` to a 1-based line), the key and the
+    problem."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -463,9 +470,14 @@ def validate_policy(data: object, source: str = "<policy>") -> Policy:
         problems = []
         for error in exc.errors():
             message = error["msg"].removeprefix("Value error, ")
+            loc = tuple(part for part in error["loc"] if not str(part).startswith(("function-", "literal[")))
             if error["type"] == "extra_forbidden":
                 message = "unknown key (check its spelling and indentation)"
-            problems.append(f"{source}: {_format_location(error['loc'])}: {message}")
+            if not loc and (found := _RULE_PREFIX.match(message)):  # a whole-file check that names a rule
+                loc = ("rules", int(found.group(1)))
+            line = locate(loc) if locate else None
+            where = f"{source}:{line}" if line else source
+            problems.append(f"{where}: {_format_location(loc)}: {message}")
         raise PolicyError("invalid policy file:\n  " + "\n  ".join(problems)) from None
 
 
