@@ -22,7 +22,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.changes import LocalChanges
 from bot.config import Settings
 from bot.domain.clock import OffsetFileClock, SystemClock
+from bot.domain.policy import Policy
 from bot.policy_file import load_policy
+from bot.policy_reload import PolicyReloader
+from bot.policy_reload import digest as policy_digest
+from bot.slack import blocks
 from bot.domain.ports import Clock
 from bot.domain.usecases import Deps
 from bot.metrics import Metrics
@@ -37,7 +41,18 @@ from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key
 from bot.web import access_requests, health, oauth, openapi, slack_events
 from bot.web.errors import MAX_BODY_BYTES, error_middleware
-from bot.web.keys import AUTH, BOLT, DEPS, INTROSPECTION_CLIENTS, METRICS, SETTINGS, SLACK_VERIFIER, STORE, TOKENS
+from bot.web.keys import (
+    AUTH,
+    BOLT,
+    DEPS,
+    INTROSPECTION_CLIENTS,
+    METRICS,
+    RELOADER,
+    SETTINGS,
+    SLACK_VERIFIER,
+    STORE,
+    TOKENS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +72,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     (unreadable signing key, malformed ``GRANTBOT_INTROSPECTION_CLIENTS``) before anything starts.
     """
     clock = clock or default_clock(settings)
-    policy = load_policy(settings.resolved_policy_file)
+    policy_path = settings.resolved_policy_file
+    policy = load_policy(policy_path)
+    loaded_digest = policy_digest(policy_path.read_text())
     identity_secrets = secrets_from_policy(policy)
     introspection_clients = settings.introspection_credentials()
     tokens = AccessTokenIssuer(load_or_create_signing_key(settings.signing_key_file), settings.issuer_url)
@@ -80,7 +97,22 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     app[TOKENS] = tokens
     app[INTROSPECTION_CLIENTS] = introspection_clients
     app[METRICS] = metrics = Metrics()
-    app[AUTH] = HmacAuthenticator(identity_secrets, clock, store.remember_signature)
+    app[AUTH] = auth = HmacAuthenticator(identity_secrets, clock, store.remember_signature)
+
+    def apply_policy(new: Policy) -> None:
+        # Everything derived from the policy is computed first, so a failure leaves the old policy whole.
+        new_secrets = secrets_from_policy(new)
+        deps.policy = new
+        auth.replace_secrets(new_secrets)
+
+    async def refuse_policy(reason: str, key: str) -> None:
+        text = (f":warning: The policy file `{blocks.escape(str(policy_path))}` changed but was not loaded; "
+                f"the previous policy stays in force.\n```{blocks.escape(reason)}```")
+        await store.add_notice(f"policy-refused:{key[:64]}", None, text, clock.now(), "policy.reload_refused",
+                               file=str(policy_path), sha256=key, reason=reason[:2000])
+
+    app[RELOADER] = reloader = PolicyReloader(policy_path, loaded_digest, apply_policy, refuse_policy,
+                                              settings.policy_watch_seconds)
     for module in (access_requests, oauth, health, openapi, slack_events):
         app.add_routes(module.routes)
 
@@ -97,12 +129,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         app[SLACK_VERIFIER] = SignatureVerifier(signing_secret)
         if settings.slack_app_token is not None:
             app.cleanup_ctx.append(partial(_socket_mode, bolt, client, settings.slack_app_token.get_secret_value()))
-        notifier = SlackNotifier(store, client, clock, metrics)
+        notifier = SlackNotifier(store, client, clock, metrics,
+                                 default_channel=settings.slack_channel or policy.defaults.channel)
         changes.subscribe(notifier.wake)
         app.cleanup_ctx.append(partial(_background, notifier.run(), notifier.stop, "outbox worker"))
     else:
         log.warning("Slack is not configured: approval cards wait in the outbox until SLACK_BOT_TOKEN is set")
     app.cleanup_ctx.append(lambda _app: run_scheduler(deps, metrics, settings.sweep_interval_seconds))
+    app.cleanup_ctx.append(partial(_background, reloader.run(), reloader.stop, "policy reloader"))
 
     async def drain(_app: web.Application) -> None:
         changes.shutdown()  # long polls answer now instead of holding the shutdown for up to 60 s

@@ -65,11 +65,16 @@ async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunn
     return runner
 
 
-async def _until_signalled() -> None:
+async def _until_signalled(app=None) -> None:
+    """Wait for SIGINT or SIGTERM; meanwhile SIGHUP reloads the policy file."""
+    from bot.web.keys import RELOADER
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if app is not None and RELOADER in app:
+        loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request)
     await stop.wait()
 
 
@@ -80,7 +85,7 @@ async def _serve(settings: Settings) -> None:
     runner = await _start_site(app, settings.host, settings.port)
     logging.getLogger("bot").info("grantbot listening on http://%s:%s", settings.host, settings.port)
     try:
-        await _until_signalled()
+        await _until_signalled(app)
     finally:
         logging.getLogger("bot").info("draining: no new connections; finishing what is in flight")
         await runner.cleanup()
@@ -307,7 +312,7 @@ Stop with Ctrl-C.
         flush=True,
     )
     try:
-        await _until_signalled()
+        await _until_signalled(app)
     finally:
         await runner.cleanup()
         if sandbox is not None:

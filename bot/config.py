@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(1.0, gt=0, validation_alias=_env("GRANTBOT_SWEEP_INTERVAL_SECONDS"))
     log_level: str = Field("INFO", validation_alias=_env("GRANTBOT_LOG_LEVEL"))
     # Testing aid: a file holding seconds to add to the wall clock, so tests of a real process move time.
+    policy_watch_seconds: float = Field(2.0, ge=0, validation_alias=_env("GRANTBOT_POLICY_WATCH_SECONDS"))
     clock_offset_file: Path | None = Field(None, validation_alias=_env("GRANTBOT_CLOCK_OFFSET_FILE"))
 
     @field_validator("slack_api_url")

@@ -132,6 +132,7 @@ class EventKind(StrEnum):
     CARD_UPDATE = "card.update"  # re-render the card from the request's current state
     GRANT_EXPIRED = "grant.expired"  # tell the channel (thread under the card, if any)
     GRANT_REVOKED = "grant.revoked"
+    NOTICE = "notice"  # a plain message to a channel, e.g. a refused policy reload; payload {channel, text}
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class OutboxItem:
     grant_id: str | None
     attempts: int
     created_at: datetime
+    payload: dict | None = None
 
 
 @dataclass(frozen=True)

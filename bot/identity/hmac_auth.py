@@ -55,6 +55,10 @@ class HmacAuthenticator:
         self._clock = clock
         self._remember = remember
 
+    def replace_secrets(self, secrets: dict[str, bytes]) -> None:
+        """Put a reloaded policy's identities in force (one assignment: a request sees the old or the new set)."""
+        self._secrets = secrets
+
     async def authenticate(
         self, headers: Mapping[str, str], method: str, path_qs: str, body: bytes
     ) -> Caller:

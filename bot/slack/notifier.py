@@ -46,8 +46,10 @@ class SlackNotifier:
     """Drains the outbox into Slack. ``wake()`` after a commit; it also polls every ``poll_seconds``."""
 
     def __init__(
-        self, store: SqlStore, client: AsyncWebClient, clock: Clock, metrics: Metrics, poll_seconds: float = 1.0
+        self, store: SqlStore, client: AsyncWebClient, clock: Clock, metrics: Metrics, poll_seconds: float = 1.0,
+        default_channel: str | None = None,
     ) -> None:
+        self._default_channel = default_channel
         self._store = store
         self._metrics = metrics
         self._client = client
@@ -122,6 +124,14 @@ class SlackNotifier:
         await self._store.retry_outbox(item.id, self._clock.now() + timedelta(seconds=delay), why)
 
     async def _deliver(self, item: OutboxItem) -> None:
+        if item.kind is EventKind.NOTICE:
+            channel = (item.payload or {}).get("channel") or self._default_channel
+            if not channel:
+                log.error("notice %s has no channel (set GRANTBOT_SLACK_CHANNEL); not posted", item.id)
+                return
+            await self._post_once(item, channel=channel, text=blocks.truncate((item.payload or {}).get("text", ""),
+                                                                               blocks.SECTION_TEXT_LIMIT))
+            return
         request = await self._store.get_request(item.request_id)
         if request is None:
             return

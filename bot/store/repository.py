@@ -474,9 +474,26 @@ class SqlStore:
                 if won.rowcount == 1:
                     claimed.append(
                         OutboxItem(row.id, EventKind(row.kind), row.request_id, row.grant_id, row.attempts + 1,
-                                   row.created_at)
+                                   row.created_at, row.payload)
                     )
         return claimed
+
+    async def add_notice(self, key: str, channel: str | None, text: str, now: datetime, audit_kind: str,
+                         **audit) -> bool:
+        """Queue a plain message to ``channel`` (None: the default channel) once per ``key`` across all replicas,
+        with an audit event ``audit_kind``; False when a notice with this key was queued before."""
+        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        async with self._writer.begin() as conn:
+            inserted = await conn.execute(
+                dialect_insert(O).values(
+                    kind=EventKind.NOTICE.value, request_id=f"notice:{key[:29]}", created_at=now, not_before=now,
+                    attempts=0, payload={"channel": channel, "text": text}, dedup_key=key,
+                ).on_conflict_do_nothing(index_elements=["dedup_key"])
+            )
+            if inserted.rowcount != 1:
+                return False
+            await self._audit(conn, now, audit_kind, "grantbot", None, **audit)
+        return True
 
     async def complete_outbox(self, item_id: int, now: datetime) -> None:
         async with self._writer.begin() as conn:

@@ -119,7 +119,10 @@ class OutboxRow(SQLModel, table=True):
     """A notification to deliver to Slack, written in the state change's transaction (transactional outbox)."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_pending", "sent_at", "not_before"),)
+    __table_args__ = (
+        Index("ix_outbox_pending", "sent_at", "not_before"),
+        Index("uq_outbox_dedup_key", "dedup_key", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     kind: str = Field(max_length=32)
@@ -131,6 +134,9 @@ class OutboxRow(SQLModel, table=True):
     attempts: int = 0
     sent_at: datetime | None = _time()
     last_error: str | None = Field(default=None, max_length=500)
+    # A notice (not about one request): its channel and text, and a key that makes it once-only across replicas.
+    payload: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    dedup_key: str | None = Field(default=None, max_length=100)
 
 
 class IdentityScopeRow(SQLModel, table=True):

@@ -9,6 +9,7 @@ from slack_sdk.signature import SignatureVerifier
 from bot.config import Settings
 from bot.domain.usecases import Deps
 from bot.metrics import Metrics
+from bot.policy_reload import PolicyReloader
 from bot.identity.hmac_auth import HmacAuthenticator
 from bot.store.repository import SqlStore
 from bot.tokens.access_tokens import AccessTokenIssuer
@@ -22,3 +23,4 @@ BOLT = web.AppKey("bolt", AsyncApp)
 SLACK_VERIFIER = web.AppKey("slack_verifier", SignatureVerifier)
 INTROSPECTION_CLIENTS = web.AppKey("introspection_clients", dict)
 METRICS = web.AppKey("metrics", Metrics)
+RELOADER = web.AppKey("policy_reloader", PolicyReloader)
