@@ -157,3 +157,13 @@ def test_policy_check_and_explain_commands(tmp_path: Path):
     assert explained.stdout.splitlines()[0] == "decision: require_approval (first matching rule 'prod-write')"
     assert "  rules[3] prod-write (require_approval): matches" in explained.stdout
     assert load_policy(example).rules[3].name == "prod-write"
+    platform = example.with_name("policy-platform.yaml")  # the README's example, with its real output
+    checked = subprocess.run([*grantbot_command("policy"), "check", str(platform)], capture_output=True, text=True)
+    assert checked.returncode == 0 and "valid; 5 rules, 2 identities, default deny; 0 warning(s)" in checked.stdout
+    explained = subprocess.run(
+        [*grantbot_command("policy"), "explain", str(platform), "--identity", "deploy-bot", "--environment",
+         "production", "--scope", "db:write", "--reason", "OPS-1234 migrate orders",
+         "--at", "2026-12-01T20:30:00+01:00"], capture_output=True, text=True)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for line in explained.stdout.splitlines():
+        assert line in readme, line
