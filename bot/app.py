@@ -14,6 +14,7 @@ import secrets
 from collections.abc import AsyncIterator
 from functools import partial
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.signature import SignatureVerifier
@@ -26,7 +27,10 @@ from bot.policy_file import load_policy
 from bot.domain.ports import Clock
 from bot.domain.usecases import Deps
 from bot.metrics import Metrics
+from bot.identity.callers import CallerAuthenticator
 from bot.identity.hmac_auth import HmacAuthenticator, secrets_from_policy
+from bot.identity.jwks_cache import JwksCache
+from bot.identity.oidc import ALLOWED_ALGORITHMS, OidcAuthenticator
 from bot.scheduler import run_scheduler
 from bot.slack.listeners import build_bolt_app
 from bot.slack.notifier import SlackNotifier
@@ -80,11 +84,16 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     app[TOKENS] = tokens
     app[INTROSPECTION_CLIENTS] = introspection_clients
     app[METRICS] = metrics = Metrics()
-    app[AUTH] = HmacAuthenticator(identity_secrets, clock, store.remember_signature)
+    issuer_keys = JwksCache(clock, ALLOWED_ALGORITHMS)
+    app[AUTH] = CallerAuthenticator(
+        HmacAuthenticator(identity_secrets, clock, store.remember_signature),
+        OidcAuthenticator(policy, issuer_keys, clock, store.remember_signature),
+    )
     for module in (access_requests, oauth, health, openapi, slack_events):
         app.add_routes(module.routes)
 
     app.cleanup_ctx.append(partial(_database, store, migrate))
+    app.cleanup_ctx.append(partial(_issuer_keys_client, issuer_keys))
     if settings.slack_enabled:
         client = AsyncWebClient(
             token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10
@@ -123,6 +132,14 @@ async def _database(store: SqlStore, migrate: bool, _app: web.Application) -> As
         raise
     yield
     await store.engine.dispose()
+
+
+async def _issuer_keys_client(cache: JwksCache, _app: web.Application) -> AsyncIterator[None]:
+    """The HTTP client that fetches CI issuers' discovery documents and JWKS, for the application's life."""
+    async with aiohttp.ClientSession(headers={"User-Agent": "grantbot"}) as session:
+        cache.session = session
+        yield
+        cache.session = None
 
 
 async def _socket_mode(bolt, client: AsyncWebClient, app_token: str, _app: web.Application) -> AsyncIterator[None]:
