@@ -63,6 +63,7 @@ class LocalIssuer:
         self.current_kid = ""
         self.jwks_answers: int | None = None  # after this many JWKS answers, fail every fetch with 503
         self.jwks_fetches = 0
+        self.discovery_issuer: str | None = None  # set to make the discovery document name another issuer
         self.discovery_fetches = 0
         self.rotate(kind)
         self._runner: web.AppRunner | None = None
@@ -98,7 +99,7 @@ class LocalIssuer:
 
     async def _discovery(self, _: web.Request) -> web.Response:
         self.discovery_fetches += 1
-        return web.json_response({"issuer": self.url, "jwks_uri": self.jwks_url,
+        return web.json_response({"issuer": self.discovery_issuer or self.url, "jwks_uri": self.jwks_url,
                                   "id_token_signing_alg_values_supported": ["RS256", "ES256"]})
 
     async def _jwks(self, _: web.Request) -> web.Response:

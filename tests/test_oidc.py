@@ -7,6 +7,7 @@ the injected FakeClock; every call goes through its HTTP API.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -185,6 +186,22 @@ async def test_an_issuer_whose_keys_cannot_be_fetched_at_all_is_a_clear_503(bot,
     assert status == 201, body
 
 
+async def test_a_discovery_document_naming_another_issuer_is_not_trusted(bot, issuers, clock):
+    issuers.github.discovery_issuer = "https://token.evil.example"  # OIDC Discovery 1.0 §4.3
+    headers = {"Authorization": f"Bearer {issuers.github.mint(now(clock))}"}
+    async with bot.api.http.post(bot.base_url + "/v1/access-requests", json=DEPLOY, headers=headers) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+        assert "cannot be fetched" in (await resp.json())["detail"]
+    assert issuers.github.jwks_fetches == 0
+
+
+async def test_concurrent_first_requests_fetch_the_keys_once(bot, issuers, clock):
+    tokens = [issuers.github.mint(now(clock)) for _ in range(8)]
+    answers = await asyncio.gather(*(call(bot, "POST", "/v1/access-requests", t, DEPLOY) for t in tokens))
+    assert [status for status, _ in answers] == [201] * 8
+    assert issuers.github.discovery_fetches == 1 and issuers.github.jwks_fetches == 1
+
+
 # -- refused tokens -----------------------------------------------------------------------------------------------
 
 
@@ -234,6 +251,11 @@ async def test_bad_tokens_are_refused_with_their_reason_and_nothing_is_stored(bo
         assert body["error"] == "unauthenticated" and words in body["detail"], (case, body)
         assert "Traceback" not in body["detail"] and "BEGIN" not in body["detail"], case
     assert await bot.count("access_requests") == 0
+
+    headers = {"Authorization": "Bearer not-a-jwt"}
+    async with bot.api.http.get(bot.base_url + "/v1/access-requests/00000000-0000-4000-8000-000000000000",
+                                headers=headers) as resp:
+        assert resp.status == 401 and "Bearer" in resp.headers["WWW-Authenticate"]
 
     # Another scheme in the Authorization header is refused with what to send instead.
     status, body = await call(bot, "POST", "/v1/access-requests", "ZGVwbG95OnNlY3JldA==", DEPLOY, scheme="Basic")
