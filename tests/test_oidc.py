@@ -235,6 +235,8 @@ BAD_TOKENS = [
     ("tampered claims", _tampered, "signature does not verify"),
     ("ES256 under an RS256 key's kid", lambda i, t: i.mint(t, alg="ES256", key=new_key("EC")),
      "algorithm is not the one"),
+    ("an access token, not an identity token", lambda i, t: i.mint(t, headers={"typ": "at+jwt"}),
+     "access token, not a CI identity token"),
     ("no sub", lambda i, t: i.mint(t, sub=None), "lacks the sub claim"),
     ("no exp", lambda i, t: i.mint(t, exp=None), "lacks the exp claim"),
     ("exp not a number", lambda i, t: i.mint(t, exp="tomorrow"), "exp claim must be a number"),
@@ -307,7 +309,7 @@ POLICY_PROBLEMS = [
 ]
 
 
-@pytest.mark.parametrize("document, problem", POLICY_PROBLEMS)
+@pytest.mark.parametrize("document, problem", POLICY_PROBLEMS, ids=[p for _, p in POLICY_PROBLEMS])
 def test_policy_validation_of_issuers(document, problem):
     with pytest.raises(PolicyError) as raised:
         parse_policy(document, "policy.yaml")

@@ -120,6 +120,7 @@ class JwksCache:
             state.jwks_uri = None if issuer.jwks_uri else jwks_uri
             keys = self._parse(await self._get_json(jwks_uri))
         except FetchError as exc:
+            state.jwks_uri = None  # the keys may have moved: ask the discovery document again next time
             log.warning("could not fetch the signing keys of issuer %s: %s; keeping the last good set", issuer.name, exc)
             return False
         state.keys = keys

@@ -10,6 +10,7 @@ identity token its CI platform gave it. The token is verified as RFC 8725 (JWT B
   only that issuer's keys are tried, chosen by the header's ``kid`` (``jku``/``x5u`` headers are ignored, §3.10);
 - §3.9 ``aud`` is required and must be exactly the issuer's configured ``audience`` (a single string: a token
   minted for several audiences is refused, since each of them could replay it);
+- §3.11 a token typed as an access token (``typ: at+jwt``, RFC 9068), such as grantbot's own, is refused;
 - ``iss``, ``sub``, ``aud``, ``exp`` and ``iat`` are required (RFC 7519 §4.1); ``exp``, ``nbf`` and ``iat`` are
   checked against the injected clock with :data:`LEEWAY_SECONDS` of tolerance for clock skew.
 
@@ -48,7 +49,9 @@ ALLOWED_ALGORITHMS = frozenset(
 )
 LEEWAY_SECONDS = 30  # tolerated clock skew between the CI platform and grantbot, for exp, nbf and iat
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat")
-MAX_TOKEN_BYTES = 16 * 1024  # CI identity tokens are 1-2 KiB; anything far larger is not one
+MAX_TOKEN_BYTES = 16 * 1024
+# Header typ values of access tokens (RFC 9068 §2.1), grantbot's own included: never accepted as caller identity.
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})  # CI identity tokens are 1-2 KiB; anything far larger is not one
 
 
 def _quote(value: object, limit: int = 100) -> str:
@@ -101,6 +104,13 @@ class OidcAuthenticator:
             raise Unauthenticated(
                 f"The token is {kind} (alg {_quote(alg, 20)}); grantbot accepts only tokens signed with the "
                 "issuer's private key (RS256, ES256, PS256, EdDSA and their larger sizes)."
+            )
+
+        if str(header.get("typ", "")).lower() in ACCESS_TOKEN_TYPES:
+            # RFC 8725 §3.11: a token typed for another use is not an identity token, whoever signed it.
+            raise Unauthenticated(
+                "This is an access token, not a CI identity token; authenticate with the identity token your CI "
+                "platform issues to the job."
             )
 
         iss = unverified.get("iss")
