@@ -14,6 +14,7 @@ import secrets
 from collections.abc import AsyncIterator
 from functools import partial
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.signature import SignatureVerifier
@@ -30,7 +31,10 @@ from bot.slack import blocks
 from bot.domain.ports import Clock
 from bot.domain.usecases import Deps
 from bot.metrics import Metrics
+from bot.identity.callers import CallerAuthenticator
 from bot.identity.hmac_auth import HmacAuthenticator, secrets_from_policy
+from bot.identity.jwks_cache import JwksCache
+from bot.identity.oidc import ALLOWED_ALGORITHMS, OidcAuthenticator
 from bot.scheduler import run_scheduler
 from bot.slack.listeners import build_bolt_app
 from bot.slack.notifier import SlackNotifier
@@ -97,13 +101,17 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     app[TOKENS] = tokens
     app[INTROSPECTION_CLIENTS] = introspection_clients
     app[METRICS] = metrics = Metrics()
-    app[AUTH] = auth = HmacAuthenticator(identity_secrets, clock, store.remember_signature)
+    issuer_keys = JwksCache(clock, ALLOWED_ALGORITHMS)
+    hmac_auth = HmacAuthenticator(identity_secrets, clock, store.remember_signature)
+    oidc_auth = OidcAuthenticator(policy, issuer_keys, clock, store.remember_signature)
+    app[AUTH] = CallerAuthenticator(hmac_auth, oidc_auth)
 
     def apply_policy(new: Policy) -> None:
         # Everything derived from the policy is computed first, so a failure leaves the old policy whole.
         new_secrets = secrets_from_policy(new)
         deps.policy = new
-        auth.replace_secrets(new_secrets)
+        hmac_auth.replace_secrets(new_secrets)
+        oidc_auth.replace_policy(new)
 
     async def refuse_policy(reason: str, key: str) -> None:
         text = (f":warning: The policy file `{blocks.escape(str(policy_path))}` changed but was not loaded; "
@@ -117,6 +125,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         app.add_routes(module.routes)
 
     app.cleanup_ctx.append(partial(_database, store, migrate))
+    app.cleanup_ctx.append(partial(_issuer_keys_client, issuer_keys))
     if settings.slack_enabled:
         client = AsyncWebClient(
             token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10
@@ -157,6 +166,14 @@ async def _database(store: SqlStore, migrate: bool, _app: web.Application) -> As
         raise
     yield
     await store.engine.dispose()
+
+
+async def _issuer_keys_client(cache: JwksCache, _app: web.Application) -> AsyncIterator[None]:
+    """The HTTP client that fetches CI issuers' discovery documents and JWKS, for the application's life."""
+    async with aiohttp.ClientSession(headers={"User-Agent": "grantbot"}) as session:
+        cache.session = session
+        yield
+        cache.session = None
 
 
 async def _socket_mode(bolt, client: AsyncWebClient, app_token: str, _app: web.Application) -> AsyncIterator[None]:

@@ -84,3 +84,14 @@ class AutoApproveLimitReached(Exception):
 
 class PolicyError(Exception):
     """The policy file is invalid; the message names the file, the key and what is wrong."""
+
+
+class Unavailable(DomainError):
+    """Something grantbot depends on cannot be reached (e.g. a CI issuer's signing keys); retrying later helps.
+
+    ``retry_after`` is the suggested wait in seconds (sent as ``Retry-After``).
+    """
+
+    code = "unavailable"
+    status = 503
+    retry_after = 5

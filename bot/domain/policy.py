@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -155,13 +156,53 @@ class Identity(_Strict):
     secret_env: str = Field(min_length=1)
 
 
-class Issuer(_Strict):
-    """A trusted CI OIDC issuer (verification arrives with the OIDC work; the key is accepted now)."""
+# Hosts where plain http is tolerated for an issuer: a test or development issuer on this machine only.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_ISSUER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
-    name: str
-    issuer: str
-    audience: str
+
+def is_trusted_url(url: str) -> bool:
+    """An absolute https URL, or http on 127.0.0.1/localhost/::1; where issuer metadata and keys may come from.
+
+    Keys fetched over plain http from another host could be swapped in transit (RFC 8725 §3.10 asks for the
+    issuer's keys to come from a trusted source).
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if not host or parts.username or parts.password or parts.fragment:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and host in LOCAL_HOSTS)
+
+
+class Issuer(_Strict):
+    """A trusted CI OIDC issuer: tokens whose ``iss`` equals ``issuer`` exactly and whose ``aud`` is ``audience``
+    are accepted; the caller's identity is ``<name>:<sub>``. Keys come from ``jwks_uri``, else from the issuer's
+    ``/.well-known/openid-configuration`` (OpenID Connect Discovery 1.0 §4).
+    """
+
+    name: str = Field(min_length=1, max_length=64)
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
     jwks_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _check_urls(self) -> Issuer:
+        if not _ISSUER_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"issuer name {self.name!r} must be letters, digits, '.', '_' or '-' (it prefixes identities "
+                "as <name>:<sub>, so it cannot contain ':')"
+            )
+        for key in ("issuer", "jwks_uri"):
+            value = getattr(self, key)
+            if value is not None and not is_trusted_url(value):
+                raise ValueError(
+                    f"issuer {self.name!r}: {key} {value!r} must be an https URL (http only for 127.0.0.1 or "
+                    "localhost)"
+                )
+        return self
 
 
 class Match(_Strict):
@@ -223,6 +264,7 @@ class Policy(_Strict):
         for name in idents:
             if idents.count(name) > 1:
                 raise ValueError(f"identity {name!r} is listed more than once")
+        self._check_issuers()
         for index, rule in enumerate(self.rules):
             if rule.decision is Decision.REQUIRE_APPROVAL and not self.approvers_for(rule).users:
                 raise ValueError(
@@ -254,6 +296,29 @@ class Policy(_Strict):
         if rule and rule.pending_timeout_seconds:
             return rule.pending_timeout_seconds
         return self.defaults.pending_timeout_seconds
+
+    def _check_issuers(self) -> None:
+        """Issuer names and URLs are unique, and no HMAC identity could pass for an OIDC one (``<name>:...``)."""
+        seen_names: set[str] = set()
+        seen_urls: set[str] = set()
+        for issuer in self.issuers:
+            if issuer.name in seen_names:
+                raise ValueError(f"issuer name {issuer.name!r} is listed more than once")
+            if issuer.issuer in seen_urls:
+                raise ValueError(f"issuer {issuer.issuer!r} is listed more than once (one entry per issuer URL)")
+            seen_names.add(issuer.name)
+            seen_urls.add(issuer.issuer)
+            for identity in self.identities:
+                if identity.name == issuer.name or identity.name.startswith(issuer.name + ":"):
+                    raise ValueError(
+                        f"identity {identity.name!r} collides with issuer {issuer.name!r}: OIDC callers are named "
+                        f"{issuer.name}:<sub>, so an HMAC identity must not be named {issuer.name!r} or start "
+                        f"with {issuer.name + ':'!r}"
+                    )
+
+    def issuer_named_by(self, iss: str) -> Issuer | None:
+        """The trusted issuer whose ``issuer`` URL is exactly ``iss`` (no normalisation), else None."""
+        return next((issuer for issuer in self.issuers if issuer.issuer == iss), None)
 
     def approvers_for(self, rule: Rule | None) -> Approvers:
         return (rule.approvers if rule and rule.approvers else None) or self.defaults.approvers or Approvers()

@@ -424,7 +424,8 @@ class SqlStore:
     # -- replay protection ------------------------------------------------------------------------------------
 
     async def remember_signature(self, digest: str, expires_at: datetime, now: datetime) -> bool:
-        """Record a used HMAC signature; False if it was used before (a replay). Also forgets stale ones."""
+        """Record a used HMAC signature or CI token (a digest of its issuer and jti, see ``bot.identity.oidc``);
+        False if it was used before (a replay). Also forgets stale ones."""
         try:
             async with self._writer.begin() as conn:
                 await conn.execute(delete_stale_signatures(now))

@@ -150,7 +150,8 @@ class IdentityScopeRow(SQLModel, table=True):
 
 
 class UsedSignatureRow(SQLModel, table=True):
-    """HMAC signatures already accepted, kept until they would be stale anyway (replay protection)."""
+    """HMAC signatures and CI tokens (``sha256("oidc:{issuer}:{jti}")``) already accepted, kept until they would be
+    stale anyway (replay protection)."""
 
     __tablename__ = "used_signatures"
 

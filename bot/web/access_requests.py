@@ -55,9 +55,15 @@ def _explain(exc: ValidationError) -> str:
     return "; ".join(sentences) + "."
 
 
-async def authenticate(request: web.Request, body: bytes) -> Caller:
-    """The caller of a ``/v1`` route (HMAC; see ``bot.identity.hmac_auth``)."""
-    return await request.app[AUTH].authenticate(request.headers, request.method, request.raw_path, body)
+async def authenticate(request: web.Request, body: bytes, *, single_use: bool = False) -> Caller:
+    """The caller of a ``/v1`` route (HMAC or a CI OIDC bearer token; see ``bot.identity.callers``).
+
+    ``single_use``: a bearer token is used up by this request; only creating an access request does that, so a
+    pipeline can long-poll and revoke with the token it created its request with (``bot.identity.oidc``).
+    """
+    return await request.app[AUTH].authenticate(
+        request.headers, request.method, request.raw_path, body, single_use=single_use
+    )
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -106,7 +112,7 @@ def view_json(view: usecases.RequestView, now: datetime) -> dict:
 @routes.post("/v1/access-requests")
 async def create_access_request(request: web.Request) -> web.Response:
     raw = await request.read()
-    caller = await authenticate(request, raw)
+    caller = await authenticate(request, raw, single_use=True)
     try:
         data = json.loads(raw or b"null")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300-digit numbers, deep nesting

@@ -14,7 +14,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from bot.domain.errors import DomainError
+from bot.domain.errors import DomainError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,12 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except DomainError as exc:
-        headers = {"WWW-Authenticate": 'GrantbotHMAC realm="grantbot"'} if exc.status == 401 else None
+        headers = None
+        if exc.status == 401:
+            # Both schemes a caller may use (DESIGN.md "Caller authentication"); RFC 9110 §11.6.1 allows a list.
+            headers = {"WWW-Authenticate": 'GrantbotHMAC realm="grantbot", Bearer realm="grantbot"'}
+        elif isinstance(exc, Unavailable):
+            headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status, exc.code, exc.detail, headers)
     except (RequestPayloadError, HttpProcessingError):
         return error_response(400, "unreadable_body", "The request body could not be read (check Content-Encoding "

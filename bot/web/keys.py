@@ -9,15 +9,15 @@ from slack_sdk.signature import SignatureVerifier
 from bot.config import Settings
 from bot.domain.usecases import Deps
 from bot.metrics import Metrics
+from bot.identity.callers import CallerAuthenticator
 from bot.policy_reload import PolicyReloader
-from bot.identity.hmac_auth import HmacAuthenticator
 from bot.store.repository import SqlStore
 from bot.tokens.access_tokens import AccessTokenIssuer
 
 SETTINGS = web.AppKey("settings", Settings)
 DEPS = web.AppKey("deps", Deps)
 STORE = web.AppKey("store", SqlStore)
-AUTH = web.AppKey("hmac_auth", HmacAuthenticator)
+AUTH = web.AppKey("caller_auth", CallerAuthenticator)
 TOKENS = web.AppKey("tokens", AccessTokenIssuer)
 BOLT = web.AppKey("bolt", AsyncApp)
 SLACK_VERIFIER = web.AppKey("slack_verifier", SignatureVerifier)

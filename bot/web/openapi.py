@@ -9,7 +9,8 @@ from bot.web.access_requests import AccessRequestBody
 routes = web.RouteTableDef()
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_HMAC = [{"hmacIdentity": [], "hmacTimestamp": [], "hmacSignature": []}]
+# Either scheme (OpenAPI: alternatives are separate entries of the list).
+_HMAC = [{"hmacIdentity": [], "hmacTimestamp": [], "hmacSignature": []}, {"ciOidc": []}]
 
 
 def _json(schema: dict, description: str) -> dict:
@@ -110,6 +111,9 @@ def document() -> dict:
                 "hmacTimestamp": {"type": "apiKey", "in": "header", "name": "X-Grantbot-Timestamp"},
                 "hmacSignature": {"type": "apiKey", "in": "header", "name": "X-Grantbot-Signature",
                                   "description": 'v1=hex HMAC-SHA256(secret, "v1:{timestamp}:{METHOD}:{path and query}:{body}")'},
+                "ciOidc": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                           "description": "a CI OIDC identity token from an issuer listed in the policy file; "
+                                          "used up by POST /v1/access-requests"},
                 "basic": {"type": "http", "scheme": "basic"},
             },
         },
