@@ -334,4 +334,4 @@ def test_policy_explain_takes_an_oidc_identity_and_its_claims(tmp_path):
     unmatched = subprocess.run([*explain, "--claim", "repository=acme/api", "--claim", "ref=refs/heads/dev"],
                                capture_output=True, text=True, timeout=60)
     assert "decision: deny" in unmatched.stdout
-    assert "claim ref='refs/heads/dev' does not match 'refs/heads/main'" in unmatched.stdout
+    assert "claim ref is 'refs/heads/dev', not 'refs/heads/main'" in unmatched.stdout
