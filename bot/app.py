@@ -35,7 +35,7 @@ from bot.identity.callers import CallerAuthenticator
 from bot.identity.hmac_auth import HmacAuthenticator, secrets_from_policy
 from bot.identity.jwks_cache import JwksCache
 from bot.identity.oidc import ALLOWED_ALGORITHMS, OidcAuthenticator
-from bot.scheduler import run_scheduler
+from bot.scheduler import CronSchedule, run_scheduler
 from bot.slack.listeners import build_bolt_app
 from bot.slack.notifier import SlackNotifier
 from bot.store.engine import create_engine
@@ -116,8 +116,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     async def refuse_policy(reason: str, key: str) -> None:
         text = (f":warning: The policy file `{blocks.escape(str(policy_path))}` changed but was not loaded; "
                 f"the previous policy stays in force.\n```{blocks.escape(reason)}```")
-        await store.add_notice(f"policy-refused:{key[:64]}", None, text, clock.now(), "policy.reload_refused",
-                               file=str(policy_path), sha256=key, reason=reason[:2000])
+        if await store.add_notice(f"policy-refused:{key[:64]}", None, text, clock.now(), "policy.reload_refused",
+                                  file=str(policy_path), sha256=key, reason=reason[:2000]):
+            changes.notify(f"policy-refused:{key[:64]}")  # wakes the outbox worker
 
     app[RELOADER] = reloader = PolicyReloader(policy_path, loaded_digest, apply_policy, refuse_policy,
                                               settings.policy_watch_seconds)
@@ -139,12 +140,18 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         if settings.slack_app_token is not None:
             app.cleanup_ctx.append(partial(_socket_mode, bolt, client, settings.slack_app_token.get_secret_value()))
         notifier = SlackNotifier(store, client, clock, metrics,
-                                 default_channel=settings.slack_channel or policy.defaults.channel)
+                                 default_channel=settings.slack_channel or policy.defaults.channel,
+                                 timezone=settings.timezone)
         changes.subscribe(notifier.wake)
         app.cleanup_ctx.append(partial(_background, notifier.run(), notifier.stop, "outbox worker"))
     else:
         log.warning("Slack is not configured: approval cards wait in the outbox until SLACK_BOT_TOKEN is set")
-    app.cleanup_ctx.append(lambda _app: run_scheduler(deps, metrics, settings.sweep_interval_seconds))
+    summary_schedule = (
+        CronSchedule(settings.summary_cron, settings.timezone) if settings.summary_cron != "off" else None
+    )
+    app.cleanup_ctx.append(
+        lambda _app: run_scheduler(deps, metrics, settings.sweep_interval_seconds, summary_schedule)
+    )
     app.cleanup_ctx.append(partial(_background, reloader.run(), reloader.stop, "policy reloader"))
 
     async def drain(_app: web.Application) -> None:

@@ -41,9 +41,33 @@ class Settings(BaseSettings):
     timezone: str = Field("UTC", validation_alias=_env("GRANTBOT_TIMEZONE"))
     sweep_interval_seconds: float = Field(1.0, gt=0, validation_alias=_env("GRANTBOT_SWEEP_INTERVAL_SECONDS"))
     log_level: str = Field("INFO", validation_alias=_env("GRANTBOT_LOG_LEVEL"))
-    # Testing aid: a file holding seconds to add to the wall clock, so tests of a real process move time.
     policy_watch_seconds: float = Field(2.0, ge=0, validation_alias=_env("GRANTBOT_POLICY_WATCH_SECONDS"))
+    # Testing aid: a file holding seconds to add to the wall clock, so tests of a real process move time.
     clock_offset_file: Path | None = Field(None, validation_alias=_env("GRANTBOT_CLOCK_OFFSET_FILE"))
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as 'Europe/Berlin' or 'UTC'") from None
+        return value
+
+    @field_validator("summary_cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        if value.strip().lower() in ("", "off"):
+            return "off"
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"not a crontab expression ({exc}); e.g. '0 9 * * *' is 09:00 every day") from None
+        return value
 
     @field_validator("slack_api_url")
     @classmethod

@@ -1,4 +1,4 @@
-"""APScheduler wiring: the expiry sweep.
+"""APScheduler wiring: the expiry sweep and the daily summary.
 
 The database decides what is due (``expires_at <= now``); the job only triggers sweeps, so a sweep missed while
 the process was down is simply the first sweep after start (run at once). ``misfire_grace_time=None`` and
@@ -13,7 +13,11 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from bot.domain import usecases
 from bot.metrics import Metrics
@@ -52,6 +56,16 @@ class Sweeper:
             log.info("sweep: %d grant(s) expired, %d pending request(s) timed out",
                      result.grants_expired, result.requests_expired)
 
+    async def tracked(self, job) -> None:
+        """Run another job under the same shutdown rule as the sweep (finish, don't get cut off)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            await job()
+        finally:
+            self._running.discard(task)
+
     async def wait_stopped(self, timeout: float = 10.0) -> None:
         if not self._running:
             return
@@ -62,8 +76,51 @@ class Sweeper:
                 await task
 
 
+class CronSchedule:
+    """A crontab expression read on the wall clock of an IANA time zone (APScheduler's ``CronTrigger``, which
+    follows the zone's DST rules), asked with the injected clock's time instead of firing on the real one."""
+
+    def __init__(self, crontab: str, timezone: str) -> None:
+        self._trigger = CronTrigger.from_crontab(crontab, timezone=ZoneInfo(timezone))
+
+    def latest(self, now: datetime) -> datetime | None:
+        """The last fire time at or before ``now`` within the last 25 h (aware UTC), else None."""
+        start = now - timedelta(hours=25)
+        latest = None
+        moment = self._trigger.get_next_fire_time(None, start)
+        for _ in range(100_000):  # a minute-by-minute crontab has 1,500 fire times in 25 h
+            if moment is None or moment > now:
+                break
+            latest = moment
+            moment = self._trigger.get_next_fire_time(moment, moment + timedelta(microseconds=1))
+        return latest.astimezone(UTC) if latest else None
+
+
+class SummaryJob:
+    """Queues the daily summary when its time has come (once per scheduled time; the outbox's key makes it once
+    across replicas too)."""
+
+    def __init__(self, deps: usecases.Deps, schedule: CronSchedule) -> None:
+        self._deps = deps
+        self._schedule = schedule
+        self._handled: datetime | None = None
+
+    async def run(self) -> None:
+        due = self._schedule.latest(self._deps.clock.now())
+        if due is None or due == self._handled:
+            return
+        try:
+            queued = await usecases.queue_due_summary(self._deps, self._schedule)
+        except Exception as exc:  # the database may be away; the next run tries again
+            log.warning("daily summary failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
+            return
+        self._handled = due
+        if queued:
+            log.info("daily summary for %s queued", queued.isoformat())
+
+
 async def run_scheduler(
-    deps: usecases.Deps, metrics: Metrics, interval_seconds: float
+    deps: usecases.Deps, metrics: Metrics, interval_seconds: float, summary: CronSchedule | None = None
 ) -> AsyncIterator[AsyncIOScheduler]:
     """Start the scheduler inside the running loop; yields it; shuts it down (for aiohttp ``cleanup_ctx``)."""
     sweeper = Sweeper(deps, metrics)
@@ -78,6 +135,10 @@ async def run_scheduler(
         max_instances=1,
         misfire_grace_time=None,
     )
+    if summary is not None:
+        scheduler.add_job(sweeper.tracked, "interval", args=[SummaryJob(deps, summary).run], seconds=interval_seconds,
+                          next_run_time=datetime.now(UTC), id="daily-summary", coalesce=True, max_instances=1,
+                          misfire_grace_time=None)
     scheduler.start()
     try:
         yield scheduler

@@ -120,6 +120,7 @@ def make_settings(database_url: str, tmp_path: Path, **overrides) -> Settings:
         introspection_clients="rs:rs-secret",
         sweep_interval_seconds=0.05,
         issuer="https://grantbot.test",
+        summary_cron="off",  # tests of the daily summary turn it on; elsewhere it would post at 09:00 UTC
     )
     values.update(overrides)
     return Settings(**values)

@@ -56,6 +56,7 @@ class Process:
             "GRANTBOT_INTROSPECTION_CLIENTS": "rs:rs-secret",
             "GRANTBOT_CLOCK_OFFSET_FILE": str(self.offset_file),
             "GRANTBOT_SWEEP_INTERVAL_SECONDS": "0.2",
+            "GRANTBOT_SUMMARY_CRON": "off",
             **{"TEST_SECRET_" + k.upper().replace("-", "_"): v for k, v in SECRETS.items()},
         }
         self.proc: subprocess.Popen | None = None

@@ -92,3 +92,10 @@ class Store(Protocol):
 
     async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent]) -> bool:
         """End an active grant early; False if it was not active."""
+
+    async def add_notice(self, key: str, channel: str | None, text: str, now: datetime, audit_kind: str,
+                         payload_extra: dict | None = None, **audit) -> bool:
+        """Queue a message not about one request, once per ``key`` across replicas; False if queued before."""
+
+    async def activity(self, since: datetime, until: datetime, now: datetime, top: int = 5) -> dict:
+        """Counts of what happened in ``[since, until)`` and what is active at ``now`` (the daily summary)."""

@@ -26,6 +26,7 @@ from bot.domain.models import Decision, EventKind, OutboxItem
 from bot.domain.ports import Clock
 from bot.metrics import Metrics
 from bot.slack import blocks
+from bot.slack.summary_blocks import summary_blocks, summary_text
 from bot.store.repository import SqlStore
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,10 @@ class SlackNotifier:
 
     def __init__(
         self, store: SqlStore, client: AsyncWebClient, clock: Clock, metrics: Metrics, poll_seconds: float = 1.0,
-        default_channel: str | None = None,
+        default_channel: str | None = None, timezone: str = "UTC",
     ) -> None:
         self._default_channel = default_channel
+        self._timezone = timezone
         self._store = store
         self._metrics = metrics
         self._client = client
@@ -129,8 +131,13 @@ class SlackNotifier:
             if not channel:
                 log.error("notice %s has no channel (set GRANTBOT_SLACK_CHANNEL); not posted", item.id)
                 return
-            await self._post_once(item, channel=channel, text=blocks.truncate((item.payload or {}).get("text", ""),
-                                                                               blocks.SECTION_TEXT_LIMIT))
+            payload = item.payload or {}
+            if "summary" in payload:
+                content = {"text": summary_text(payload["summary"], self._timezone),
+                           "blocks": summary_blocks(payload["summary"], self._timezone)}
+            else:
+                content = {"text": blocks.truncate(payload.get("text", ""), blocks.SECTION_TEXT_LIMIT)}
+            await self._post_once(item, channel=channel, **content)
             return
         request = await self._store.get_request(item.request_id)
         if request is None:

@@ -480,21 +480,69 @@ class SqlStore:
         return claimed
 
     async def add_notice(self, key: str, channel: str | None, text: str, now: datetime, audit_kind: str,
-                         **audit) -> bool:
+                         payload_extra: dict | None = None, **audit) -> bool:
         """Queue a plain message to ``channel`` (None: the default channel) once per ``key`` across all replicas,
-        with an audit event ``audit_kind``; False when a notice with this key was queued before."""
+        with an audit event ``audit_kind``; False when a notice with this key was queued before.
+        ``payload_extra`` joins the payload (e.g. ``{"summary": ...}`` for the daily summary's builder)."""
         dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         async with self._writer.begin() as conn:
             inserted = await conn.execute(
                 dialect_insert(O).values(
                     kind=EventKind.NOTICE.value, request_id=f"notice:{key[:29]}", created_at=now, not_before=now,
-                    attempts=0, payload={"channel": channel, "text": text}, dedup_key=key,
+                    attempts=0, payload={"channel": channel, "text": text, **(payload_extra or {})}, dedup_key=key,
                 ).on_conflict_do_nothing(index_elements=["dedup_key"])
             )
             if inserted.rowcount != 1:
                 return False
             await self._audit(conn, now, audit_kind, "grantbot", None, **audit)
         return True
+
+    async def activity(self, since: datetime, until: datetime, now: datetime, top: int = 5) -> dict:
+        """What happened in ``[since, until)`` and what is active at ``now``, for the daily summary (JSON-ready).
+
+        Shape: ``{"since", "until", "requests", "auto_approved", "approved", "denied", "timed_out",
+        "grants_expired", "grants_revoked", "active_now", "expiring_soon": [{"identity", "scopes",
+        "expires_at"}], "busiest": [{"identity", "requests"}]}``; times ISO 8601 UTC; "expiring soon" is the next hour.
+        """
+        def between(column):
+            return (column >= since) & (column < until)
+
+        async with self.engine.connect() as conn:
+            async def count(table, *where) -> int:
+                return (await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one()
+
+            requests = await count(R, between(R.c.created_at))
+            auto = await count(R, between(R.c.created_at), R.c.decision == Decision.AUTO_APPROVE.value,
+                               R.c.status != RequestStatus.DENIED.value)
+            approved = await count(R, between(R.c.decided_at), R.c.status == RequestStatus.APPROVED.value,
+                                   R.c.decided_by != "policy")
+            denied = await count(R, between(R.c.decided_at), R.c.status == RequestStatus.DENIED.value)
+            timed_out = await count(R, between(R.c.decided_at), R.c.status == RequestStatus.EXPIRED.value)
+            expired = await count(G, between(G.c.ended_at), G.c.status == GrantStatus.EXPIRED.value)
+            revoked = await count(G, between(G.c.ended_at), G.c.status == GrantStatus.REVOKED.value)
+            active = await count(G, G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at > now)
+            soon = (await conn.execute(
+                select(G.c.identity, G.c.scopes, G.c.expires_at)
+                .where(G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at > now,
+                       G.c.expires_at <= now + timedelta(hours=1))
+                .order_by(G.c.expires_at).limit(10)
+            )).all()
+            busiest = (await conn.execute(
+                select(R.c.identity, func.count().label("n")).where(between(R.c.created_at))
+                .group_by(R.c.identity).order_by(func.count().desc(), R.c.identity).limit(top)
+            )).all()
+
+        def iso(moment: datetime) -> str:
+            return moment.isoformat().replace("+00:00", "Z")
+
+        return {
+            "since": iso(since), "until": iso(until), "requests": requests, "auto_approved": auto,
+            "approved": approved, "denied": denied, "timed_out": timed_out, "grants_expired": expired,
+            "grants_revoked": revoked, "active_now": active,
+            "expiring_soon": [{"identity": r.identity, "scopes": list(r.scopes), "expires_at": iso(r.expires_at)}
+                              for r in soon],
+            "busiest": [{"identity": r.identity, "requests": r.n} for r in busiest],
+        }
 
     async def complete_outbox(self, item_id: int, now: datetime) -> None:
         async with self._writer.begin() as conn:

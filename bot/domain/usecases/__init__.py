@@ -1,5 +1,6 @@
 """Use cases, one module each: what a caller, an approver or the scheduler can make grantbot do."""
 
+from bot.domain.usecases.daily_summary import queue_due_summary
 from bot.domain.usecases.decide import approve, deny
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.expire import expire_due
@@ -16,6 +17,7 @@ __all__ = [
     "deny",
     "expire_due",
     "introspect",
+    "queue_due_summary",
     "read_request",
     "request_access",
     "revoke_own_grant",
