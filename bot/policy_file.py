@@ -13,11 +13,15 @@ from bot.domain.policy import Policy, validate_policy
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate a policy document; :class:`PolicyError` names ``source``, the line, the key and the
     problem (e.g. ``policy.yaml:14: rules[2].when.timezone: unknown timezone 'Europe/Berln'``)."""
+    if not text.strip():
+        raise PolicyError(f"{source}: the policy file is empty; it needs at least rules (or a default)")
     try:
         data = yaml.safe_load(text)
         tree = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{source}: not valid YAML: {exc}") from None
+    if data is None:  # only comments: as good as empty
+        raise PolicyError(f"{source}: the policy file is empty; it needs at least rules (or a default)")
     return validate_policy(data, source, _locator(tree))
 
 

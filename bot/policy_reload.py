@@ -20,6 +20,7 @@ from bot.policy_file import parse_policy
 
 log = logging.getLogger(__name__)
 
+SETTLE_SECONDS = 0.1
 Apply = Callable[[Policy], None]  # raises PolicyError when the policy cannot be put in force
 Refuse = Callable[[str, str], Awaitable[None]]  # (the reason, the file's sha256)
 
@@ -72,6 +73,15 @@ class PolicyReloader:
             return await self._refused(f"{self._path}: cannot read the policy file: {reason}", digest(reason))
         current = digest(text)
         if current == self._seen:
+            return "unchanged"
+        # A file caught in the middle of being written is not a new policy: act only on content that holds
+        # still for a moment (the next round looks again otherwise).
+        await asyncio.sleep(SETTLE_SECONDS)
+        try:
+            again = await asyncio.to_thread(self._path.read_text)
+        except (OSError, UnicodeDecodeError):
+            return "unchanged"
+        if again != text:
             return "unchanged"
         self._seen = current
         try:

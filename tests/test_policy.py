@@ -135,6 +135,8 @@ def test_lint(name, text, expected):
      "needs approvers.users"),
     ("[1, 2]", "the top level must be a mapping"),
     ("rules: [", "not valid YAML"),
+    ("", "the policy file is empty"),
+    ("# all rules moved elsewhere\n", "the policy file is empty"),
 ])
 def test_a_bad_policy_is_refused_with_the_key_and_the_problem(text, message):
     with pytest.raises(PolicyError) as refused:

@@ -64,7 +64,8 @@ async def test_a_broken_file_is_refused_once_and_the_old_policy_stays(start_gran
     policy_file.write_text(policy_file.read_text().replace("\nrulez: []\n", "\n"))
 
     async def denied():
-        _, body = await second.api.request_access({**READ, "reason": f"new {asyncio.get_running_loop().time()}"})
+        status, body = await second.api.request_access({**READ, "reason": f"new {asyncio.get_running_loop().time()}"})
+        assert status < 500 and "status" in body, (status, body)
         return body["status"] == "denied"
 
     await eventually(denied, timeout=5)
