@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
-from bot.domain.models import AccessRequest, Grant, OutboxEvent, Verdict
+from bot.domain.models import (
+    AccessRequest,
+    Approval,
+    Grant,
+    OutboxEvent,
+    RequestStatus,
+    Tally,
+    Verdict,
+    Vote,
+)
 
 
 class Clock(Protocol):
@@ -68,10 +78,19 @@ class Store(Protocol):
         approver: str,
         verdict: Verdict,
         now: datetime,
+        resolve: Callable[[Tally], RequestStatus | None],
         grant: Grant | None,
         events: list[OutboxEvent],
-    ) -> bool:
-        """Record ``approver``'s verdict and resolve a pending request; False if it was no longer pending."""
+    ) -> Vote:
+        """Record ``approver``'s verdict on a pending request, once per person, in one transaction.
+
+        With the verdict counted, ``resolve(tally)`` says whether the request is now APPROVED (``grant`` is
+        inserted) or DENIED, or None (still pending); ``events`` are queued whenever the verdict was recorded.
+        Counting and resolving are serialised per request, so concurrent verdicts resolve it exactly once.
+        """
+
+    async def approvals(self, request_id: str) -> list[Approval]:
+        """Every verdict given on a request, oldest first."""
 
     async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime) -> bool:
         """Record that the token was handed over; False if it already was (a token is handed over once)."""
@@ -84,3 +103,13 @@ class Store(Protocol):
 
     async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent]) -> bool:
         """End an active grant early; False if it was not active."""
+
+
+class ApproverDirectory(Protocol):
+    """Who is in a Slack user group (implemented in ``bot.slack.directory`` with ``usergroups.users.list``)."""
+
+    async def members(self, group_id: str) -> frozenset[str]:
+        """Slack user IDs of the group's members; empty for an unknown group.
+
+        Raises :class:`~bot.domain.errors.ApproverDirectoryUnavailable` when membership cannot be known now.
+        """

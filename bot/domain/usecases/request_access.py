@@ -9,6 +9,7 @@ import uuid
 from dataclasses import asdict
 from datetime import timedelta
 
+from bot.domain.approvals import who_may_approve
 from bot.domain.errors import IdempotencyConflict, InvalidRequest, TTLTooLong, UnknownEnvironment
 from bot.domain.models import (
     AccessRequest,
@@ -106,7 +107,7 @@ async def request_access(
         decision=outcome.decision,
         rule=rule.name if rule else None,
         decision_reason=outcome.reason,
-        approvers=tuple(policy.approvers_for(rule).users),
+        **who_may_approve(policy, rule, caller, body.context),
         channel=(rule.channel if rule else None) or deps.default_channel or policy.defaults.channel,
         created_at=now,
         expires_at=None,
