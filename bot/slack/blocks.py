@@ -86,7 +86,8 @@ def progress_line(request: AccessRequest, approvals: Sequence[Approval]) -> str 
     if approved:
         line += f" so far: {_mentions(approved)}"
     if denied:
-        line += f"\n:x: Denied so far by {_mentions(denied)}; denied once {request.min_approvals} approvals are out of reach"
+        line += (f"\n:x: Denied so far by {_mentions(denied)} (denied once {request.min_approvals} approvals "
+                 "can no longer be reached)")
     return line
 
 
