@@ -4,12 +4,15 @@ triggered the pipeline, and denial rules — through signed Slack clicks to the 
 from __future__ import annotations
 
 import asyncio
+import signal
 
+import aiohttp
 import pytest
 from sqlalchemy import text
 
 from tests.conftest import POLICIES
-from tests.support import buttons, cards, eventually, message_text
+from tests.support import Api, buttons, cards, eventually, message_text
+from tests.test_end_to_end import Process, migrate
 
 QUORUM = POLICIES / "quorum.yaml"
 PROD_DB = {"environment": "production", "scopes": ["db:write"], "ttl_seconds": 900, "reason": "migration 12"}
@@ -152,3 +155,39 @@ async def test_two_approvers_giving_the_last_approvals_at_once_on_two_replicas_i
     assert await grantbot.count("grants") == 3 and await grantbot.count("approvals") == 6
     assert await grantbot.count("access_requests WHERE status = 'approved'") == 3
     assert sandbox.ephemerals == []
+
+
+async def test_the_real_process_needs_two_approvers_who_did_not_trigger_the_pipeline(tmp_path, database_url, sandbox):
+    """The same story against ``grantbot serve`` (a child process), with the Slack sandbox as its Slack."""
+    sandbox.users["U0THIRD"] = "kim"
+    proc = Process(tmp_path, database_url, sandbox)
+    proc.env["GRANTBOT_POLICY_FILE"] = str(QUORUM)
+    sandbox.events_url = proc.base_url + "/slack/events"
+    migrate(proc)
+    await proc.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, proc.base_url, proc.now)
+            status, created = await api.request_access({**PROD_DB, "context": {"actor": "octocat"}})
+            assert status == 202, created
+            card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)),
+                                                 None))
+            poll = asyncio.create_task(api.get_request(created["id"], wait=30))
+
+            assert await api.click(card, "approve", "U0APPROVER") == 200  # octocat, via people:
+            assert "can't approve" in (await eventually(ephemeral_for(sandbox, "U0APPROVER")))["text"]
+            assert await api.click(card, "approve", "U0SECOND") == 200
+            await eventually(lambda: "1 of 2 approvals" in message_text(card))
+            assert await api.click(card, "approve", "U0SECOND") == 200
+            assert "already approved" in (await eventually(ephemeral_for(sandbox, "U0SECOND")))["text"]
+            assert not poll.done()
+
+            assert await api.click(card, "approve", "U0THIRD") == 200
+            status, decided = await poll
+            assert status == 200 and decided["status"] == "approved" and decided["decided_by"] == "U0THIRD"
+            assert decided["grant"]["access_token"] and decided["grant"]["issued_at"] == decided["decided_at"]
+            assert 895 <= decided["grant"]["expires_in"] <= 900  # the TTL counts from the last approval (real time)
+            await eventually(lambda: buttons(card) == [] and "<@U0SECOND>, <@U0THIRD>" in message_text(card))
+    finally:
+        assert proc.kill(signal.SIGTERM) == 0
+    proc.check_log()
