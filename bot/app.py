@@ -36,6 +36,7 @@ from bot.identity.hmac_auth import HmacAuthenticator, secrets_from_policy
 from bot.identity.jwks_cache import JwksCache
 from bot.identity.oidc import ALLOWED_ALGORITHMS, OidcAuthenticator
 from bot.scheduler import CronSchedule, run_scheduler
+from bot.slack.directory import SlackApproverDirectory
 from bot.slack.listeners import build_bolt_app
 from bot.slack.notifier import SlackNotifier
 from bot.store.engine import create_engine
@@ -135,6 +136,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         signing_secret = (
             settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else secrets.token_hex(32)
         )
+        deps.directory = SlackApproverDirectory(client, clock)  # approvers.usergroups, resolved on click
         app[BOLT] = bolt = build_bolt_app(deps, client, signing_secret)
         app[SLACK_VERIFIER] = SignatureVerifier(signing_secret)
         if settings.slack_app_token is not None:

@@ -46,7 +46,7 @@ async def test_an_approved_request_leaves_a_complete_ordered_trail(grantbot, san
                                  ("grant.expired", "expiry")]
     assert trail(denied["id"]) == [("request.received", "deploy-bot"), ("policy.decided", "policy")]
     assert trail(pending["id"]) == [("request.received", "deploy-bot"), ("policy.decided", "policy"),
-                                    ("request.approved", "U0APPROVER"), ("grant.issued", "U0APPROVER"),
+                                    ("request.approval_recorded", "U0APPROVER"), ("request.approved", "U0APPROVER"), ("grant.issued", "U0APPROVER"),
                                     ("token.handed_over", "deploy-bot"), ("grant.expired", "expiry")]
     received = next(e for e in events if e["request_id"] == pending["id"] and e["kind"] == "request.received")
     assert received["data"]["scopes"] == ["db:write"] and received["data"]["reason"] == "migration 7"

@@ -93,8 +93,8 @@ async def test_three_replicas_handle_300_requests_and_every_transition_happens_o
         per_request[request_id].append(kind)
     expected = {
         201: ["request.received", "policy.decided", "grant.issued", "token.handed_over", "grant.expired"],
-        202: ["request.received", "policy.decided", "request.approved", "grant.issued", "token.handed_over",
-              "grant.expired"],
+        202: ["request.received", "policy.decided", "request.approval_recorded", "request.approved", "grant.issued",
+              "token.handed_over", "grant.expired"],
         403: ["request.received", "policy.decided"],
     }
     for status, answered in by_kind.items():

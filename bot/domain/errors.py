@@ -61,6 +61,26 @@ class NotAnApprover(DomainError):
     status = 403
 
 
+class CannotApproveOwnRequest(NotAnApprover):
+    """The person who triggered the pipeline (policy ``people:``) tried to decide its request."""
+
+    code = "cannot_approve_own_request"
+
+
+class AlreadyVoted(DomainError):
+    """This approver already gave a verdict on this still-pending request; a person counts once."""
+
+    code = "already_voted"
+    status = 409
+
+
+class ApproverDirectoryUnavailable(DomainError):
+    """User group membership could not be looked up (Slack unreachable), so nobody can be checked against it."""
+
+    code = "approver_directory_unavailable"
+    status = 503
+
+
 class AlreadyDecided(DomainError):
     """The request is no longer pending: ``outcome`` is its status (``approved``, ``denied``, ``expired`` …) and
     ``decided_by`` who decided it (a Slack user ID, ``policy``, ``timeout``, or None)."""

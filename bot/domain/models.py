@@ -99,6 +99,41 @@ class AccessRequest:
     actor: str | None = None
 
 
+@dataclass(frozen=True)
+class Approval:
+    """One person's verdict on one request (a row of ``approvals``; one per person and request)."""
+
+    approver: str  # Slack user ID
+    verdict: Verdict
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Distinct people who approved and who denied a request so far."""
+
+    approvals: int = 0
+    denials: int = 0
+
+
+class VoteOutcome(StrEnum):
+    """What recording one approver's verdict did (``Store.decide``)."""
+
+    COUNTED = "counted"  # recorded; the request is still pending (quorum not reached)
+    RESOLVED = "resolved"  # recorded, and it approved or denied the request
+    REPEATED = "repeated"  # this person had already given a verdict on it: nothing changed
+    NOT_PENDING = "not_pending"  # already decided, or past its pending deadline: nothing changed
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The result of ``Store.decide``: the outcome, the tally after it, and for ``REPEATED`` the earlier verdict."""
+
+    outcome: VoteOutcome
+    tally: Tally = Tally()
+    earlier: Verdict | None = None
+
+
 @dataclass
 class Grant:
     """Access that was granted: the token's ``jti`` and, once handed over, a hash of it (never the token).

@@ -68,9 +68,23 @@ class _Strict(BaseModel):
 
 
 class Approvers(_Strict):
+    """Who may decide a request and how many must agree (rules and semantics: ``bot.domain.approvals``)."""
+
     users: list[str] = Field(default_factory=list, description="Slack user IDs")
-    usergroups: list[str] = Field(default_factory=list, description="Slack user group IDs (not yet resolved)")
-    min_approvals: int = Field(default=1, ge=1)
+    usergroups: list[str] = Field(default_factory=list, description="Slack user group IDs, resolved when clicked")
+    min_approvals: int = Field(default=1, ge=1, description="distinct people who must approve")
+    deny_on_first_denial: bool = Field(
+        default=True, description="false: denied only once the others can no longer reach min_approvals"
+    )
+
+    def problem(self) -> str | None:
+        """Why no request could ever be approved by these approvers, or None (usergroups: unknown until asked)."""
+        if not self.users and not self.usergroups:
+            return "needs approvers.users or approvers.usergroups"
+        if not self.usergroups and self.min_approvals > len(set(self.users)):
+            return (f"approvers.min_approvals is {self.min_approvals}, more than the {len(set(self.users))} "
+                    "people in approvers.users")
+        return None
 
 
 FirstUse = Literal["auto_approve", "require_approval"]
@@ -253,6 +267,9 @@ class Policy(_Strict):
     issuers: list[Issuer] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     default: Decision = Decision.DENY
+    people: dict[str, str] = Field(
+        default_factory=dict, description="CI login (GitHub actor, GitLab user_login) -> Slack user ID"
+    )
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Policy:
@@ -266,23 +283,23 @@ class Policy(_Strict):
                 raise ValueError(f"identity {name!r} is listed more than once")
         self._check_issuers()
         for index, rule in enumerate(self.rules):
-            if rule.decision is Decision.REQUIRE_APPROVAL and not self.approvers_for(rule).users:
+            if rule.decision is Decision.REQUIRE_APPROVAL and (problem := self.approvers_for(rule).problem()):
                 raise ValueError(
-                    f"rules[{index}] ({rule.name}): decision require_approval needs approvers.users "
+                    f"rules[{index}] ({rule.name}): decision require_approval {problem} "
                     "(on the rule or in defaults.approvers)"
                 )
             if (rule.decision is Decision.AUTO_APPROVE and self.sends_to_people(rule)
-                    and not self.approvers_for(rule).users):
+                    and (problem := self.approvers_for(rule).problem())):
                 raise ValueError(
                     f"rules[{index}] ({rule.name}): auto_approve_limit / first_use send requests to people, so the "
-                    "rule needs approvers.users (on the rule or in defaults.approvers)"
+                    f"rule {problem} (on the rule or in defaults.approvers)"
                 )
             if rule.decision is not Decision.AUTO_APPROVE and (rule.auto_approve_limit or rule.first_use):
                 raise ValueError(
                     f"rules[{index}] ({rule.name}): auto_approve_limit and first_use only apply to auto_approve rules"
                 )
-        if self.default is Decision.REQUIRE_APPROVAL and not self.approvers_for(None).users:
-            raise ValueError("default: require_approval needs defaults.approvers.users")
+        if self.default is Decision.REQUIRE_APPROVAL and (problem := self.approvers_for(None).problem()):
+            raise ValueError(f"default: require_approval {problem.replace('approvers.', 'defaults.approvers.')}")
         return self
 
     def first_use(self, rule: Rule | None) -> FirstUse:

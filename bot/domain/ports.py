@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
-from bot.domain.models import AccessRequest, AutoApproveQuota, Grant, OutboxEvent, Verdict
+from bot.domain.models import (
+    AccessRequest,
+    Approval,
+    AutoApproveQuota,
+    Grant,
+    OutboxEvent,
+    RequestStatus,
+    Tally,
+    Verdict,
+    Vote,
+)
 from bot.domain.policy import Usage
 
 
@@ -76,10 +87,19 @@ class Store(Protocol):
         approver: str,
         verdict: Verdict,
         now: datetime,
+        resolve: Callable[[Tally], RequestStatus | None],
         grant: Grant | None,
         events: list[OutboxEvent],
-    ) -> bool:
-        """Record ``approver``'s verdict and resolve a pending request; False if it was no longer pending."""
+    ) -> Vote:
+        """Record ``approver``'s verdict on a pending request, once per person, in one transaction.
+
+        With the verdict counted, ``resolve(tally)`` says whether the request is now APPROVED (``grant`` is
+        inserted) or DENIED, or None (still pending); ``events`` are queued whenever the verdict was recorded.
+        Counting and resolving are serialised per request, so concurrent verdicts resolve it exactly once.
+        """
+
+    async def approvals(self, request_id: str) -> list[Approval]:
+        """Every verdict given on a request, oldest first."""
 
     async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime) -> bool:
         """Record that the token was handed over; False if it already was (a token is handed over once)."""
@@ -99,3 +119,13 @@ class Store(Protocol):
 
     async def activity(self, since: datetime, until: datetime, now: datetime, top: int = 5) -> dict:
         """Counts of what happened in ``[since, until)`` and what is active at ``now`` (the daily summary)."""
+
+
+class ApproverDirectory(Protocol):
+    """Who is in a Slack user group (implemented in ``bot.slack.directory`` with ``usergroups.users.list``)."""
+
+    async def members(self, group_id: str) -> frozenset[str]:
+        """Slack user IDs of the group's members; empty for an unknown group.
+
+        Raises :class:`~bot.domain.errors.ApproverDirectoryUnavailable` when membership cannot be known now.
+        """

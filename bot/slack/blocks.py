@@ -7,9 +7,10 @@ Every piece of user-controlled text (reason, context, identity, scopes) is escap
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from bot.domain.models import AccessRequest, Decision, Grant, GrantStatus, RequestStatus
+from bot.domain.models import AccessRequest, Approval, Decision, Grant, GrantStatus, RequestStatus, Verdict
 
 SECTION_TEXT_LIMIT = 3000
 FIELD_TEXT_LIMIT = 2000
@@ -69,12 +70,35 @@ def card_text(request: AccessRequest) -> str:
     )
 
 
-def outcome_line(request: AccessRequest, grant: Grant | None) -> str:
+def _mentions(users: Sequence[str]) -> str:
+    return ", ".join(f"<@{escape(user)}>" for user in users)
+
+
+def _who(approvals: Sequence[Approval], verdict: Verdict) -> list[str]:
+    return [a.approver for a in approvals if a.verdict is verdict]
+
+
+def progress_line(request: AccessRequest, approvals: Sequence[Approval]) -> str | None:
+    """``1 of 2 approvals: <@U1>`` (and denials so far) on a pending card; None when one approval decides."""
+    approved, denied = _who(approvals, Verdict.APPROVE), _who(approvals, Verdict.DENY)
+    if request.min_approvals <= 1 and not denied:
+        return None
+    line = f":ballot_box_with_check: *{len(approved)} of {request.min_approvals} approvals*"
+    if approved:
+        line += f" so far: {_mentions(approved)}"
+    if denied:
+        line += (f"\n:x: Denied so far by {_mentions(denied)} (denied once {request.min_approvals} approvals "
+                 "can no longer be reached)")
+    return line
+
+
+def outcome_line(request: AccessRequest, grant: Grant | None, approvals: Sequence[Approval] = ()) -> str:
     """What happened to the request, and who decided, for the card's last section."""
     who = f"<@{request.decided_by}>" if request.decided_by not in (None, "policy", "timeout") else "policy"
     when = clock_time(request.decided_at) if request.decided_at else ""
+    approved = _who(approvals, Verdict.APPROVE)
     if request.status is RequestStatus.APPROVED:
-        line = f":white_check_mark: *Approved* by {who} at {when}"
+        line = f":white_check_mark: *Approved* by {_mentions(approved) if len(approved) > 1 else who} at {when}"
         if grant is not None:
             if grant.status is GrantStatus.ACTIVE:
                 line += f"\nGrant active until {clock_time(grant.expires_at)}"
@@ -85,17 +109,22 @@ def outcome_line(request: AccessRequest, grant: Grant | None) -> str:
                 line += f"\n:no_entry: Grant revoked by {by} at {clock_time(grant.ended_at or grant.expires_at)}"
         return line
     if request.status is RequestStatus.DENIED:
-        return f":x: *Denied* by {who} at {when}"
+        denied = _who(approvals, Verdict.DENY)
+        return f":x: *Denied* by {_mentions(denied) if len(denied) > 1 else who} at {when}"
     if request.status is RequestStatus.EXPIRED:
         return f":hourglass: *Expired*: nobody decided before {when}"
     return f"*{request.status.value.capitalize()}*"
 
 
-def card_blocks(request: AccessRequest, grant: Grant | None = None) -> list[dict]:
+def card_blocks(
+    request: AccessRequest, grant: Grant | None = None, approvals: Sequence[Approval] = ()
+) -> list[dict]:
     """The approval card: what is asked, by whom, why, the pipeline's context, and buttons while pending.
 
     Shape: Slack Block Kit ``blocks`` for ``chat.postMessage`` / ``chat.update``. Buttons carry the request id as
     ``value`` with ``action_id`` ``approve`` / ``deny``; once decided they are replaced by the outcome.
+    ``approvals`` are the verdicts given so far (``Store.approvals``): with ``min_approvals`` above 1 a pending
+    card shows the progress ("1 of 2 approvals") and who approved; a decided one names everyone who approved.
     """
     blocks: list[dict] = [
         {
@@ -128,6 +157,11 @@ def card_blocks(request: AccessRequest, grant: Grant | None = None) -> list[dict
         why = "*Why (policy, rule by rule):*\n" + "\n".join("• " + escape(line) for line in request.decision_reasons)
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": truncate(why, CONTEXT_TEXT_LIMIT)}]})
     if request.status is RequestStatus.PENDING:
+        if request.excluded_approvers:
+            blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": truncate(
+                f"{_mentions(request.excluded_approvers)} triggered this pipeline and can't approve it", 2000)}]})
+        if progress := progress_line(request, approvals):
+            blocks.append(_section(progress))
         blocks.append(
             {
                 "type": "actions",
@@ -142,7 +176,7 @@ def card_blocks(request: AccessRequest, grant: Grant | None = None) -> list[dict
         )
     else:
         blocks.append({"type": "divider"})
-        blocks.append(_section(outcome_line(request, grant)))
+        blocks.append(_section(outcome_line(request, grant, approvals)))
     return blocks
 
 

@@ -147,13 +147,16 @@ class SlackNotifier:
             if item.grant_id
             else await self._store.grant_for_request(request.id)
         )
+        is_card = item.kind in (EventKind.CARD_POST, EventKind.CARD_UPDATE)
+        approvals = await self._store.approvals(request.id) if is_card else []  # the card shows who approved
         if item.kind is EventKind.CARD_POST:
             if request.card_ts or not request.channel:
                 if not request.channel:
                     log.error("request %s has no channel to post its card to (set GRANTBOT_SLACK_CHANNEL)", request.id)
                 return
             channel, ts = await self._post_once(
-                item, channel=request.channel, text=blocks.card_text(request), blocks=blocks.card_blocks(request, grant)
+                item, channel=request.channel, text=blocks.card_text(request),
+                blocks=blocks.card_blocks(request, grant, approvals),
             )
             await self._store.set_card(request.id, channel, ts)
         elif item.kind is EventKind.CARD_UPDATE:
@@ -162,7 +165,7 @@ class SlackNotifier:
                     channel=request.card_channel,
                     ts=request.card_ts,
                     text=blocks.card_text(request),
-                    blocks=blocks.card_blocks(request, grant),
+                    blocks=blocks.card_blocks(request, grant, approvals),
                 )
         elif item.kind in (EventKind.GRANT_EXPIRED, EventKind.GRANT_REVOKED) and grant is not None:
             text = blocks.grant_ended_text(request, grant)

@@ -112,7 +112,8 @@ class SlackSandbox:
     Web API (``POST``/``GET /api/{method}``, JSON, form or query arguments, Slack's wire format: always
     HTTP 200 with ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``, ``Content-Type: application/json``):
     ``auth.test``, ``chat.postMessage`` (with ``metadata``), ``chat.update``, ``chat.postEphemeral``,
-    ``users.info``, ``conversations.history`` and ``conversations.replies``; anything
+    ``users.info``, ``conversations.history``, ``conversations.replies`` and ``usergroups.users.list`` (groups
+    from the ``usergroups`` argument or :meth:`set_usergroup`); anything
     else is ``unknown_method``. Calls need ``Authorization: Bearer <bot_token>`` (or a ``token`` argument),
     else ``invalid_auth``. A user id as ``channel`` posts into the bot's DM with that user (``D...``).
 
@@ -140,7 +141,7 @@ class SlackSandbox:
     def __init__(self, *, bot_token: str, signing_secret: str, events_url: str | None = None,
                  team_id: str = "T0SANDBOX", bot_user_id: str = "U0GRANTBOT",
                  channels: dict[str, str] | None = None, users: dict[str, str] | None = None,
-                 app_token: str | None = None):
+                 app_token: str | None = None, usergroups: dict[str, list[str]] | None = None):
         self.bot_token = bot_token
         self.app_token = app_token  # Socket Mode: apps.connections.open takes this xapp- token
         self._sockets: list[web.WebSocketResponse] = []
@@ -152,6 +153,9 @@ class SlackSandbox:
         self.channels = dict(channels if channels is not None else {"C0SANDBOX": "access-requests"})
         self.users = dict(users if users is not None else
                           {"U0APPROVER": "dana (approver)", "U0OTHER": "sam (not an approver)"})
+        # Slack user groups: id ("S...") -> member user IDs; groups in disabled_usergroups are disabled.
+        self.usergroups: dict[str, list[str]] = {k: list(v) for k, v in (usergroups or {}).items()}
+        self.disabled_usergroups: set[str] = set()
         self.messages: list[dict] = []
         self.ephemerals: list[dict] = []
         self.calls: list[dict] = []
@@ -163,7 +167,7 @@ class SlackSandbox:
             "auth.test": self._auth_test, "chat.postMessage": self._post_message,
             "chat.update": self._update, "chat.postEphemeral": self._post_ephemeral,
             "users.info": self._users_info, "conversations.history": self._history,
-            "conversations.replies": self._replies,
+            "conversations.replies": self._replies, "usergroups.users.list": self._usergroup_members,
         }
 
     # ----- server -----
@@ -369,6 +373,25 @@ class SlackSandbox:
             "id": user_id, "team_id": self.team_id, "name": handle, "real_name": display, "is_bot": False,
             "deleted": False, "tz": "UTC", "tz_offset": 0,
             "profile": {"real_name": display, "display_name": display, "email": f"{handle}@example.com"}}}
+
+    def set_usergroup(self, group_id: str, members: list[str], *, disabled: bool = False) -> None:
+        """Create or replace a user group ("S..." id) with these member user IDs, as an admin would in Slack."""
+        self.usergroups[group_id] = list(members)
+        (self.disabled_usergroups.add if disabled else self.disabled_usergroups.discard)(group_id)
+
+    def _usergroup_members(self, args: Args) -> dict:
+        """Slack usergroups.users.list: ``{"ok": true, "users": ["U…", …]}``; ``usergroup`` required
+        (``invalid_arguments`` without), unknown group ``no_such_subteam``. A disabled group lists no users unless
+        ``include_disabled`` is true (an assumption: Slack documents the flag, not the answer without it)."""
+        group = args.get("usergroup")
+        if not isinstance(group, str) or not group:
+            return _err("invalid_arguments")
+        if group not in self.usergroups:
+            return _err("no_such_subteam")
+        include_disabled = str(args.get("include_disabled", "")).lower() in ("1", "true")
+        if group in self.disabled_usergroups and not include_disabled:
+            return {"ok": True, "users": []}
+        return {"ok": True, "users": list(self.usergroups[group])}
 
     # ----- response_url -----
 

@@ -11,6 +11,7 @@ one writer at a time anyway: ``BEGIN IMMEDIATE``, and SQLAlchemy leaves the clau
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import exists, func, insert, or_, select, update
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bot.domain.errors import AutoApproveLimitReached
 from bot.domain.models import (
     AccessRequest,
+    Approval,
     AutoApproveQuota,
     Decision,
     EventKind,
@@ -30,7 +32,10 @@ from bot.domain.models import (
     OutboxEvent,
     OutboxItem,
     RequestStatus,
+    Tally,
     Verdict,
+    Vote,
+    VoteOutcome,
 )
 from bot.domain.policy import Usage
 from bot.store.engine import writer
@@ -288,31 +293,75 @@ class SqlStore:
         approver: str,
         verdict: Verdict,
         now: datetime,
+        resolve: Callable[[Tally], RequestStatus | None],
         grant: Grant | None,
         events: list[OutboxEvent],
-    ) -> bool:
-        status = RequestStatus.APPROVED if verdict is Verdict.APPROVE else RequestStatus.DENIED
+    ) -> Vote:
         async with self._writer.begin() as conn:
-            won = await conn.execute(
-                update(R)
-                .where(
-                    R.c.id == request_id,
-                    R.c.status == RequestStatus.PENDING.value,
-                    or_(R.c.expires_at.is_(None), R.c.expires_at > now),
+            # Lock the request row first (SELECT ... FOR UPDATE). Under PostgreSQL's READ COMMITTED, two
+            # transactions that each insert an approval and then count do not see each other's uncommitted row:
+            # with N-2 approvals committed, both would count N-1 and neither would approve, leaving the request
+            # pending with N approvals. With the lock the second one waits until the first commits; its count is
+            # a new statement, so it sees the first approval and resolves the request (or finds it no longer
+            # pending). Same-person double clicks are serialised too. SQLite: BEGIN IMMEDIATE already lets one
+            # writer in at a time, and SQLAlchemy leaves FOR UPDATE out there.
+            row = (
+                await conn.execute(
+                    select(R.c.status, R.c.expires_at).where(R.c.id == request_id).with_for_update()
                 )
-                .values(status=status.value, decided_at=now, decided_by=approver)
-            )
-            if won.rowcount != 1:
-                return False
+            ).first()
+            if (
+                row is None
+                or row.status != RequestStatus.PENDING.value
+                or (row.expires_at is not None and row.expires_at <= now)
+            ):
+                return Vote(VoteOutcome.NOT_PENDING)
+            earlier = (
+                await conn.execute(select(A.c.verdict).where(A.c.request_id == request_id, A.c.approver == approver))
+            ).scalar()
+            if earlier is not None:
+                return Vote(VoteOutcome.REPEATED, await self._tally(conn, request_id), Verdict(earlier))
             await conn.execute(
                 insert(A).values(request_id=request_id, approver=approver, verdict=verdict.value, created_at=now)
             )
-            await self._audit(conn, now, f"request.{status.value}", approver, request_id)
-            if grant is not None:
-                await conn.execute(insert(G).values(**_grant_values(grant)))
-                await self._audit_grant_issued(conn, grant, approver)
+            tally = await self._tally(conn, request_id)
+            recorded = "request.approval_recorded" if verdict is Verdict.APPROVE else "request.denial_recorded"
+            await self._audit(conn, now, recorded, approver, request_id, approvals=tally.approvals,
+                              denials=tally.denials)
+            status = resolve(tally)
+            if status is not None:
+                # Conditional even under the lock: the row count is the proof this transaction resolved it.
+                won = await conn.execute(
+                    update(R)
+                    .where(R.c.id == request_id, R.c.status == RequestStatus.PENDING.value)
+                    .values(status=status.value, decided_at=now, decided_by=approver)
+                )
+                if won.rowcount != 1:  # pragma: no cover - impossible while the row is locked
+                    raise RuntimeError(f"request {request_id} changed under its row lock")
+                await self._audit(conn, now, f"request.{status.value}", approver, request_id)
+                if status is RequestStatus.APPROVED and grant is not None:
+                    await conn.execute(insert(G).values(**_grant_values(grant)))
+                    await self._audit_grant_issued(conn, grant, approver)
             await self._add_events(conn, events, now)
-        return True
+        return Vote(VoteOutcome.RESOLVED if status is not None else VoteOutcome.COUNTED, tally)
+
+    @staticmethod
+    async def _tally(conn: AsyncConnection, request_id: str) -> Tally:
+        counts = dict(
+            (
+                await conn.execute(
+                    select(A.c.verdict, func.count()).where(A.c.request_id == request_id).group_by(A.c.verdict)
+                )
+            ).all()
+        )
+        return Tally(approvals=counts.get(Verdict.APPROVE.value, 0), denials=counts.get(Verdict.DENY.value, 0))
+
+    async def approvals(self, request_id: str) -> list[Approval]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(select(A).where(A.c.request_id == request_id).order_by(A.c.created_at, A.c.id))
+            ).all()
+        return [Approval(row.approver, Verdict(row.verdict), row.created_at) for row in rows]
 
     async def expire_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         expired: list[AccessRequest] = []

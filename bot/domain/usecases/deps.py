@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.domain.policy import Policy
-from bot.domain.ports import Changes, Clock, Store, TokenMinter
+from bot.domain.ports import ApproverDirectory, Changes, Clock, Store, TokenMinter
 
 
 @dataclass
@@ -17,3 +17,4 @@ class Deps:
     policy: Policy
     issuer: str  # the ``iss`` of issued tokens, also the audience of last resort
     default_channel: str | None = None  # GRANTBOT_SLACK_CHANNEL; wins over the policy's defaults.channel
+    directory: ApproverDirectory | None = None  # Slack user groups; None (no Slack): groups have no members

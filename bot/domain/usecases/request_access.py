@@ -9,6 +9,7 @@ import uuid
 from dataclasses import asdict
 from datetime import timedelta
 
+from bot.domain.approvals import who_may_approve
 from bot.domain.errors import (
     AutoApproveLimitReached,
     IdempotencyConflict,
@@ -134,7 +135,7 @@ def _new_request(
         rule=rule.name if rule else None,
         decision_reason=outcome.reason,
         decision_reasons=outcome.reasons,
-        approvers=tuple(policy.approvers_for(rule).users),
+        **who_may_approve(policy, rule, caller, body.context),
         channel=(rule.channel if rule else None) or deps.default_channel or policy.defaults.channel,
         created_at=now,
         expires_at=None,
