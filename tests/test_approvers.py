@@ -39,7 +39,7 @@ rules:
      "default: require_approval defaults.approvers.min_approvals is 2, more than the 1 people"),
     ("rules: [{name: r, decision: require_approval, approvers: {users: [U1], min_approvals: 0}}]",
      "rules[0].approvers.min_approvals: Input should be greater than or equal to 1"),
-    ("people: [octocat]", "p.yaml: people: Input should be a valid dictionary"),
+    ("people: [octocat]", "p.yaml:1: people: Input should be a valid dictionary"),
 ])
 def test_approvers_that_could_never_approve_are_refused_with_the_key(text, message):
     with pytest.raises(PolicyError) as refused:

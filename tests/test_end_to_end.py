@@ -202,8 +202,8 @@ def test_serve_says_which_policy_key_is_wrong(tmp_path):
            "GRANTBOT_SIGNING_KEY_FILE": str(tmp_path / "k.pem")}
     refused = subprocess.run(grantbot_command("serve"), env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert f"{policy}: rules[0].decison: unknown key" in refused.stderr
-    assert f"{policy}: rules[0].decision: Field required" in refused.stderr
+    assert f"{policy}:3: rules[0].decison: unknown key" in refused.stderr  # file, line, key
+    assert f"{policy}:2: rules[0].decision: Field required" in refused.stderr  # the rule that lacks it
 
 
 async def test_sigterm_drains_answers_long_polls_and_exits_0(process, api, sandbox):
