@@ -97,6 +97,7 @@ class AccessRequest:
     min_approvals: int = 1
     deny_on_first_denial: bool = True
     actor: str | None = None
+    remind_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class EventKind(StrEnum):
     CARD_UPDATE = "card.update"  # re-render the card from the request's current state
     GRANT_EXPIRED = "grant.expired"  # tell the channel (thread under the card, if any)
     GRANT_REVOKED = "grant.revoked"
+    REMINDER = "request.reminder"  # a pending request waits: mention its approvers in the card's thread
     NOTICE = "notice"  # a plain message to a channel, e.g. a refused policy reload; payload {channel, text}
 
 

@@ -94,6 +94,7 @@ class Defaults(_Strict):
     ttl_seconds: int = Field(default=900, gt=0)
     max_ttl_seconds: int = Field(default=3600, gt=0)
     pending_timeout_seconds: int = Field(default=3600, gt=0)
+    remind_after_seconds: int | None = Field(default=None, gt=0)  # None: no reminders
     channel: str | None = None
     audience: str | None = None
     approvers: Approvers | None = None
@@ -236,6 +237,7 @@ class Rule(_Strict):
     max_ttl_seconds: int | None = Field(default=None, gt=0)
     default_ttl_seconds: int | None = Field(default=None, gt=0)
     pending_timeout_seconds: int | None = Field(default=None, gt=0)
+    remind_after_seconds: int | None = Field(default=None, gt=0)
     channel: str | None = None
     require_reason: bool = False
     reason_pattern: str | None = None
@@ -336,6 +338,13 @@ class Policy(_Strict):
     def issuer_named_by(self, iss: str) -> Issuer | None:
         """The trusted issuer whose ``issuer`` URL is exactly ``iss`` (no normalisation), else None."""
         return next((issuer for issuer in self.issuers if issuer.issuer == iss), None)
+
+    def remind_after(self, rule: Rule | None) -> int | None:
+        """Seconds after which the approvers of a pending request are reminded, or None (never); a reminder
+        due at or after the pending timeout is never sent."""
+        after = (rule.remind_after_seconds if rule and rule.remind_after_seconds else None) or \
+            self.defaults.remind_after_seconds
+        return after if after is not None and after < self.pending_timeout(rule) else None
 
     def approvers_for(self, rule: Rule | None) -> Approvers:
         return (rule.approvers if rule and rule.approvers else None) or self.defaults.approvers or Approvers()

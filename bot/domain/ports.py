@@ -110,6 +110,9 @@ class Store(Protocol):
     async def expire_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Mark pending requests past their deadline ``expired``, each with a ``card.update`` event."""
 
+    async def remind_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
+        """Clear ``remind_at`` of pending requests it has come for, each with a ``request.reminder`` event."""
+
     async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent]) -> bool:
         """End an active grant early; False if it was not active."""
 

@@ -180,6 +180,24 @@ def card_blocks(
     return blocks
 
 
+def reminder_text(request: AccessRequest, approvals: Sequence[Approval]) -> str:
+    """A thread reply nudging the approvers of a pending request: mentions the listed approvers (not the person
+    who triggered the pipeline, nor those who already voted) and the user groups (``<!subteam^ID>``)."""
+    voted = {a.approver for a in approvals}
+    people = [u for u in request.approvers if u not in request.excluded_approvers and u not in voted]
+    groups = [f"<!subteam^{escape(g)}>" for g in request.approver_groups]
+    who = ", ".join([*(f"<@{escape(u)}>" for u in people), *groups]) or "Approvers"
+    approved = len(_who(approvals, Verdict.APPROVE))
+    waiting = (f"{approved} of {request.min_approvals} approvals so far" if request.min_approvals > 1
+               else "nobody has decided yet")
+    deadline = f"; it expires at {clock_time(request.expires_at)}" if request.expires_at else ""
+    return truncate(
+        f":bell: {who}: *{escape(request.identity)}* is still waiting for {_scopes(request.scopes)} on "
+        f"*{escape(request.environment)}* ({waiting}){deadline}.",
+        SECTION_TEXT_LIMIT,
+    )
+
+
 def grant_ended_text(request: AccessRequest, grant: Grant) -> str:
     """A thread reply (or, without a card, a channel message) saying a grant ended."""
     what = f"{_scopes(grant.scopes)} on *{escape(request.environment)}* for *{escape(grant.identity)}*"

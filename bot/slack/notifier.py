@@ -22,7 +22,7 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import DBAPIError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.domain.models import Decision, EventKind, OutboxItem
+from bot.domain.models import Decision, EventKind, OutboxItem, RequestStatus
 from bot.domain.ports import Clock
 from bot.metrics import Metrics
 from bot.slack import blocks
@@ -167,6 +167,10 @@ class SlackNotifier:
                     text=blocks.card_text(request),
                     blocks=blocks.card_blocks(request, grant, approvals),
                 )
+        elif item.kind is EventKind.REMINDER:
+            if request.status is RequestStatus.PENDING and request.card_ts and request.card_channel:
+                text = blocks.reminder_text(request, await self._store.approvals(request.id))
+                await self._post_once(item, channel=request.card_channel, thread_ts=request.card_ts, text=text)
         elif item.kind in (EventKind.GRANT_EXPIRED, EventKind.GRANT_REVOKED) and grant is not None:
             text = blocks.grant_ended_text(request, grant)
             if request.card_ts and request.card_channel:

@@ -86,6 +86,7 @@ def _request_from_row(row) -> AccessRequest:
         min_approvals=row.min_approvals,
         deny_on_first_denial=bool(row.deny_on_first_denial),
         actor=row.actor,
+        remind_at=row.remind_at,
     )
 
 
@@ -229,6 +230,7 @@ class SqlStore:
             "min_approvals": request.min_approvals,
             "deny_on_first_denial": request.deny_on_first_denial,
             "actor": request.actor,
+            "remind_at": request.remind_at,
             "idempotency_key": idempotency_key,
             "body_hash": body_hash,
         }
@@ -386,6 +388,32 @@ class SqlStore:
                     await self._add_events(conn, [OutboxEvent(EventKind.CARD_UPDATE, row.id)], now)
                     expired.append(_request_from_row(row))
         return expired
+
+    async def remind_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
+        """Pending requests whose ``remind_at`` has come: clear it (so each is reminded once) and queue a
+        ``request.reminder`` event, in one transaction."""
+        reminded: list[AccessRequest] = []
+        async with self._writer.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(R)
+                    .where(R.c.status == RequestStatus.PENDING.value, R.c.remind_at <= now)
+                    .order_by(R.c.remind_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for row in rows:
+                won = await conn.execute(
+                    update(R)
+                    .where(R.c.id == row.id, R.c.status == RequestStatus.PENDING.value, R.c.remind_at.is_not(None))
+                    .values(remind_at=None)
+                )
+                if won.rowcount == 1:
+                    await self._audit(conn, now, "request.reminded", "reminder", row.id)
+                    await self._add_events(conn, [OutboxEvent(EventKind.REMINDER, row.id)], now)
+                    reminded.append(_request_from_row(row))
+        return reminded
 
     async def set_card(self, request_id: str, channel: str, ts: str) -> None:
         """Remember where the approval card was posted (first post wins)."""

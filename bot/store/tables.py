@@ -51,6 +51,7 @@ class AccessRequestRow(SQLModel, table=True):
         Index("ix_access_requests_status_expires_at", "status", "expires_at"),
         # auto_approve_limit counts a rule's recent automatic approvals of one identity
         Index("ix_access_requests_identity_rule_created_at", "identity", "rule", "created_at"),
+        Index("ix_access_requests_status_remind_at", "status", "remind_at"),
     )
 
     id: str = Field(primary_key=True, max_length=36)
@@ -72,6 +73,7 @@ class AccessRequestRow(SQLModel, table=True):
     min_approvals: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     deny_on_first_denial: bool = Field(default=True, sa_column_kwargs={"server_default": sa_true()})
     actor: str | None = Field(default=None, max_length=255)  # the person who triggered the pipeline, as claimed
+    remind_at: datetime | None = _time()  # when to remind the approvers of a pending request; cleared once sent
     channel: str | None = Field(default=None, max_length=64)
     created_at: datetime = _time(nullable=False)
     expires_at: datetime | None = _time()

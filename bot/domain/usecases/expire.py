@@ -1,4 +1,5 @@
-"""Use case: the sweep ends what is due — grants past ``expires_at``, pending requests past their deadline."""
+"""Use case: the sweep ends what is due — grants past ``expires_at``, pending requests past their deadline — and
+reminds the approvers of pending requests whose ``remind_at`` has come."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ BATCH = 500
 class SweepResult:
     grants_expired: int
     requests_expired: int
+    reminders: int = 0
 
 
 async def expire_due(deps: Deps) -> SweepResult:
@@ -23,7 +25,8 @@ async def expire_due(deps: Deps) -> SweepResult:
     now = deps.clock.now()
     grants = await _in_batches(deps, deps.store.expire_due_grants, now, lambda grant: grant.request_id)
     requests = await _in_batches(deps, deps.store.expire_pending_requests, now, lambda request: request.id)
-    return SweepResult(grants, requests)
+    reminders = await _in_batches(deps, deps.store.remind_pending_requests, now, lambda request: request.id)
+    return SweepResult(grants, requests, reminders)
 
 
 async def _in_batches(deps: Deps, expire, now, request_id_of) -> int:

@@ -146,6 +146,8 @@ def _new_request(
         request.status, request.decided_at, request.decided_by = RequestStatus.APPROVED, now, "policy"
     else:
         request.expires_at = now + timedelta(seconds=policy.pending_timeout(rule))
+        if (after := policy.remind_after(rule)) is not None:
+            request.remind_at = now + timedelta(seconds=after)
     return request
 
 
