@@ -145,7 +145,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
                                  default_channel=settings.slack_channel or policy.defaults.channel,
                                  timezone=settings.timezone)
         changes.subscribe(notifier.wake)
-        app.cleanup_ctx.append(partial(_background, notifier.run(), notifier.stop, "outbox worker"))
+        app.cleanup_ctx.append(partial(_background, notifier.run, notifier.stop, "outbox worker"))
     else:
         log.warning("Slack is not configured: approval cards wait in the outbox until SLACK_BOT_TOKEN is set")
     summary_schedule = (
@@ -154,7 +154,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     app.cleanup_ctx.append(
         lambda _app: run_scheduler(deps, metrics, settings.sweep_interval_seconds, summary_schedule)
     )
-    app.cleanup_ctx.append(partial(_background, reloader.run(), reloader.stop, "policy reloader"))
+    app.cleanup_ctx.append(partial(_background, reloader.run, reloader.stop, "policy reloader"))
 
     async def drain(_app: web.Application) -> None:
         changes.shutdown()  # long polls answer now instead of holding the shutdown for up to 60 s
@@ -194,9 +194,10 @@ async def _socket_mode(bolt, client: AsyncWebClient, app_token: str, _app: web.A
     await handler.close_async()
 
 
-async def _background(coro, stop, name: str, _app: web.Application) -> AsyncIterator[None]:
-    """Run ``coro`` for the application's life; on shutdown ask it to ``stop()``, cancel it only if it hangs."""
-    task = asyncio.create_task(coro, name=name)
+async def _background(run, stop, name: str, _app: web.Application) -> AsyncIterator[None]:
+    """Run ``run()`` for the application's life; on shutdown ask it to ``stop()``, cancel it only if it hangs.
+    (A function, not a coroutine: a start-up refused earlier must not leave a never-awaited coroutine behind.)"""
+    task = asyncio.create_task(run(), name=name)
     yield
     stop()
     _, hanging = await asyncio.wait([task], timeout=10)
