@@ -151,3 +151,4 @@ class OutboxItem:
     grant_id: str | None
     attempts: int
     created_at: datetime
+    channel: str | None = None  # where it goes: the card's channel, else the request's (None: nowhere)
