@@ -19,8 +19,9 @@ whether a 429 came from the per-channel or the workspace-wide limit; pausing per
 channels going in the common (per-channel) case, and under a workspace-wide limit each channel pauses itself on
 its own first 429. A 5xx, a non-JSON answer (an HTML 502 from a proxy arrives as ``SlackApiError`` with empty
 ``data``), a timeout or a network error puts the item back with exponential backoff and jitter, capped at
-``MAX_BACKOFF_SECONDS``, and pauses its channel as long; these are retried for as long as they last (an outage
-loses nothing). An ``ok: false`` answer Slack gives for a bad request is retried ``MAX_ATTEMPTS`` times, or
+``MAX_BACKOFF_SECONDS``, and rests its channel for ``TRANSIENT_PAUSE_SECONDS`` (Slack is likely unwell for
+everyone, but one message Slack keeps failing on must not hold up its channel for minutes); these are retried
+for as long as they last (an outage loses nothing). An ``ok: false`` answer Slack gives for a bad request is retried ``MAX_ATTEMPTS`` times, or
 set aside at once if no retry can fix it (``PERMANENT_ERRORS``). Delays are measured with the injected clock
 (``not_before`` in the database), so tests move time instead of sleeping.
 
@@ -69,6 +70,7 @@ MAX_HISTORY_PAGES = 50
 BATCH = 20
 MAX_ATTEMPTS = 12  # for ok:false answers that are neither transient nor known to be permanent
 MAX_BACKOFF_SECONDS = 300
+TRANSIENT_PAUSE_SECONDS = 2.0
 MAX_RETRY_AFTER_SECONDS = 3600  # a Retry-After beyond this is taken as an hour
 DEFAULT_RETRY_AFTER_SECONDS = 1.0  # a 429 without a usable Retry-After (python-slack-sdk#1693)
 # Slack errors that a retry cannot fix: after them the item is set aside (logged) instead of retried.
@@ -216,23 +218,26 @@ class SlackNotifier:
             error = str(data.get("error") or "")
             if status == 429:
                 self._note_refused(item)
-                await self._retry(item, _retry_after(headers), f"rate limited (429 {error})", "rate_limited")
+                delay = _retry_after(headers)  # what Slack said about this channel (or the workspace)
+                await self._retry(item, delay, f"rate limited (429 {error})", pause=delay, result="rate_limited")
             elif error in PERMANENT_ERRORS:
                 self._give_up(item, error)
                 await self._store.complete_outbox(item.id, self._clock.now())
             elif status >= 500 or status == 0 or not data or error in TRANSIENT_ERRORS:
                 self._refused.pop(item.id, None)  # Slack may or may not have done it
-                await self._retry(item, self._backoff(item), f"Slack answered {status} {error or 'without JSON'}")
+                await self._retry(item, self._backoff(item), f"Slack answered {status} {error or 'without JSON'}",
+                                  pause=TRANSIENT_PAUSE_SECONDS)
             elif item.attempts >= MAX_ATTEMPTS:
                 self._give_up(item, error)
                 await self._store.complete_outbox(item.id, self._clock.now())
             else:
                 self._note_refused(item)
-                await self._retry(item, self._backoff(item), f"Slack error {status} {error}")
+                await self._retry(item, self._backoff(item), f"Slack error {status} {error}",
+                                  pause=TRANSIENT_PAUSE_SECONDS)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             # Network trouble, timeouts and answers that are not Slack's: the call may have been done.
             self._refused.pop(item.id, None)
-            await self._retry(item, self._backoff(item), f"{type(exc).__name__}: {exc}")
+            await self._retry(item, self._backoff(item), f"{type(exc).__name__}: {exc}", pause=TRANSIENT_PAUSE_SECONDS)
         else:
             self._refused.pop(item.id, None)
             self._metrics.slack_messages.labels(result="sent").inc()
@@ -259,15 +264,16 @@ class SlackNotifier:
         """Seconds before the next attempt: 2^attempts plus up to 1 s of jitter, at most MAX_BACKOFF_SECONDS."""
         return min(_BACKOFF.calculate_sleep_duration(min(item.attempts, 16)), MAX_BACKOFF_SECONDS)
 
-    async def _retry(self, item: OutboxItem, delay: float, why: str, result: str = "retried") -> None:
-        """Put ``item`` back, due in ``delay`` seconds, and pause its channel as long (its lane gives back the
-        rest, and nothing more is claimed for it until then)."""
+    async def _retry(self, item: OutboxItem, delay: float, why: str, pause: float, result: str = "retried") -> None:
+        """Put ``item`` back, due in ``delay`` seconds, and pause its channel for ``pause`` seconds (its lane
+        gives back the rest, due then, and nothing more is claimed for it until then)."""
         log.warning("outbox item %s (%s) will be retried in %.1f s: %s", item.id, item.kind, delay, why)
         self._metrics.slack_messages.labels(result=result).inc()
-        until = self._clock.now() + timedelta(seconds=delay)
+        now = self._clock.now()
         if item.channel is not None:
+            until = now + timedelta(seconds=pause)
             self._paused[item.channel] = max(until, self._paused.get(item.channel, until))
-        await self._store.retry_outbox(item.id, until, why)
+        await self._store.retry_outbox(item.id, now + timedelta(seconds=delay), why)
 
     async def _deliver(self, item: OutboxItem) -> None:
         request = await self._store.get_request(item.request_id)
