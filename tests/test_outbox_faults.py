@@ -12,7 +12,7 @@ import collections
 import re
 
 from tests.conftest import POLICIES
-from tests.support import buttons, cards, message_text
+from tests.support import buttons, cards, eventually, message_text
 
 CHANNELS = [f"C0TEAM{i}" for i in range(10)]
 PER_CHANNEL = 20
@@ -153,3 +153,31 @@ async def test_cards_go_out_once_paced_per_channel_through_429s_500s_and_silence
           f"{sandbox.rate_limited} times")
     assert max(busiest.values()) <= 4, busiest
     assert sandbox.rate_limited == 0
+
+
+async def test_a_long_retry_after_holds_the_channel_until_it_has_passed_then_each_card_goes_out_once(
+        start_grantbot, sandbox, clock):
+    sandbox.channels["C0TEAM0"] = "team0"
+    sandbox.channels["C0TEAM1"] = "team1"
+    sandbox.inject("chat.postMessage", "ratelimited", channel="C0TEAM0", retry_after=120)
+    grantbot = await start_grantbot(policy_file=POLICIES / "ten_channels.yaml")
+    body = {"environment": "production", "ttl_seconds": 600}
+    for i, scope in enumerate(("svc0:write", "svc0:write", "svc1:write")):
+        status, _ = await grantbot.api.request_access({**body, "scopes": [scope], "reason": f"deploy {i}"})
+        assert status == 202
+
+    def posted(channel: str) -> list[dict]:
+        return [m for m in cards(sandbox) if m["channel"] == channel]
+
+    await eventually(lambda: posted("C0TEAM1"))  # the other channel is not held up
+    assert len(posted("C0TEAM1")) == 1
+    clock.advance(119)
+    await asyncio.sleep(2.5)  # several worker rounds, at 1 post/s: C0TEAM0 must still be waiting
+    assert posted("C0TEAM0") == []
+    assert [c["status"] for c in sandbox.calls if c["channel"] == "C0TEAM0"] == [429]
+    clock.advance(1)
+    await eventually(lambda: len(posted("C0TEAM0")) == 2)
+    await asyncio.sleep(1.5)
+    assert len(cards(sandbox)) == 3
+    # The refused post was tried again without a history search: Slack said no, so there was nothing to find.
+    assert [c["method"] for c in sandbox.calls if c["channel"] == "C0TEAM0"] == ["chat.postMessage"] * 3
