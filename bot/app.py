@@ -141,9 +141,16 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         app[SLACK_VERIFIER] = SignatureVerifier(signing_secret)
         if settings.slack_app_token is not None:
             app.cleanup_ctx.append(partial(_socket_mode, bolt, client, settings.slack_app_token.get_secret_value()))
-        notifier = SlackNotifier(store, client, clock, metrics,
-                                 default_channel=settings.slack_channel or policy.defaults.channel,
-                                 timezone=settings.timezone)
+        # The outbox retries on its own terms; the client's connection-error retry could repost a message Slack
+        # already took (a reset after the post), so the notifier's client has none.
+        outbox_client = AsyncWebClient(
+            token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10,
+            retry_handlers=[],
+        )
+        notifier = SlackNotifier(
+            store, outbox_client, clock, metrics, pace_seconds=1.0 / settings.slack_posts_per_second,
+            default_channel=settings.slack_channel or policy.defaults.channel, timezone=settings.timezone,
+        )
         changes.subscribe(notifier.wake)
         app.cleanup_ctx.append(partial(_background, notifier.run, notifier.stop, "outbox worker"))
     else:

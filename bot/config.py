@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     summary_cron: str = Field("0 9 * * *", validation_alias=_env("GRANTBOT_SUMMARY_CRON"))
     timezone: str = Field("UTC", validation_alias=_env("GRANTBOT_TIMEZONE"))
     sweep_interval_seconds: float = Field(1.0, gt=0, validation_alias=_env("GRANTBOT_SWEEP_INTERVAL_SECONDS"))
+    # Slack writes (posts, updates, thread replies) per channel per second, per process (Slack: ~1/s per channel).
+    slack_posts_per_second: float = Field(1.0, gt=0, validation_alias=_env("GRANTBOT_SLACK_POSTS_PER_SECOND"))
     log_level: str = Field("INFO", validation_alias=_env("GRANTBOT_LOG_LEVEL"))
     policy_watch_seconds: float = Field(2.0, ge=0, validation_alias=_env("GRANTBOT_POLICY_WATCH_SECONDS"))
     # Testing aid: a file holding seconds to add to the wall clock, so tests of a real process move time.

@@ -86,7 +86,8 @@ async def test_post_update_and_thread(sandbox, client):
     stored = sandbox.messages[0]
     assert stored["ts"] == posted["ts"] and stored["text"] == "Access request" and stored["updated_count"] == 0
     assert all(block.get("block_id") for block in stored["blocks"])  # Slack fills in missing block_ids
-    assert sandbox.calls[-1] == {"method": "chat.postMessage",
+    assert sandbox.calls[-1] == {"method": "chat.postMessage", "channel": CHANNEL, "at": sandbox.calls[-1]["at"],
+                                 "status": 200,
                                  "args": {"channel": CHANNEL, "text": "Access request", "blocks": CARD}}
 
     reply = await client.chat_postMessage(channel=CHANNEL, text="audit note", thread_ts=posted["ts"])
@@ -265,3 +266,65 @@ async def test_click_times_out_like_slack(sandbox, client):
             await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="approve", user_id="U0APPROVER")
     finally:
         await runner.cleanup()
+
+
+async def test_injected_faults_reach_the_client_as_slack_sdk_reports_them(sandbox, client):
+    """What ``AsyncWebClient`` raises for each fault: the outbox worker's error handling is written against
+    these (a 429's ``Retry-After``, 5xx statuses, an HTML 502 is a SlackApiError with empty data, a hang is a
+    TimeoutError)."""
+    sandbox.inject("chat.postMessage", "ratelimited", retry_after=7)
+    with pytest.raises(SlackApiError) as raised:
+        await client.chat_postMessage(channel=CHANNEL, text="one")
+    assert raised.value.response.status_code == 429 and raised.value.response.headers["Retry-After"] == "7"
+    assert raised.value.response["error"] == "ratelimited"
+
+    sandbox.inject("chat.postMessage", "server_error")
+    with pytest.raises(SlackApiError) as raised:
+        await client.chat_postMessage(channel=CHANNEL, text="two")
+    assert raised.value.response.status_code == 500 and raised.value.response["error"] == "internal_error"
+
+    for kind, status in (("bad_gateway", 502), ("empty", 503)):
+        sandbox.inject("chat.postMessage", kind)
+        with pytest.raises(SlackApiError) as raised:
+            await client.chat_postMessage(channel=CHANNEL, text=kind)
+        assert raised.value.response.status_code == status and raised.value.response.data == {}
+
+    sandbox.inject("chat.postMessage", "hang")
+    impatient = AsyncWebClient(token=TOKEN, base_url=sandbox.api_url, timeout=1)
+    with pytest.raises(TimeoutError):
+        await impatient.chat_postMessage(channel=CHANNEL, text="hang")
+
+    assert sandbox.messages == []  # no failed call posted anything
+    answer = await client.chat_postMessage(channel=CHANNEL, text="fine again")
+    assert answer["ok"]
+    statuses = [c["status"] for c in sandbox.calls if c["method"] == "chat.postMessage"]
+    assert statuses == [429, 500, 502, 503, 0, 200]
+    assert all(c["channel"] == CHANNEL and c["at"] > 0 for c in sandbox.calls)
+
+
+async def test_faults_for_one_channel_or_a_period(sandbox, client):
+    sandbox.channels["C0OTHER"] = "other"
+    sandbox.inject("chat.postMessage", "server_error", times=None, seconds=60, channel="C0OTHER")
+    for _ in range(3):
+        with pytest.raises(SlackApiError):
+            await client.chat_postMessage(channel="C0OTHER", text="no")
+        assert (await client.chat_postMessage(channel=CHANNEL, text="yes"))["ok"]
+    sandbox.faults.clear()
+    assert (await client.chat_postMessage(channel="C0OTHER", text="yes"))["ok"]
+    with pytest.raises(ValueError):
+        sandbox.inject("chat.postMessage", "teapot")
+
+
+async def test_post_rate_limit_per_channel_like_slack(sandbox, client):
+    sandbox.channels["C0OTHER"] = "other"
+    sandbox.post_rate_limit = (1.0, 3)
+    for _ in range(3):  # the burst
+        assert (await client.chat_postMessage(channel=CHANNEL, text="burst"))["ok"]
+    with pytest.raises(SlackApiError) as raised:
+        await client.chat_postMessage(channel=CHANNEL, text="too many")
+    assert raised.value.response.status_code == 429 and int(raised.value.response.headers["Retry-After"]) >= 1
+    assert (await client.chat_postMessage(channel="C0OTHER", text="another channel"))["ok"]
+    assert (await client.chat_update(channel=CHANNEL, ts=sandbox.messages[0]["ts"], text="edit"))["ok"]
+    assert sandbox.rate_limited == 1
+    await asyncio.sleep(1.05)  # the sandbox's bucket refills on the wall clock, as Slack's does
+    assert (await client.chat_postMessage(channel=CHANNEL, text="one more"))["ok"]

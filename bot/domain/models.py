@@ -190,6 +190,7 @@ class OutboxItem:
     attempts: int
     created_at: datetime
     payload: dict | None = None
+    channel: str | None = None  # where it goes: the card's channel, else the request's (None: nowhere)
 
 
 @dataclass(frozen=True)

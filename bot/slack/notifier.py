@@ -1,26 +1,55 @@
-"""The outbox worker: turns outbox events into Slack messages, each once, in order per request.
+"""The outbox worker: turns outbox events into Slack messages, each once, in order per request, paced per channel.
 
 The request path never waits on Slack: use cases write events in their own transaction; this worker leases
 them (``claim_outbox``), renders the current state with the pure builders, calls the Web API and marks them sent.
-Slack failures are retried with ``Retry-After`` (429) or exponential backoff; the item stays in the table
-meanwhile, so a restart loses nothing.
+The item stays in the table until then, so a restart or a Slack outage loses nothing.
 
-Posting once: a process can die after Slack accepted a post and before the database recorded it. Every post
-therefore carries Slack message ``metadata`` naming its outbox item, and a retried item first looks for that
-message (``conversations.history`` / ``conversations.replies``) and adopts it instead of posting again.
-Updates (``chat.update``) are idempotent by nature.
+Pacing. Slack allows ``chat.postMessage`` "one message per second per channel, while also maintaining a
+workspace-wide limit", short bursts tolerated (docs.slack.dev/apis/web-api/rate-limits). Each channel has a
+*lane*: a task that sends that channel's items one after the other, at most one write (post, update, thread
+reply) per ``pace_seconds`` (an ``aiolimiter`` leaky bucket on the event loop's clock: the limit is Slack's,
+in wall-clock time). Lanes run side by side, so a slow or rate-limited channel holds up no other. The pacing is
+per process: N replicas may together send up to N writes per second to one channel; Slack's burst allowance
+absorbs that for short stretches, and a 429 pauses the channel anyway (sharing a per-channel ``not_before`` in
+the database would make every post a write there, for a limit Slack already enforces and tells us about).
+
+Failures. A 429 pauses the channel it was for until ``Retry-After`` has passed: its item and the lane's other
+items go back to the table due then, and no item for that channel is claimed meanwhile. Slack does not say
+whether a 429 came from the per-channel or the workspace-wide limit; pausing per channel keeps the other
+channels going in the common (per-channel) case, and under a workspace-wide limit each channel pauses itself on
+its own first 429. A 5xx, a non-JSON answer (an HTML 502 from a proxy arrives as ``SlackApiError`` with empty
+``data``), a timeout or a network error puts the item back with exponential backoff and jitter, capped at
+``MAX_BACKOFF_SECONDS``, and rests its channel for ``TRANSIENT_PAUSE_SECONDS`` (Slack is likely unwell for
+everyone, but one message Slack keeps failing on must not hold up its channel for minutes); these are retried
+for as long as they last (an outage loses nothing). An ``ok: false`` answer Slack gives for a bad request is retried ``MAX_ATTEMPTS`` times, or
+set aside at once if no retry can fix it (``PERMANENT_ERRORS``). Delays are measured with the injected clock
+(``not_before`` in the database), so tests move time instead of sleeping.
+
+Posting once: a process can die after Slack accepted a post and before the database recorded it, and a timeout
+or a 5xx leaves unknown whether Slack took the post. Every post therefore carries Slack message ``metadata``
+naming its outbox item, and a retried item first looks for that message (``conversations.history`` /
+``conversations.replies``) and adopts it instead of posting again; the search is skipped when this process
+knows that every earlier attempt was refused (429 or an ``ok: false`` answer). A card's ``ts`` is stored before
+its item is marked sent, and an update or thread reply of a request waits for every earlier item of that
+request. Updates (``chat.update``) are idempotent by nature. The client given must not retry on its own
+(``retry_handlers=[]``): a connection reset after Slack took a post would otherwise post it twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from collections import deque
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 
 import aiohttp
+from aiolimiter import AsyncLimiter
 from slack_sdk.errors import SlackApiError
-from sqlalchemy.exc import DBAPIError
+from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
+from slack_sdk.http_retry.jitter import RandomJitter
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.exc import DBAPIError
 
 from bot.domain.models import Decision, EventKind, OutboxItem, RequestStatus
 from bot.domain.ports import Clock
@@ -31,16 +60,49 @@ from bot.store.repository import SqlStore
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 30  # longer than the client's 10 s timeout, so a live worker never loses its lease
+# A lane holds at most LANE_DEPTH items; with one write per second and a lane stopping at its first failure, the
+# last of them is sent well within the lease even when the one before it waits out the client's 10 s timeout.
+LEASE_SECONDS = 30
+LANE_DEPTH = 3
+PACE_SECONDS = 1.0  # Slack: chat.postMessage about 1 message per second per channel
 METADATA_EVENT = "grantbot_outbox"
 CLOCK_SKEW_SECONDS = 300  # our clock vs. Slack's message timestamps
 MAX_HISTORY_PAGES = 50
 BATCH = 20
-MAX_ATTEMPTS = 12
+MAX_ATTEMPTS = 12  # for ok:false answers that are neither transient nor known to be permanent
 MAX_BACKOFF_SECONDS = 300
+TRANSIENT_PAUSE_SECONDS = 2.0
+MAX_RETRY_AFTER_SECONDS = 3600  # a Retry-After beyond this is taken as an hour
+DEFAULT_RETRY_AFTER_SECONDS = 1.0  # a 429 without a usable Retry-After (python-slack-sdk#1693)
 # Slack errors that a retry cannot fix: after them the item is set aside (logged) instead of retried.
 PERMANENT_ERRORS = {"channel_not_found", "not_in_channel", "is_archived", "invalid_blocks", "msg_too_long",
                     "no_text", "invalid_auth", "account_inactive", "token_revoked", "message_not_found"}
+# ok:false errors that mean "Slack is unwell, try later" (api.slack.com/methods/chat.postMessage#errors); after
+# fatal_error "it's possible some aspect of the operation succeeded".
+TRANSIENT_ERRORS = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
+_BACKOFF = BackoffRetryIntervalCalculator(backoff_factor=1.0, jitter=RandomJitter())
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float:
+    """Seconds from a 429's ``Retry-After`` (Slack sends whole seconds), within [0, MAX_RETRY_AFTER_SECONDS]."""
+    value = None
+    for name, header in (headers or {}).items():
+        if name.lower() == "retry-after":
+            value = header
+    try:
+        seconds = float(value) if value is not None else DEFAULT_RETRY_AFTER_SECONDS
+    except ValueError:
+        seconds = DEFAULT_RETRY_AFTER_SECONDS
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _answer(exc: SlackApiError) -> tuple[int, Mapping[str, str], dict]:
+    """(HTTP status, headers, JSON body or {}) of a failed call. slack-sdk hands over its own response object,
+    except for a body that claims to be JSON and is not, where it passes aiohttp's (``status``, no ``data``)."""
+    response = exc.response
+    status = getattr(response, "status_code", None) or getattr(response, "status", 0) or 0
+    data = getattr(response, "data", None)
+    return int(status), getattr(response, "headers", None) or {}, data if isinstance(data, dict) else {}
 
 
 class SlackNotifier:
@@ -49,6 +111,7 @@ class SlackNotifier:
     def __init__(
         self, store: SqlStore, client: AsyncWebClient, clock: Clock, metrics: Metrics, poll_seconds: float = 1.0,
         default_channel: str | None = None, timezone: str = "UTC",
+        pace_seconds: float = PACE_SECONDS,
     ) -> None:
         self._default_channel = default_channel
         self._timezone = timezone
@@ -57,73 +120,164 @@ class SlackNotifier:
         self._client = client
         self._clock = clock
         self._poll_seconds = poll_seconds
+        self._pace_seconds = pace_seconds
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._lanes: dict[str | None, deque[OutboxItem]] = {}  # channel -> items claimed for it, in order
+        self._lane_tasks: dict[str | None, asyncio.Task] = {}
+        self._limiters: dict[str, AsyncLimiter] = {}
+        self._paused: dict[str, datetime] = {}  # channel -> when Slack may be called for it again (clock time)
+        # item id -> attempts, when Slack refused every one of them (429, ok:false): nothing of it to adopt
+        self._refused: dict[int, int] = {}
 
     def wake(self, *_: object) -> None:
         self._wakeup.set()
 
     def stop(self) -> None:
-        """Finish the batch in hand, then return from :meth:`run` (graceful shutdown)."""
+        """Finish the items being sent, give back the rest, then return from :meth:`run` (graceful shutdown)."""
         self._stopping = True
         self._wakeup.set()
 
     async def run(self) -> None:
         """Deliver until :meth:`stop` (or cancellation)."""
-        while not self._stopping:
-            try:
-                sent = await self.drain_once()
-            except asyncio.CancelledError:
-                raise
-            except (DBAPIError, OSError) as exc:  # the database is away: try again next round
-                log.warning("outbox round failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
-                sent = 0
-            except Exception:
-                log.exception("outbox round failed")
-                sent = 0
-            if sent == 0 and not self._stopping:
-                self._wakeup.clear()
+        try:
+            while not self._stopping:
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)
-                except TimeoutError:
-                    pass
+                    claimed = await self.drain_once()
+                except asyncio.CancelledError:
+                    raise
+                except (DBAPIError, OSError) as exc:  # the database is away: try again next round
+                    log.warning("outbox round failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
+                    claimed = 0
+                except Exception:
+                    log.exception("outbox round failed")
+                    claimed = 0
+                if claimed == 0 and not self._stopping:
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)
+                    except TimeoutError:
+                        pass
+        except asyncio.CancelledError:
+            for task in list(self._lane_tasks.values()):
+                task.cancel()  # their items stay leased until the lease runs out, then any worker takes them
+            raise
+        lanes = list(self._lane_tasks.values())
+        if lanes:
+            await asyncio.gather(*lanes, return_exceptions=True)
 
     async def drain_once(self) -> int:
-        """Claim and deliver one batch; returns how many items were handled."""
-        items = await self._store.claim_outbox(self._clock.now(), LEASE_SECONDS, BATCH)
+        """Claim the due items the lanes have room for and hand them to their channels' lanes (started as
+        needed); returns how many were claimed. Delivery goes on in the lanes' tasks."""
+        now = self._clock.now()
+        for channel, until in list(self._paused.items()):
+            if until <= now:
+                del self._paused[channel]
+        held = {channel: len(lane) for channel, lane in self._lanes.items() if channel is not None}
+        held.update({channel: LANE_DEPTH for channel in self._paused})
+        items = await self._store.claim_outbox(now, LEASE_SECONDS, BATCH, per_channel=LANE_DEPTH, held=held)
         for item in items:
-            await self._deliver_with_retry(item)
+            self._lanes.setdefault(item.channel, deque()).append(item)
+            if item.channel not in self._lane_tasks:
+                self._lane_tasks[item.channel] = asyncio.create_task(
+                    self._run_lane(item.channel), name=f"outbox lane {item.channel}"
+                )
         return len(items)
+
+    async def _run_lane(self, channel: str | None) -> None:
+        """Send one channel's items in order; when the channel is paused or the worker stops, give the rest back."""
+        lane = self._lanes[channel]
+        try:
+            while lane:
+                paused_until = self._paused.get(channel) if channel is not None else None
+                if self._stopping or paused_until is not None:
+                    items = list(lane)
+                    lane.clear()
+                    for item in items:
+                        await self._store.release_outbox(item.id, paused_until or self._clock.now())
+                    continue
+                await self._deliver_with_retry(lane[0])
+                lane.popleft()
+                self.wake()  # room in this lane: claim more
+        except Exception:
+            # The database went away mid-way: the items left keep their lease and are claimed again after it.
+            log.exception("outbox lane for channel %s stopped", channel)
+        finally:
+            lane.clear()
+            del self._lanes[channel]
+            del self._lane_tasks[channel]
+
+    async def _pace(self, channel: str) -> None:
+        """Wait for this channel's next write slot (at most one per ``pace_seconds``, wall clock)."""
+        limiter = self._limiters.get(channel)
+        if limiter is None:
+            limiter = self._limiters[channel] = AsyncLimiter(1, self._pace_seconds)
+        await limiter.acquire()
 
     async def _deliver_with_retry(self, item: OutboxItem) -> None:
         try:
             await self._deliver(item)
         except SlackApiError as exc:
-            error = str(exc.response.get("error", "")) if isinstance(exc.response.data, dict) else ""
-            if exc.response.status_code == 429:
-                retry_after = float(exc.response.headers.get("retry-after", exc.response.headers.get("Retry-After", 1)))
-                await self._retry(item, retry_after, "rate limited (429)")
-            elif error in PERMANENT_ERRORS or item.attempts >= MAX_ATTEMPTS:
-                log.error("giving up on outbox item %s (%s): Slack said %s", item.id, item.kind, error or exc)
-                self._metrics.slack_messages.labels(result="abandoned").inc()
+            status, headers, data = _answer(exc)
+            error = str(data.get("error") or "")
+            if status == 429:
+                self._note_refused(item)
+                delay = _retry_after(headers)  # what Slack said about this channel (or the workspace)
+                await self._retry(item, delay, f"rate limited (429 {error})", pause=delay, result="rate_limited")
+            elif error in PERMANENT_ERRORS:
+                self._give_up(item, error)
+                await self._store.complete_outbox(item.id, self._clock.now())
+            elif status >= 500 or status == 0 or not data or error in TRANSIENT_ERRORS:
+                self._refused.pop(item.id, None)  # Slack may or may not have done it
+                await self._retry(item, self._backoff(item), f"Slack answered {status} {error or 'without JSON'}",
+                                  pause=TRANSIENT_PAUSE_SECONDS)
+            elif item.attempts >= MAX_ATTEMPTS:
+                self._give_up(item, error)
                 await self._store.complete_outbox(item.id, self._clock.now())
             else:
-                await self._retry(item, self._backoff(item), f"Slack error {exc.response.status_code} {error}")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            # Network trouble, timeouts and non-JSON answers (slack-sdk raises ValueError-like errors for those).
-            await self._retry(item, self._backoff(item), f"{type(exc).__name__}: {exc}")
+                self._note_refused(item)
+                await self._retry(item, self._backoff(item), f"Slack error {status} {error}",
+                                  pause=TRANSIENT_PAUSE_SECONDS)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            # Network trouble, timeouts and answers that are not Slack's: the call may have been done.
+            self._refused.pop(item.id, None)
+            await self._retry(item, self._backoff(item), f"{type(exc).__name__}: {exc}", pause=TRANSIENT_PAUSE_SECONDS)
         else:
+            self._refused.pop(item.id, None)
             self._metrics.slack_messages.labels(result="sent").inc()
             await self._store.complete_outbox(item.id, self._clock.now())
 
+    def _give_up(self, item: OutboxItem, error: str) -> None:
+        log.error("giving up on outbox item %s (%s): Slack said %s", item.id, item.kind, error)
+        self._refused.pop(item.id, None)
+        self._metrics.slack_messages.labels(result="abandoned").inc()
+
+    def _nothing_posted_yet(self, item: OutboxItem) -> bool:
+        """True if no earlier attempt of ``item`` can have reached Slack: it is the first, or this process saw
+        Slack refuse every earlier one. (Another replica's or a crashed process's attempts are unknown here.)"""
+        return item.attempts == 1 or self._refused.get(item.id) == item.attempts - 1
+
+    def _note_refused(self, item: OutboxItem) -> None:
+        if self._nothing_posted_yet(item):
+            self._refused[item.id] = item.attempts
+        else:
+            self._refused.pop(item.id, None)
+
     @staticmethod
     def _backoff(item: OutboxItem) -> float:
-        return min(2 ** item.attempts, MAX_BACKOFF_SECONDS)
+        """Seconds before the next attempt: 2^attempts plus up to 1 s of jitter, at most MAX_BACKOFF_SECONDS."""
+        return min(_BACKOFF.calculate_sleep_duration(min(item.attempts, 16)), MAX_BACKOFF_SECONDS)
 
-    async def _retry(self, item: OutboxItem, delay: float, why: str) -> None:
-        log.warning("outbox item %s (%s) will be retried in %.0f s: %s", item.id, item.kind, delay, why)
-        self._metrics.slack_messages.labels(result="retried").inc()
-        await self._store.retry_outbox(item.id, self._clock.now() + timedelta(seconds=delay), why)
+    async def _retry(self, item: OutboxItem, delay: float, why: str, pause: float, result: str = "retried") -> None:
+        """Put ``item`` back, due in ``delay`` seconds, and pause its channel for ``pause`` seconds (its lane
+        gives back the rest, due then, and nothing more is claimed for it until then)."""
+        log.warning("outbox item %s (%s) will be retried in %.1f s: %s", item.id, item.kind, delay, why)
+        self._metrics.slack_messages.labels(result=result).inc()
+        now = self._clock.now()
+        if item.channel is not None:
+            until = now + timedelta(seconds=pause)
+            self._paused[item.channel] = max(until, self._paused.get(item.channel, until))
+        await self._store.retry_outbox(item.id, now + timedelta(seconds=delay), why)
 
     async def _deliver(self, item: OutboxItem) -> None:
         if item.kind is EventKind.NOTICE:
@@ -161,6 +315,7 @@ class SlackNotifier:
             await self._store.set_card(request.id, channel, ts)
         elif item.kind is EventKind.CARD_UPDATE:
             if request.card_ts and request.card_channel:
+                await self._pace(request.card_channel)
                 await self._client.chat_update(
                     channel=request.card_channel,
                     ts=request.card_ts,
@@ -180,11 +335,12 @@ class SlackNotifier:
 
     async def _post_once(self, item: OutboxItem, *, channel: str, thread_ts: str | None = None, **content) -> tuple[str, str]:
         """``chat.postMessage`` unless an earlier attempt of this item already posted; returns (channel, ts)."""
-        if item.attempts > 1 and (ts := await self._find_posted(item, channel, thread_ts)):
+        if not self._nothing_posted_yet(item) and (ts := await self._find_posted(item, channel, thread_ts)):
             log.info("outbox item %s was already posted (ts %s); not posting it again", item.id, ts)
             return channel, ts
         metadata = {"event_type": METADATA_EVENT, "event_payload": {"outbox_id": item.id, "request_id": item.request_id}}
         extra = {"thread_ts": thread_ts} if thread_ts else {}
+        await self._pace(channel)
         answer = await self._client.chat_postMessage(channel=channel, metadata=metadata, **extra, **content)
         return answer["channel"], answer["ts"]
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import math
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -29,6 +31,10 @@ MAX_HEADER_TEXT = 150
 MAX_ACTION_ELEMENTS = 25
 # A response_url works five times within 30 minutes.
 RESPONSE_URL_USES = 5
+# How long a "hang" fault holds a call before answering 504 (unless the sandbox stops first): longer than any
+# client timeout a test uses, so the client gives up first, as it would against a Slack that never answers.
+HANG_SECONDS = 120.0
+FAULTS = ("ratelimited", "server_error", "bad_gateway", "empty", "hang")
 
 BOT_ID = "B0GRANTBOT"
 APP_ID = "A0GRANTBOT"
@@ -39,6 +45,33 @@ Args = dict[str, Any]
 
 def _err(error: str, **extra: Any) -> dict:
     return {"ok": False, "error": error, **extra}
+
+
+@dataclass
+class Fault:
+    """A failure the sandbox answers instead of doing ``method``'s work (see :meth:`SlackSandbox.inject`).
+
+    ``channel`` None matches every channel; ``remaining`` counts the calls still to fail (None: until
+    ``until``, a ``time.monotonic()`` deadline).
+    """
+
+    method: str
+    kind: str
+    channel: str | None
+    retry_after: int
+    remaining: int | None
+    until: float | None
+
+    def matches(self, method: str, channel: Any, now: float) -> bool:
+        if method != self.method or (self.channel is not None and channel != self.channel):
+            return False
+        return self.remaining > 0 if self.remaining is not None else now < (self.until or 0)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
 
 
 def _handle(display_name: str, fallback: str) -> str:
@@ -122,7 +155,15 @@ class SlackSandbox:
     ``response_metadata.messages``); missing block_id/action_id are filled in; ``text`` over 40,000
     characters (``msg_too_long``); neither text nor blocks (``no_text``); unknown channel
     (``channel_not_found``) or message (``message_not_found``); a response_url works 5 times.
-    Not enforced: rate limits (429), scopes, channel membership, the 3-second ``trigger_id``.
+    Not enforced: scopes, channel membership, the 3-second ``trigger_id``. Rate limits only when asked:
+    ``post_rate_limit = (per_second, burst)`` answers ``chat.postMessage`` with 429 and ``Retry-After`` when a
+    channel gets more than ``burst`` posts at once or more than ``per_second`` sustained (a token bucket per
+    channel, wall clock), as Slack does ("1 message per second per channel, short bursts allowed"); off (None)
+    by default.
+
+    Faults, for tests of what grantbot does when Slack misbehaves: :meth:`inject` makes the next N calls of a
+    method (or those during a number of seconds), optionally only for one channel, answer 429 with
+    ``Retry-After``, 500, a 502 HTML page, an empty 503, or nothing at all (hang).
 
     Interactivity: ``click()`` sends a Slack block_actions payload to ``events_url``, signed with the
     signing secret, and returns grantbot's HTTP status. Each payload's ``response_url`` points at
@@ -159,6 +200,11 @@ class SlackSandbox:
         self.messages: list[dict] = []
         self.ephemerals: list[dict] = []
         self.calls: list[dict] = []
+        self.faults: list[Fault] = []
+        self.post_rate_limit: tuple[float, int] | None = None
+        self.rate_limited = 0
+        self._buckets: dict[str, _Bucket] = {}
+        self._unhang = asyncio.Event()
         self.base_url: str | None = None  # set by start()
         self._hooks: dict[str, dict] = {}  # response_url token -> {"channel", "ts", "user", "uses"}
         self._last_us = 0
@@ -192,6 +238,7 @@ class SlackSandbox:
         return self.base_url
 
     async def stop(self) -> None:
+        self._unhang.set()  # calls held by a "hang" fault end now instead of holding up the shutdown
         await self.drop_sockets()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -224,13 +271,85 @@ class SlackSandbox:
         if authorization.startswith("Bearer "):
             token = authorization.removeprefix("Bearer ")
         method = request.match_info["method"]
-        self.calls.append({"method": method, "args": args})
+        call = {"method": method, "args": args, "channel": args.get("channel"), "at": time.time(), "status": 200}
+        self.calls.append(call)
         if method == "apps.connections.open":
             return web.json_response(self._connections_open(token))
         if token != self.bot_token:
             return web.json_response(_err("invalid_auth"))
+        response = await self._fault(method, args.get("channel"), call) or self._rate_limit(method, args)
+        if response is not None:
+            call["status"] = response.status
+            return response
         handler = self._methods.get(method)
         return web.json_response(handler(args) if handler else _err("unknown_method"))
+
+    # ----- faults and rate limits -----
+
+    def inject(self, method: str, kind: str, times: int | None = 1, *, seconds: float | None = None,
+               channel: str | None = None, retry_after: int = 1) -> Fault:
+        """Make calls of ``method`` fail: the next ``times`` of them, or (``times=None``) all arriving within
+        ``seconds`` (wall clock) from now; only those naming ``channel`` if given.
+
+        ``kind``: "ratelimited" (HTTP 429, ``Retry-After: retry_after`` seconds, ``{"ok": false, "error":
+        "ratelimited"}`` as Slack sends), "server_error" (500, ``{"ok": false, "error": "internal_error"}``),
+        "bad_gateway" (502 with an HTML page, as a proxy in front of Slack answers), "empty" (503 with no body,
+        python-slack-sdk#1693) or "hang" (no answer for ``HANG_SECONDS``, then 504; the client times out
+        first). Faults are used in the order injected; a failed call does none of the method's work. Raises
+        ValueError for an unknown kind or neither ``times`` nor ``seconds``.
+        """
+        if kind not in FAULTS:
+            raise ValueError(f"unknown fault {kind!r}; one of {FAULTS}")
+        if times is None and seconds is None:
+            raise ValueError("give times or seconds")
+        fault = Fault(method, kind, channel, retry_after, times,
+                      time.monotonic() + seconds if seconds is not None else None)
+        self.faults.append(fault)
+        return fault
+
+    async def _fault(self, method: str, channel: Any, call: dict) -> web.Response | None:
+        now = time.monotonic()
+        fault = next((f for f in self.faults if f.matches(method, channel, now)), None)
+        if fault is None:
+            return None
+        if fault.remaining is not None:
+            fault.remaining -= 1
+        if fault.kind == "ratelimited":
+            return web.json_response(_err("ratelimited"), status=429,
+                                     headers={"Retry-After": str(fault.retry_after)})
+        if fault.kind == "server_error":
+            return web.json_response(_err("internal_error"), status=500)
+        if fault.kind == "bad_gateway":
+            return web.Response(status=502, content_type="text/html",
+                                text="<html><head><title>502 Bad Gateway</title></head>"
+                                     "<body><h1>502 Bad Gateway</h1></body></html>")
+        if fault.kind == "empty":
+            return web.Response(status=503)
+        call["status"] = 0
+        try:
+            await asyncio.wait_for(self._unhang.wait(), HANG_SECONDS)
+        except TimeoutError:
+            pass
+        return web.Response(status=504)
+
+    def _rate_limit(self, method: str, args: Args) -> web.Response | None:
+        """Slack's chat.postMessage limit, when ``post_rate_limit`` is set: a token bucket per channel."""
+        if self.post_rate_limit is None or method != "chat.postMessage":
+            return None
+        channel = self._channel(args.get("channel"))
+        if channel is None:
+            return None
+        per_second, burst = self.post_rate_limit
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(channel, _Bucket(float(burst), now))
+        bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.at) * per_second)
+        bucket.at = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return None
+        self.rate_limited += 1
+        retry_after = max(1, math.ceil((1 - bucket.tokens) / per_second))
+        return web.json_response(_err("ratelimited"), status=429, headers={"Retry-After": str(retry_after)})
 
     # ----- Socket Mode -----
 

@@ -12,6 +12,7 @@ one writer at a time anyway: ``BEGIN IMMEDIATE``, and SQLAlchemy leaves the clau
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import exists, func, insert, or_, select, update
@@ -513,33 +514,59 @@ class SqlStore:
 
     # -- outbox -----------------------------------------------------------------------------------------------
 
-    async def claim_outbox(self, now: datetime, lease_seconds: float, limit: int) -> list[OutboxItem]:
-        """Lease due, unsent outbox items; an item waits while an earlier one of the same request is unsent.
+    async def claim_outbox(
+        self,
+        now: datetime,
+        lease_seconds: float,
+        limit: int,
+        per_channel: int | None = None,
+        held: Mapping[str, int] | None = None,
+    ) -> list[OutboxItem]:
+        """Lease up to ``limit`` due, unsent outbox items, oldest first; an item waits while an earlier one of the
+        same request is unsent.
 
         The per-request ordering keeps a card's updates and replies behind its post. The lease (a conditional
-        UPDATE of ``locked_until``) keeps two workers from sending the same item at once.
+        UPDATE of ``locked_until``, ``lease_seconds`` long, counting one more attempt) keeps two workers from
+        sending the same item at once.
+
+        ``per_channel``: at most this many items per Slack channel (the card's channel, else the request's),
+        counting the ``held`` ones (channel -> items the caller already holds); items for a channel with no room
+        are left for a later claim. Items with no channel are not limited. Each item carries its ``channel``.
         """
         earlier = O.alias("earlier")
         blocked = exists().where(
             earlier.c.request_id == O.c.request_id, earlier.c.id < O.c.id, earlier.c.sent_at.is_(None)
         )
+        channel = func.coalesce(R.c.card_channel, R.c.channel)
+        held = dict(held or {})
+        query = (
+            select(O, channel.label("channel"))
+            .select_from(O.outerjoin(R, R.c.id == O.c.request_id))
+            .where(
+                O.c.sent_at.is_(None),
+                O.c.not_before <= now,
+                or_(O.c.locked_until.is_(None), O.c.locked_until <= now),
+                ~blocked,
+            )
+            .order_by(O.c.id)
+            # Without a per-channel cap the first ``limit`` rows are the answer; with one, look further so
+            # that a busy channel's backlog does not hide the other channels' items.
+            .limit(limit if per_channel is None else limit * max(per_channel, 1) * 4)
+            .with_for_update(skip_locked=True, of=O)
+        )
+        if per_channel is not None:
+            full = [c for c, n in held.items() if n >= per_channel]
+            if full:
+                query = query.where(or_(channel.is_(None), channel.not_in(full)))
         claimed: list[OutboxItem] = []
         async with self._writer.begin() as conn:
-            rows = (
-                await conn.execute(
-                    select(O)
-                    .where(
-                        O.c.sent_at.is_(None),
-                        O.c.not_before <= now,
-                        or_(O.c.locked_until.is_(None), O.c.locked_until <= now),
-                        ~blocked,
-                    )
-                    .order_by(O.c.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            rows = (await conn.execute(query)).all()
             for row in rows:
+                if len(claimed) >= limit:
+                    break
+                if per_channel is not None and row.channel is not None:
+                    if held.get(row.channel, 0) >= per_channel:
+                        continue
                 won = await conn.execute(
                     update(O)
                     .where(
@@ -550,9 +577,11 @@ class SqlStore:
                     .values(locked_until=now + timedelta(seconds=lease_seconds), attempts=O.c.attempts + 1)
                 )
                 if won.rowcount == 1:
+                    if row.channel is not None:
+                        held[row.channel] = held.get(row.channel, 0) + 1
                     claimed.append(
                         OutboxItem(row.id, EventKind(row.kind), row.request_id, row.grant_id, row.attempts + 1,
-                                   row.created_at, row.payload)
+                                   row.created_at, row.payload, row.channel)
                     )
         return claimed
 
@@ -631,6 +660,16 @@ class SqlStore:
                 update(O)
                 .where(O.c.id == item_id, O.c.sent_at.is_(None))
                 .values(not_before=not_before, locked_until=None, last_error=error[:500])
+            )
+
+    async def release_outbox(self, item_id: int, not_before: datetime) -> None:
+        """Give back a leased item that was not attempted (its worker is stopping, or its channel is paused): it
+        is due again at ``not_before`` and the claim's attempt is not counted."""
+        async with self._writer.begin() as conn:
+            await conn.execute(
+                update(O)
+                .where(O.c.id == item_id, O.c.sent_at.is_(None))
+                .values(not_before=not_before, locked_until=None, attempts=O.c.attempts - 1)
             )
 
     async def outbox_backlog(self) -> int:
