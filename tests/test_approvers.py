@@ -98,7 +98,7 @@ async def test_the_sandbox_answers_usergroups_users_list_in_slacks_format(slack)
     client = AsyncWebClient(token="xoxb-t", base_url=slack.api_url)
     answer = await client.usergroups_users_list(usergroup="S0ONCALL")
     assert answer.data == {"ok": True, "users": ["U0A", "U0B"]}
-    assert slack.calls[-1] == {"method": "usergroups.users.list", "args": {"usergroup": "S0ONCALL"}}
+    assert {k: slack.calls[-1][k] for k in ("method", "args")} == {"method": "usergroups.users.list", "args": {"usergroup": "S0ONCALL"}}
     with pytest.raises(SlackApiError) as unknown:
         await client.usergroups_users_list(usergroup="S0NOPE")
     assert unknown.value.response["error"] == "no_such_subteam"

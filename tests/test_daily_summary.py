@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime
 
 from bot.slack.summary_blocks import summary_blocks
-from tests.support import CHANNEL, message_text
+from tests.support import CHANNEL, eventually, message_text
 
 BERLIN = {"summary_cron": "0 9 * * *", "timezone": "Europe/Berlin"}
 
@@ -38,7 +38,8 @@ async def test_three_replicas_post_one_summary_with_the_days_numbers(start_grant
     await settle()
     assert summaries(sandbox) == []  # not before 09:00 Berlin
     clock.set(datetime(2026, 3, 23, 8, 0, 5, tzinfo=UTC))
-    await settle(0.8)
+    await eventually(lambda: summaries(sandbox))
+    await settle(0.8)  # every replica has swept several times since
     posted = summaries(sandbox)
     assert len(posted) == 1, [m["text"] for m in posted]
     summary = posted[0]
@@ -61,12 +62,14 @@ async def test_the_summary_keeps_its_local_time_across_the_dst_change(start_gran
     await settle()
     assert summaries(sandbox) == []
     clock.set(datetime(2026, 3, 28, 8, 0, 5, tzinfo=UTC))  # Sat 09:00 CET
+    await eventually(lambda: summaries(sandbox))
     await settle()
     assert len(summaries(sandbox)) == 1
     clock.set(datetime(2026, 3, 29, 6, 59, 55, tzinfo=UTC))  # Sun 08:59 CEST: 24 h minus an hour later
     await settle()
     assert len(summaries(sandbox)) == 1
     clock.set(datetime(2026, 3, 29, 7, 0, 5, tzinfo=UTC))  # Sun 09:00 CEST
+    await eventually(lambda: len(summaries(sandbox)) == 2)
     await settle()
     posted = summaries(sandbox)
     assert len(posted) == 2 and "Access summary for Sun 29 Mar 2026" in message_text(posted[1])
@@ -77,6 +80,7 @@ async def test_the_summary_keeps_its_local_time_across_the_dst_change(start_gran
 async def test_a_summary_missed_while_down_is_posted_at_start_if_recent(start_grantbot, sandbox, clock):
     clock.set(datetime(2026, 6, 1, 9, 30, tzinfo=UTC))  # 11:30 CEST: 09:00 passed while nothing ran
     await start_grantbot(**BERLIN)
+    await eventually(lambda: summaries(sandbox))
     await settle()
     assert len(summaries(sandbox)) == 1
 
