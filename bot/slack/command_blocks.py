@@ -56,7 +56,8 @@ def _plain(text: str, limit: int) -> dict:
 
 
 def _message(text: str, blocks: list[dict]) -> dict:
-    return {"response_type": "ephemeral", "text": truncate(text, FALLBACK_TEXT_LIMIT), "blocks": blocks}
+    """``text`` is plain (the notification and fallback, which Slack also reads as mrkdwn): escaped here."""
+    return {"response_type": "ephemeral", "text": truncate(escape(text), FALLBACK_TEXT_LIMIT), "blocks": blocks}
 
 
 def _scopes(scopes: Sequence[str]) -> str:
