@@ -73,8 +73,8 @@ async def audit(grantbot, kind: str) -> list[dict]:
 ])
 async def test_help_lists_every_subcommand(grantbot, sandbox, text, first_line):
     shown = message_text(await access(sandbox, text, OTHER))
-    for usage in ("list", "pending", "show <id>", "explain <id>", "revoke <id> [reason]",
-                  "revoke-all <identity glob> [reason]", "help"):
+    for usage in ("list", "pending", "show &lt;id&gt;", "explain &lt;id&gt;", "revoke &lt;id&gt; [reason]",
+                  "revoke-all &lt;identity glob&gt; [reason]", "help"):  # as Slack shows "<id>": escaped
         assert f"/access {usage}" in shown
     assert "Anyone in the workspace can use list, pending, show and explain" in shown
     assert (first_line in shown) if first_line else "Unknown" not in shown

@@ -78,12 +78,13 @@ def notice_message(text: str, emoji: str = "") -> dict:
 
 def help_message(problem: str | None = None) -> dict:
     """The subcommands; ``problem`` (plain text, e.g. "Unknown subcommand `x`.") is said first."""
-    lines = "\n".join(f"• `{ACCESS_COMMAND} {usage}`: {what}" for usage, what in HELP_LINES)
+    # "<id>" must be escaped even inside code: Slack reads <…> as a link or mention anywhere in mrkdwn.
+    lines = "\n".join(f"• `{ACCESS_COMMAND} {escape(usage)}`: {what}" for usage, what in HELP_LINES)
     blocks = [_section(f":warning: {escape(problem)}")] if problem else []
     blocks += [
         _section(f"*{ACCESS_COMMAND}*: see and end grantbot's access grants\n{lines}"),
         _context("Anyone in the workspace can use list, pending, show and explain: they show what the approval "
-                 "cards show, never a token. An <id> is a request id (as on the cards) or a grant id."),
+                 "cards show, never a token. An &lt;id&gt; is a request id (as on the cards) or a grant id."),
     ]
     return _message((problem + " " if problem else "") + f"{ACCESS_COMMAND} help", blocks)
 
@@ -184,10 +185,10 @@ def revoke_all_value(glob: str, reason: str | None, as_of: datetime) -> str:
     """The confirm button's ``value``: what the click needs, as JSON (at most 2,000 characters; the reason is cut
     first). ``as_of`` is the preview's moment, so the click ends what the person saw and a repeat ends nothing."""
     value = {"glob": glob, "reason": reason or "", "as_of": as_of.isoformat()}
-    text = json.dumps(value, separators=(",", ":"))
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     while len(text) > BUTTON_VALUE_LIMIT and value["reason"]:
         value["reason"] = value["reason"][: max(len(value["reason"]) - (len(text) - BUTTON_VALUE_LIMIT) - 1, 0)]
-        text = json.dumps(value, separators=(",", ":"))
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return text
 
 
@@ -245,7 +246,8 @@ def revoke_all_confirm_message(glob: str, grants: Sequence[Grant], reason: str |
         },
         _context("Grants issued after this list was made are not included; run revoke-all again for them."),
     ]
-    return _message(f"{n} active grants match {glob}: confirm to revoke them", blocks)
+    return _message(f"{n} active grant{'' if n == 1 else 's'} match{'es' if n == 1 else ''} {glob}: confirm to "
+                    "revoke", blocks)
 
 
 def revoke_all_done_message(glob: str, ended: int, user: str, reason: str | None) -> dict:
