@@ -128,7 +128,13 @@ class SlackSandbox:
     signing secret, and returns grantbot's HTTP status. Each payload's ``response_url`` points at
     ``POST /response/{token}`` here.
 
-    Browser: ``GET /`` renders the channels; ``GET /sandbox/state`` and ``POST /sandbox/click`` back it.
+    Slash commands: ``slash_command()`` posts Slack's signed form payload to ``events_url`` with a response_url
+    here; answers (to the response_url, or in the HTTP answer itself) are recorded in ``ephemerals``.
+    ``click_ephemeral()`` clicks a button of an ephemeral message (``is_ephemeral`` container, no ``message``);
+    its response_url can replace or delete that ephemeral.
+
+    Browser: ``GET /`` renders the channels; ``GET /sandbox/state``, ``POST /sandbox/click`` (``"ephemeral": true``
+    for an ephemeral's button) and ``POST /sandbox/command`` back it.
 
     Recorded for tests: ``messages`` ({"channel", "ts", "thread_ts", "text", "blocks", "user",
     "updated_count"}), ``ephemerals`` ({"channel", "user", "text", "blocks", "ts"}) and ``calls``
