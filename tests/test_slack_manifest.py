@@ -1,15 +1,19 @@
 """manifests/slack-app.yaml declares what the code uses: a bot scope for every Web API method grantbot calls
-(found in the source), interactivity for the buttons, nothing it does not need."""
+(found in the source), the slash commands the listeners register (and the ``commands`` scope they need),
+interactivity for the buttons, nothing it does not need."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
 import yaml
 
 from bot.slack.blocks import APPROVE_ACTION, DENY_ACTION
-from tests.support import buttons, cards, eventually, message_text
+from bot.slack.command_blocks import REVOKE_ALL_ACTION
+from tests.conftest import POLICIES
+from tests.support import CHANNEL, buttons, cards, eventually, message_text
 
 ROOT = Path(__file__).parents[1]
 # Slack's required bot scope per Web API method (api.slack.com/methods/<method>).
@@ -23,6 +27,10 @@ SCOPES = {
 }
 
 
+# Slash commands need this bot scope (api.slack.com/scopes/commands); their answers go to a response_url.
+COMMANDS_SCOPE = "commands"
+
+
 def called_methods() -> set[str]:
     source = "\n".join(p.read_text() for p in (ROOT / "bot").rglob("*.py") if "sandbox" not in p.name)
     calls = re.findall(r"client\.((?:chat|conversations|users|views|usergroups|reactions)_[A-Za-z_]+)\(", source)
@@ -34,7 +42,7 @@ def test_every_called_method_has_its_scope_and_no_scope_is_unused():
     manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
     methods = called_methods()
     assert methods == set(SCOPES), "a new Web API method needs its scope here and in the manifest"
-    needed = set().union(*(SCOPES[m] for m in methods))
+    needed = set().union(*(SCOPES[m] for m in methods)) | ({COMMANDS_SCOPE} if declared_commands() else set())
     assert set(manifest["oauth_config"]["scopes"]["bot"]) == needed
 
 
@@ -42,7 +50,6 @@ def test_interactivity_is_on_for_the_card_buttons():
     manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert manifest["settings"]["interactivity"]["request_url"].endswith("/slack/events")
-    assert "slash_commands" not in manifest.get("features", {})  # none are handled yet
 
 
 async def test_every_rendered_action_id_has_a_listener(grantbot, sandbox):
@@ -55,3 +62,48 @@ async def test_every_rendered_action_id_has_a_listener(grantbot, sandbox):
         assert await grantbot.api.click(card, action_id, "U0OTHER") == 200
         await eventually(lambda: len(sandbox.ephemerals) == number)
     assert (await grantbot.api.get_request(created["id"]))[1]["status"] == "pending"
+
+
+def registered_commands() -> set[str]:
+    """The slash commands the source registers with Bolt (``….command(<expression>)``), each expression evaluated
+    in its module (a literal or a constant such as ``cb.ACCESS_COMMAND``)."""
+    found = set()
+    for path in (ROOT / "bot").rglob("*.py"):
+        expressions = re.findall(r"\.command\(\s*([\w.]+|\"[^\"]*\"|'[^']*')\s*\)", path.read_text())
+        if expressions:
+            module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+            found |= {eval(expression, vars(module)) for expression in expressions}  # noqa: S307 - our own source
+    return found
+
+
+def declared_commands() -> set[str]:
+    manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
+    return {c["command"] for c in manifest.get("features", {}).get("slash_commands", [])}
+
+
+def test_the_manifest_declares_exactly_the_slash_commands_the_code_registers():
+    assert registered_commands() == declared_commands() == {"/access"}
+    manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
+    for command in manifest["features"]["slash_commands"]:
+        assert command["url"].endswith("/slack/events")
+        assert command["description"] and command["usage_hint"]
+
+
+async def test_every_declared_slash_command_is_answered_and_no_other(grantbot, sandbox):
+    for command in declared_commands():
+        before = len(sandbox.ephemerals)
+        assert await sandbox.slash_command("help", user_id="U0OTHER", channel=CHANNEL, command=command) == 200
+        await eventually(lambda: len(sandbox.ephemerals) > before)
+    # Bolt answers 404 for a command nobody listens to: Slack would show the person an error.
+    assert await sandbox.slash_command("help", user_id="U0OTHER", channel=CHANNEL, command="/undeclared") == 404
+
+
+async def test_the_revoke_all_button_has_a_listener(start_grantbot, sandbox):
+    sandbox.users["U0ADMIN"] = "ari"
+    grantbot = await start_grantbot(policy_file=POLICIES / "commands.yaml")
+    await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
+    assert await sandbox.slash_command("revoke-all *", user_id="U0ADMIN", channel=CHANNEL) == 200
+    confirmation = await eventually(lambda: sandbox.ephemerals and sandbox.ephemerals[-1])
+    assert buttons(confirmation) == [REVOKE_ALL_ACTION]
+    assert await sandbox.click_ephemeral(ts=confirmation["ts"], action_id=REVOKE_ALL_ACTION, user_id="U0ADMIN") == 200
+    await eventually(lambda: "revoked 1 grant" in message_text(confirmation))

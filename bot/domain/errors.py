@@ -115,3 +115,21 @@ class Unavailable(DomainError):
     code = "unavailable"
     status = 503
     retry_after = 5
+
+
+class NotAllowed(DomainError):
+    """The person may not do this (e.g. revoke a grant: approvers of the request's rule and policy ``admins`` may)."""
+
+    code = "not_allowed"
+    status = 403
+
+
+class GrantNotActive(DomainError):
+    """The grant already ended (expired or revoked); ``outcome`` is ``expired`` or ``revoked``. Nothing changed."""
+
+    code = "grant_not_active"
+    status = 409
+
+    def __init__(self, detail: str, outcome: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome

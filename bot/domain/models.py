@@ -174,9 +174,13 @@ class EventKind(StrEnum):
 
 @dataclass(frozen=True)
 class OutboxEvent:
+    """``payload``: extra JSON for the message's builder, e.g. ``{"reason": ..., "by_user": "U…"}`` of a
+    revocation from Slack."""
+
     kind: EventKind
     request_id: str
     grant_id: str | None = None
+    payload: dict | None = field(default=None, hash=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,14 @@ class Approvers(_Strict):
         return None
 
 
+class Admins(_Strict):
+    """People who may revoke any grant (``/access revoke``, ``/access revoke-all``): Slack user IDs and user group
+    IDs (members looked up when they act, as for approvers)."""
+
+    users: list[str] = Field(default_factory=list, description="Slack user IDs")
+    usergroups: list[str] = Field(default_factory=list, description="Slack user group IDs")
+
+
 FirstUse = Literal["auto_approve", "require_approval"]
 
 
@@ -272,6 +280,7 @@ class Policy(_Strict):
     people: dict[str, str] = Field(
         default_factory=dict, description="CI login (GitHub actor, GitLab user_login) -> Slack user ID"
     )
+    admins: Admins = Field(default_factory=Admins, description="may revoke any grant, incl. /access revoke-all")
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Policy:

@@ -113,8 +113,23 @@ class Store(Protocol):
     async def remind_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Clear ``remind_at`` of pending requests it has come for, each with a ``request.reminder`` event."""
 
-    async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent]) -> bool:
-        """End an active grant early; False if it was not active."""
+    async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent],
+                           **audit) -> bool:
+        """End an active grant early; False if it was not active. ``audit``: extra data of its audit event."""
+
+    async def active_grants(self, now: datetime, *, identities: list[str] | None = None,
+                            issued_at_or_before: datetime | None = None, limit: int | None = None) -> list[Grant]:
+        """Active grants at ``now`` (status active, not yet past ``expires_at``), soonest to expire first."""
+
+    async def count_active_grants(self, now: datetime) -> int: ...
+
+    async def active_identities(self, now: datetime) -> list[str]:
+        """Distinct identities holding an active grant at ``now``."""
+
+    async def pending_requests(self, now: datetime, limit: int) -> tuple[list[AccessRequest], int]:
+        """Pending requests within their deadline, oldest first, at most ``limit``; and their total count."""
+
+    async def requests_by_id(self, request_ids: list[str]) -> dict[str, AccessRequest]: ...
 
     async def add_notice(self, key: str, channel: str | None, text: str, now: datetime, audit_kind: str,
                          payload_extra: dict | None = None, **audit) -> bool:

@@ -198,15 +198,18 @@ def reminder_text(request: AccessRequest, approvals: Sequence[Approval]) -> str:
     )
 
 
-def grant_ended_text(request: AccessRequest, grant: Grant) -> str:
-    """A thread reply (or, without a card, a channel message) saying a grant ended."""
+def grant_ended_text(request: AccessRequest, grant: Grant, by_user: str | None = None,
+                     reason: str | None = None) -> str:
+    """A thread reply (or, without a card, a channel message) saying a grant ended. ``by_user`` (a Slack user ID)
+    and ``reason`` come with a revocation made in Slack (``/access revoke``): the person is mentioned."""
     what = f"{_scopes(grant.scopes)} on *{escape(request.environment)}* for *{escape(grant.identity)}*"
     origin = " (auto-approved by rule " + escape(request.rule or "default") + ")" if (
         request.decision is Decision.AUTO_APPROVE
     ) else ""
     if grant.status is GrantStatus.REVOKED:
-        by = escape(grant.ended_by or "someone")
-        return truncate(f":no_entry: Grant {what}{origin} was revoked by {by}.", SECTION_TEXT_LIMIT)
+        by = f"<@{escape(by_user)}>" if by_user else escape(grant.ended_by or "someone")
+        why = f": {escape(reason)}" if reason else ""
+        return truncate(f":no_entry: Grant {what}{origin} was revoked by {by}{why}.", SECTION_TEXT_LIMIT)
     return truncate(
         f":hourglass: Grant {what}{origin} expired at {clock_time(grant.expires_at)}; access has ended.",
         SECTION_TEXT_LIMIT,

@@ -15,6 +15,7 @@ from bot.domain import usecases
 from bot.domain.errors import DomainError
 from bot.domain.ids import is_uuid
 from bot.slack.blocks import APPROVE_ACTION, DENY_ACTION, refusal_text
+from bot.slack.commands import register_commands
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def build_bolt_app(deps: usecases.Deps, client: AsyncWebClient, signing_secret: 
 
     bolt.action(APPROVE_ACTION)(on_decision)
     bolt.action(DENY_ACTION)(on_decision)
+    register_commands(bolt, deps)  # /access and its revoke-all confirmation
 
     async def on_error(error: Exception) -> None:
         # Instead of Bolt's default handler, which logs the whole traceback for any malformed signed payload.

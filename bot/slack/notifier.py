@@ -327,7 +327,8 @@ class SlackNotifier:
                 text = blocks.reminder_text(request, await self._store.approvals(request.id))
                 await self._post_once(item, channel=request.card_channel, thread_ts=request.card_ts, text=text)
         elif item.kind in (EventKind.GRANT_EXPIRED, EventKind.GRANT_REVOKED) and grant is not None:
-            text = blocks.grant_ended_text(request, grant)
+            said = item.payload or {}  # who and why, for a revocation made in Slack
+            text = blocks.grant_ended_text(request, grant, said.get("by_user"), said.get("reason"))
             if request.card_ts and request.card_channel:
                 await self._post_once(item, channel=request.card_channel, thread_ts=request.card_ts, text=text)
             elif request.channel and request.decision is Decision.AUTO_APPROVE:

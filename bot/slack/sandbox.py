@@ -169,7 +169,13 @@ class SlackSandbox:
     signing secret, and returns grantbot's HTTP status. Each payload's ``response_url`` points at
     ``POST /response/{token}`` here.
 
-    Browser: ``GET /`` renders the channels; ``GET /sandbox/state`` and ``POST /sandbox/click`` back it.
+    Slash commands: ``slash_command()`` posts Slack's signed form payload to ``events_url`` with a response_url
+    here; answers (to the response_url, or in the HTTP answer itself) are recorded in ``ephemerals``.
+    ``click_ephemeral()`` clicks a button of an ephemeral message (``is_ephemeral`` container, no ``message``);
+    its response_url can replace or delete that ephemeral.
+
+    Browser: ``GET /`` renders the channels; ``GET /sandbox/state``, ``POST /sandbox/click`` (``"ephemeral": true``
+    for an ephemeral's button) and ``POST /sandbox/command`` back it.
 
     Recorded for tests: ``messages`` ({"channel", "ts", "thread_ts", "text", "blocks", "user",
     "updated_count"}), ``ephemerals`` ({"channel", "user", "text", "blocks", "ts"}) and ``calls``
@@ -225,6 +231,7 @@ class SlackSandbox:
         app.router.add_get("/", self._page)
         app.router.add_get("/sandbox/state", self._state)
         app.router.add_post("/sandbox/click", self._click_route)
+        app.router.add_post("/sandbox/command", self._command_route)
         app.router.add_get("/socket-mode", self._socket)
         return app
 
@@ -388,11 +395,11 @@ class SlackSandbox:
             self._sockets.remove(ws)
             await ws.close()
 
-    async def _deliver_over_socket(self, payload: dict) -> int:
+    async def _deliver_over_socket(self, payload: dict, kind: str = "interactive") -> int:
         envelope_id = secrets.token_hex(8)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._acks[envelope_id] = future
-        await self._sockets[-1].send_json({"envelope_id": envelope_id, "type": "interactive", "payload": payload,
+        await self._sockets[-1].send_json({"envelope_id": envelope_id, "type": kind, "payload": payload,
                                            "accepts_response_payload": True, "retry_attempt": 0,
                                            "retry_reason": ""})
         try:
@@ -527,6 +534,8 @@ class SlackSandbox:
                 raise ValueError("JSON body is not an object")
         except ValueError:
             return web.json_response(_err("invalid_payload"), status=400)
+        if hook.get("ephemeral_ts"):  # a click on an ephemeral message: "original" is that ephemeral
+            return self._respond_to_ephemeral(hook, body)
         original = self._find(hook["channel"], hook["ts"])
         if body.get("delete_original") in (True, "true"):
             if original is not None:
@@ -595,9 +604,13 @@ class SlackSandbox:
         payload = self.block_actions_payload(channel=channel, ts=ts, action_id=action_id, user_id=user_id)
         if self._sockets:  # Socket Mode: the app is connected; Slack sends over the socket, not to a URL
             return await self._deliver_over_socket(payload)
+        status, _ = await self._post_signed(urlencode({"payload": json.dumps(payload)}))
+        return status
+
+    async def _post_signed(self, body: str) -> tuple[int, bytes]:
+        """POST a form-encoded ``body`` to ``events_url`` signed as Slack signs; (HTTP status, response body)."""
         if not self.events_url:
             raise RuntimeError("events_url is not set")
-        body = urlencode({"payload": json.dumps(payload)})
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",
@@ -608,8 +621,144 @@ class SlackSandbox:
         }
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.ack_timeout)) as session:
             async with session.post(self.events_url, data=body.encode(), headers=headers) as response:
-                await response.read()
-                return response.status
+                return response.status, await response.read()
+
+    # ----- slash commands and clicks on ephemeral messages -----
+
+    def _new_hook(self, channel: str, user_id: str, ts: str | None = None, ephemeral_ts: str | None = None) -> str:
+        token = secrets.token_urlsafe(16)
+        self._hooks[token] = {"channel": channel, "ts": ts, "user": user_id, "uses": 0, "ephemeral_ts": ephemeral_ts}
+        return f"{self.base_url or 'http://sandbox.invalid'}/response/{token}"
+
+    def slash_command_payload(self, text: str, *, user_id: str, channel: str, command: str = "/access") -> dict:
+        """The form fields of a Slack slash command (same fields as tests/fixtures/slack/slash_command.form),
+        with a fresh response_url whose answers land in ``ephemerals`` (or the channel for ``in_channel``).
+        Raises KeyError for an unknown user or channel."""
+        if user_id not in self.users:
+            raise KeyError(f"unknown user {user_id}")
+        resolved = self._channel(channel)
+        if resolved is None:
+            raise KeyError(f"unknown channel {channel}")
+        return {
+            "token": "sandbox-verification-token", "team_id": self.team_id, "team_domain": "sandbox",
+            "channel_id": resolved, "channel_name": self.channels[resolved], "user_id": user_id,
+            "user_name": _handle(self.users[user_id], user_id), "command": command, "text": text,
+            "api_app_id": APP_ID, "is_enterprise_install": "false",
+            "response_url": self._new_hook(resolved, user_id),
+            "trigger_id": f"{int(time.time())}.{secrets.randbelow(10**6)}.{secrets.token_hex(6)}",
+        }
+
+    async def slash_command(self, text: str, *, user_id: str, channel: str = "C0SANDBOX",
+                            command: str = "/access") -> int:
+        """Deliver ``/command text`` typed by ``user_id`` in ``channel`` as Slack does: a signed, form-encoded POST
+        to ``events_url`` (or a ``slash_commands`` envelope in Socket Mode). Returns grantbot's HTTP status.
+
+        A non-empty JSON answer to the POST itself (an ``ack()`` with text or blocks) is shown to the user as an
+        ephemeral, as Slack does; answers posted to the response_url arrive in ``ephemerals`` later.
+        Raises as :meth:`click`, and KeyError for an unknown user or channel."""
+        payload = self.slash_command_payload(text, user_id=user_id, channel=channel, command=command)
+        if self._sockets:
+            return await self._deliver_over_socket(payload, "slash_commands")
+        status, body = await self._post_signed(urlencode(payload))
+        if status == 200 and body.strip():
+            try:
+                answer = json.loads(body)
+            except ValueError:  # Slack shows a plain-text answer as it is
+                answer = {"text": body.decode(errors="replace")}
+            if isinstance(answer, dict) and (answer.get("text") or answer.get("blocks")):
+                self.ephemerals.append({"channel": payload["channel_id"], "user": user_id,
+                                        "text": str(answer.get("text") or ""), "blocks": _with_ids(
+                                            answer.get("blocks") or []), "ts": self._next_ts()})
+        return status
+
+    def _find_ephemeral(self, ts: Any) -> dict | None:
+        return next((e for e in self.ephemerals if e["ts"] == ts), None)
+
+    def ephemeral_block_actions_payload(self, *, ts: str, action_id: str, user_id: str) -> dict:
+        """A block_actions payload for a click on a button of the ephemeral message ``ts``. As on Slack the
+        container says ``is_ephemeral`` and there is no ``message``; only the person it was shown to can click.
+        Raises KeyError (unknown ephemeral, or shown to someone else) and ValueError (no such button)."""
+        message = self._find_ephemeral(ts)
+        if message is None or message["user"] != user_id:
+            raise KeyError(f"no ephemeral message {ts} shown to {user_id}")
+        block, button = next(((b, e) for b, e in _buttons(message["blocks"]) if e["action_id"] == action_id),
+                             (None, None))
+        if button is None:
+            raise ValueError(f"ephemeral message {ts} has no button with action_id {action_id!r}")
+        action = {k: button[k] for k in ("action_id", "text", "value", "style", "confirm") if k in button}
+        action.update(block_id=block["block_id"], type="button", action_ts=f"{time.time():.6f}")
+        handle = _handle(self.users[user_id], user_id)
+        channel = message["channel"]
+        return {
+            "type": "block_actions",
+            "user": {"id": user_id, "username": handle, "name": handle, "team_id": self.team_id},
+            "api_app_id": APP_ID,
+            "token": "sandbox-verification-token",
+            "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": True},
+            "trigger_id": f"{int(time.time())}.{secrets.randbelow(10**6)}.{secrets.token_hex(6)}",
+            "team": {"id": self.team_id, "domain": "sandbox"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": self.channels.get(channel, channel)},
+            "state": {"values": {}},
+            "response_url": self._new_hook(channel, user_id, ephemeral_ts=ts),
+            "actions": [action],
+        }
+
+    async def click_ephemeral(self, *, ts: str, action_id: str, user_id: str) -> int:
+        """Deliver a click on a button of an ephemeral message (after its ``confirm`` dialog, if it has one: the
+        sandbox plays the person who pressed the dialog's confirm button). Returns grantbot's HTTP status."""
+        payload = self.ephemeral_block_actions_payload(ts=ts, action_id=action_id, user_id=user_id)
+        if self._sockets:
+            return await self._deliver_over_socket(payload)
+        status, _ = await self._post_signed(urlencode({"payload": json.dumps(payload)}))
+        return status
+
+    def _respond_to_ephemeral(self, hook: dict, body: dict) -> web.Response:
+        """A response_url post after a click on an ephemeral: replace or delete that ephemeral, or add one."""
+        original = self._find_ephemeral(hook["ephemeral_ts"])
+        if body.get("delete_original") in (True, "true"):
+            if original is not None:
+                self.ephemerals.remove(original)
+            return web.json_response({"ok": True})
+        text, blocks, problem = self._content(body)
+        if problem:
+            return web.json_response(problem, status=400)
+        if body.get("replace_original") in (True, "true"):
+            if original is None:
+                return web.json_response(_err("message_not_found"), status=404)
+            original["text"], original["blocks"] = text or "", blocks or []
+            original["updated_count"] = original.get("updated_count", 0) + 1
+        elif body.get("response_type") == "in_channel":
+            self._store(hook["channel"], text or "", blocks or [], None)
+        else:
+            self.ephemerals.append({"channel": hook["channel"], "user": hook["user"], "text": text or "",
+                                    "blocks": blocks or [], "ts": self._next_ts()})
+        return web.json_response({"ok": True})
+
+    async def _command_route(self, request: web.Request) -> web.Response:
+        """``POST /sandbox/command`` ``{"text", "user_id", "channel", "command"?}``: type a slash command."""
+        try:
+            body = await request.json()
+            text, user_id, channel = str(body["text"]), body["user_id"], body["channel"]
+        except (ValueError, TypeError, KeyError):
+            return web.json_response({"error": "expected JSON {text, user_id, channel}"}, status=400)
+        return await self._deliver_from_page(
+            self.slash_command(text, user_id=user_id, channel=channel, command=body.get("command") or "/access"))
+
+    async def _deliver_from_page(self, delivery) -> web.Response:
+        try:
+            status = await delivery
+        except (KeyError, ValueError) as e:
+            return web.json_response({"error": str(e.args[0] if e.args else e)}, status=404)
+        except RuntimeError as e:
+            return web.json_response({"error": str(e)}, status=409)
+        except TimeoutError:
+            return web.json_response({"error": f"grantbot did not answer within {self.ack_timeout:g} s"},
+                                     status=504)
+        except aiohttp.ClientError as e:
+            return web.json_response({"error": f"could not reach grantbot: {e}"}, status=502)
+        return web.json_response({"status": status})
 
     # ----- browser -----
 
@@ -626,6 +775,9 @@ class SlackSandbox:
             args = {k: body[k] for k in ("channel", "ts", "action_id", "user_id")}
         except (ValueError, TypeError, KeyError):
             return web.json_response({"error": "expected JSON {channel, ts, action_id, user_id}"}, status=400)
+        if body.get("ephemeral") is True:  # a button on an ephemeral message (e.g. /access revoke-all's)
+            del args["channel"]
+            return await self._deliver_from_page(self.click_ephemeral(**args))
         try:
             status = await self.click(**args)
         except (KeyError, ValueError) as e:

@@ -149,6 +149,7 @@ class SqlStore:
                         "created_at": now,
                         "not_before": now,
                         "attempts": 0,
+                        "payload": e.payload,
                     }
                     for e in events
                 ],
@@ -490,14 +491,68 @@ class SqlStore:
                     expired.append(_grant_from_row(row))
         return expired
 
-    async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent]) -> bool:
+    async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent],
+                           **audit) -> bool:
+        """End an active grant early; False if it was not active. ``audit`` joins the ``grant.revoked`` audit
+        event's data (e.g. ``reason``, ``via``, ``identity_glob``); None values are left out."""
         async with self._writer.begin() as conn:
             if not await self._end_grant(conn, grant_id, GrantStatus.REVOKED, by, now):
                 return False
             request_id = events[0].request_id if events else None
-            await self._audit(conn, now, "grant.revoked", by, request_id, grant_id)
+            await self._audit(conn, now, "grant.revoked", by, request_id, grant_id,
+                              **{k: v for k, v in audit.items() if v is not None})
             await self._add_events(conn, events, now)
         return True
+
+    # -- listings for /access (read-only) ---------------------------------------------------------------------
+
+    @staticmethod
+    def _active(now: datetime):
+        # Active means both: the sweep may not yet have marked a grant past its expires_at.
+        return (G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at > now)
+
+    async def active_grants(self, now: datetime, *, identities: list[str] | None = None,
+                            issued_at_or_before: datetime | None = None, limit: int | None = None) -> list[Grant]:
+        """Active grants at ``now``, soonest to expire first; only of ``identities`` (if given) and only those issued
+        at or before ``issued_at_or_before`` (if given)."""
+        query = select(G).where(*self._active(now)).order_by(G.c.expires_at, G.c.id)
+        if identities is not None:
+            query = query.where(G.c.identity.in_(identities))
+        if issued_at_or_before is not None:
+            query = query.where(G.c.issued_at <= issued_at_or_before)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_grant_from_row(row) for row in rows]
+
+    async def count_active_grants(self, now: datetime) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(G).where(*self._active(now)))).scalar_one()
+
+    async def active_identities(self, now: datetime) -> list[str]:
+        """The distinct identities holding an active grant at ``now`` (few: one per pipeline), sorted."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(G.c.identity).where(*self._active(now)).distinct().order_by(G.c.identity)
+            )).scalars().all()
+        return list(rows)
+
+    async def pending_requests(self, now: datetime, limit: int) -> tuple[list[AccessRequest], int]:
+        """Pending requests still within their deadline at ``now``, oldest first (at most ``limit``), and how many
+        there are in all."""
+        where = (R.c.status == RequestStatus.PENDING.value, or_(R.c.expires_at.is_(None), R.c.expires_at > now))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(R).where(*where).order_by(R.c.created_at, R.c.id).limit(limit))).all()
+            total = (await conn.execute(select(func.count()).select_from(R).where(*where))).scalar_one()
+        return [_request_from_row(row) for row in rows], total
+
+    async def requests_by_id(self, request_ids: list[str]) -> dict[str, AccessRequest]:
+        if not request_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(R).where(R.c.id.in_(request_ids)))).all()
+        return {row.id: _request_from_row(row) for row in rows}
 
     # -- replay protection ------------------------------------------------------------------------------------
 
