@@ -20,6 +20,7 @@ SCOPES = {
     "conversations.history": {"channels:history", "groups:history"},
     "conversations.replies": {"channels:history", "groups:history"},
     "usergroups.users.list": {"usergroups:read"},
+    "views.publish": set(),  # api.slack.com/methods/views.publish: no scope beyond a bot token
 }
 
 
@@ -28,6 +29,12 @@ def called_methods() -> set[str]:
     calls = re.findall(r"client\.((?:chat|conversations|users|views|usergroups|reactions)_[A-Za-z_]+)\(", source)
     # slack-sdk names methods with "_" for every "." (usergroups_users_list -> usergroups.users.list)
     return {name.replace("_", ".") for name in calls}
+
+
+def listened_events() -> set[str]:
+    """Events API event types the code registers Bolt listeners for (``bolt.event("...")``)."""
+    source = "\n".join(p.read_text() for p in (ROOT / "bot").rglob("*.py") if "sandbox" not in p.name)
+    return set(re.findall(r"\.event\(\s*[\"']([a-z_.]+)[\"']", source))
 
 
 def test_every_called_method_has_its_scope_and_no_scope_is_unused():
@@ -43,6 +50,24 @@ def test_interactivity_is_on_for_the_card_buttons():
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert manifest["settings"]["interactivity"]["request_url"].endswith("/slack/events")
     assert "slash_commands" not in manifest.get("features", {})  # none are handled yet
+
+
+def test_the_manifest_subscribes_to_exactly_the_events_the_code_listens_to():
+    manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
+    events = manifest["settings"]["event_subscriptions"]
+    assert set(events["bot_events"]) == listened_events() == {"app_home_opened"}
+    assert events["request_url"].endswith("/slack/events")
+    assert manifest["features"]["app_home"]["home_tab_enabled"] is True  # app_home_opened needs the Home tab
+
+
+async def test_every_subscribed_event_is_handled(grantbot, sandbox):
+    """Delivered as Slack delivers it, each subscribed event is answered 200 (Bolt answers 404 to an event
+    nobody listens to)."""
+    manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
+    assert await sandbox.verify_url()  # Slack checks the request URL before it sends any event
+    for event_type in manifest["settings"]["event_subscriptions"]["bot_events"]:
+        assert event_type == "app_home_opened", "a new event needs a way to send it here"
+        assert await sandbox.open_home("U0APPROVER") == 200
 
 
 async def test_every_rendered_action_id_has_a_listener(grantbot, sandbox):
