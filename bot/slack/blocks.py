@@ -62,10 +62,11 @@ def summary_line(request: AccessRequest) -> str:
 
 
 def card_text(request: AccessRequest) -> str:
-    """Plain fallback text of the card (notifications, screen readers)."""
+    """Fallback text of the card (notifications, screen readers). Slack reads a message's ``text`` as mrkdwn, so
+    the pipeline's words are escaped here too: a scope like ``deploy:<!channel>`` must not ping anyone."""
     return truncate(
-        f"Access request from {request.identity}: {' '.join(request.scopes)} on {request.environment} "
-        f"({request.status.value})",
+        f"Access request from {escape(request.identity)}: {escape(' '.join(request.scopes))} on "
+        f"{escape(request.environment)} ({request.status.value})",
         FALLBACK_TEXT_LIMIT,
     )
 
