@@ -289,7 +289,8 @@ async def _dev(args: argparse.Namespace) -> None:
     if sandbox is not None:
         sandbox.events_url = f"{base}/slack/events"
         where = f"The Slack sandbox is at {sandbox.base_url}/ - open it in a browser: it shows #access-requests."
-        approve = 'In the sandbox page, as "dana (approver)", click Approve.'
+        approve = ('In the sandbox page, as "dana (approver)", click Approve (on the card, or in the '
+                   '"Home (as dana)" tab).')
     else:
         where = f"Slack: the real workspace; cards go to channel {settings.slack_channel or '(set GRANTBOT_SLACK_CHANNEL)'}."
         approve = "In Slack, as an approver of rule prod-write, click Approve."

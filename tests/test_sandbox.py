@@ -328,3 +328,100 @@ async def test_post_rate_limit_per_channel_like_slack(sandbox, client):
     assert sandbox.rate_limited == 1
     await asyncio.sleep(1.05)  # the sandbox's bucket refills on the wall clock, as Slack's does
     assert (await client.chat_postMessage(channel=CHANNEL, text="one more"))["ok"]
+
+
+# ----- App Home: views.publish, app_home_opened, clicks in the Home tab -----
+
+HOME = {"type": "home", "callback_id": "home", "blocks": CARD}
+
+
+async def test_views_publish_stores_the_home_per_user_and_checks_it(sandbox, client):
+    answer = await client.views_publish(user_id="U0APPROVER", view=HOME)
+    view = answer["view"]
+    assert view["type"] == "home" and view["id"].startswith("V") and view["blocks"][2]["block_id"] == "decide"
+    assert all(b.get("block_id") for b in view["blocks"]) and sandbox.home_views["U0APPROVER"] == view
+    again = await client.views_publish(user_id="U0APPROVER", view={**HOME, "blocks": CARD[:1]}, hash=view["hash"])
+    assert again["view"]["id"] == view["id"] and sandbox.home_publishes["U0APPROVER"] == 2
+    with pytest.raises(SlackApiError) as e:
+        await client.views_publish(user_id="U0APPROVER", view=HOME, hash="stale")
+    assert e.value.response["error"] == "hash_conflict"
+
+    for kwargs, message in [
+        ({"user_id": "U0NOBODY", "view": HOME}, "invalid `user_id`"),
+        ({"user_id": "U0OTHER", "view": {**HOME, "type": "modal"}}, "[json-pointer:/view/type]"),
+        ({"user_id": "U0OTHER", "view": {**HOME, "blocks": [{"type": "divider"}] * 101}},
+         "must be no more than 100 items [json-pointer:/blocks]"),
+    ]:
+        with pytest.raises(SlackApiError) as e:
+            await client.views_publish(**kwargs)
+        assert e.value.response["error"] == "invalid_arguments"
+        assert message in e.value.response["response_metadata"]["messages"][0]
+    # 100 blocks are fine in a view (a message stops at 50).
+    await client.views_publish(user_id="U0OTHER", view={**HOME, "blocks": [{"type": "divider"}] * 100})
+
+
+async def test_open_home_and_home_clicks_reach_bolt_as_slack_sends_them(sandbox, client):
+    """Bolt accepts the signed event_callback and the Home's block_actions, and answers url_verification."""
+    bolt = AsyncApp(client=AsyncWebClient(token=TOKEN, base_url=sandbox.api_url), signing_secret=SECRET)
+    seen: list[dict] = []
+
+    @bolt.event("app_home_opened")
+    async def opened(event, client):
+        seen.append(event)
+        await client.views_publish(user_id=event["user"], view=HOME)
+
+    @bolt.action("approve")
+    async def approve(ack, body):
+        await ack()
+        seen.append(body)
+
+    async def events(request):
+        return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
+
+    app = web.Application()
+    app.router.add_post("/slack/events", events)
+    runner, url = await serve(app)
+    try:
+        sandbox.events_url = url + "/slack/events"
+        assert await sandbox.verify_url()
+        assert await sandbox.open_home("U0APPROVER") == 200
+        for _ in range(100):
+            if "U0APPROVER" in sandbox.home_views:
+                break
+            await asyncio.sleep(0.02)
+        assert seen[0]["type"] == "app_home_opened" and seen[0]["tab"] == "home" and "view" not in seen[0]
+        assert await sandbox.open_home("U0APPROVER") == 200  # a second open carries the view published before
+        assert await sandbox.home_click(user_id="U0APPROVER", block_id="decide", action_id="approve") == 200
+        for _ in range(100):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert seen[1]["view"]["id"] == sandbox.home_views["U0APPROVER"]["id"]
+        click = seen[2]
+        assert click["container"] == {"type": "view", "view_id": sandbox.home_views["U0APPROVER"]["id"]}
+        assert click["view"]["type"] == "home" and "channel" not in click and "response_url" not in click
+        assert click["actions"][0]["value"] == "REQ1" and click["user"]["id"] == "U0APPROVER"
+        with pytest.raises(ValueError):
+            await sandbox.home_click(user_id="U0APPROVER", block_id="nope", action_id="approve")
+        with pytest.raises(KeyError):
+            await sandbox.home_click(user_id="U0OTHER", block_id="decide", action_id="approve")
+    finally:
+        await runner.cleanup()
+
+
+async def test_browser_routes_for_the_home(sandbox, client, receiver):
+    await client.views_publish(user_id="U0APPROVER", view=HOME)
+    async with aiohttp.ClientSession(base_url=sandbox.base_url) as http:
+        async with http.get("/sandbox/home/U0APPROVER") as r:
+            answer = await r.json()
+        assert answer["user"] == "U0APPROVER" and answer["view"]["blocks"][0]["type"] == "header"
+        async with http.get("/sandbox/home/U0OTHER") as r:
+            assert (await r.json())["view"] is None
+        async with http.post("/sandbox/home/U0APPROVER/click", json={"block_id": "decide", "action_id": "deny"}) as r:
+            assert r.status == 200 and await r.json() == {"status": 200}
+        assert receiver[-1]["actions"][0]["action_id"] == "deny" and receiver[-1]["container"]["type"] == "view"
+        async with http.post("/sandbox/home/U0NOBODY/open") as r:
+            assert r.status == 404
+        async with http.get("/") as r:
+            page = await r.text()
+        assert 'id="tab-home"' in page and "/sandbox/home/" in page and ".innerHTML" not in page

@@ -8,6 +8,7 @@ import importlib
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from bot.slack.blocks import APPROVE_ACTION, DENY_ACTION
@@ -24,6 +25,7 @@ SCOPES = {
     "conversations.history": {"channels:history", "groups:history"},
     "conversations.replies": {"channels:history", "groups:history"},
     "usergroups.users.list": {"usergroups:read"},
+    "views.publish": set(),  # api.slack.com/methods/views.publish: no scope beyond a bot token
 }
 
 
@@ -38,6 +40,12 @@ def called_methods() -> set[str]:
     return {name.replace("_", ".") for name in calls}
 
 
+def listened_events() -> set[str]:
+    """Events API event types the code registers Bolt listeners for (``bolt.event("...")``)."""
+    source = "\n".join(p.read_text() for p in (ROOT / "bot").rglob("*.py") if "sandbox" not in p.name)
+    return set(re.findall(r"\.event\(\s*[\"']([a-z_.]+)[\"']", source))
+
+
 def test_every_called_method_has_its_scope_and_no_scope_is_unused():
     manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
     methods = called_methods()
@@ -50,6 +58,55 @@ def test_interactivity_is_on_for_the_card_buttons():
     manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert manifest["settings"]["interactivity"]["request_url"].endswith("/slack/events")
+
+
+def test_the_manifest_subscribes_to_exactly_the_events_the_code_listens_to():
+    manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
+    events = manifest["settings"]["event_subscriptions"]
+    assert set(events["bot_events"]) == listened_events() == {"app_home_opened"}
+    assert events["request_url"].endswith("/slack/events")
+    assert manifest["features"]["app_home"]["home_tab_enabled"] is True  # app_home_opened needs the Home tab
+
+
+async def test_every_subscribed_event_is_handled(grantbot, sandbox):
+    """Delivered as Slack delivers it, each subscribed event is answered 200 (Bolt answers 404 to an event
+    nobody listens to)."""
+    manifest = yaml.safe_load((ROOT / "manifests" / "slack-app.yaml").read_text())
+    assert await sandbox.verify_url()  # Slack checks the request URL before it sends any event
+    for event_type in manifest["settings"]["event_subscriptions"]["bot_events"]:
+        assert event_type == "app_home_opened", "a new event needs a way to send it here"
+        assert await sandbox.open_home("U0APPROVER") == 200
+
+
+def rendered_action_ids() -> list[tuple[str, str]]:
+    """(builder case, action_id) for every button any Block Kit builder renders (the golden cases)."""
+    from tests.test_block_goldens import CASES
+
+    found = set()
+    for name, build in CASES.items():
+        output = build()
+        blocks = output["blocks"] if isinstance(output, dict) else output if isinstance(output, list) else []
+        for block in blocks:
+            elements = block.get("elements", []) if block["type"] == "actions" else [block.get("accessory")]
+            found |= {(name, e["action_id"]) for e in elements if isinstance(e, dict) and "action_id" in e}
+    return sorted(found)
+
+
+def test_the_builders_render_buttons_at_all():
+    assert {action for _, action in rendered_action_ids()} == {APPROVE_ACTION, DENY_ACTION}
+    assert {case for case, _ in rendered_action_ids()} >= {"card_pending", "home_busy"}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # listeners do not depend on the database
+@pytest.mark.parametrize("case, action_id", rendered_action_ids())
+async def test_each_rendered_action_id_is_answered_by_a_listener(grantbot, sandbox, case, action_id):
+    """A click on each rendered button, signed as Slack signs it, is handled: Bolt answers 404 ("unhandled
+    request") when no listener matches."""
+    from tests.test_block_goldens import CASES
+
+    output = CASES[case]()
+    message = {"ts": "1700000000.000100", "text": "", "blocks": output["blocks"] if isinstance(output, dict) else output}
+    assert await grantbot.api.click(message, action_id, "U0OTHER") == 200
 
 
 async def test_every_rendered_action_id_has_a_listener(grantbot, sandbox):

@@ -147,3 +147,19 @@ class ApproverDirectory(Protocol):
 
         Raises :class:`~bot.domain.errors.ApproverDirectoryUnavailable` when membership cannot be known now.
         """
+
+
+class HomeReads(Protocol):
+    """Read-only queries behind the Slack App Home (implemented by ``bot.store.repository.SqlStore``)."""
+
+    async def pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
+        """Pending requests inside their deadline at ``now``, oldest first, at most ``limit``."""
+
+    async def approvals_of(self, request_ids: list[str]) -> dict[str, list[Approval]]:
+        """Every verdict on each request, oldest first."""
+
+    async def active_grants(self, now: datetime, limit: int) -> tuple[list[tuple[Grant, str]], int]:
+        """Active grants, soonest to expire first, with their environment, at most ``limit``; and the total."""
+
+    async def recent_decisions(self, limit: int) -> list[tuple[AccessRequest, Grant | None]]:
+        """The last decided requests that went to people, newest first, with their grants."""

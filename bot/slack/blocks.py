@@ -62,10 +62,11 @@ def summary_line(request: AccessRequest) -> str:
 
 
 def card_text(request: AccessRequest) -> str:
-    """Plain fallback text of the card (notifications, screen readers)."""
+    """Fallback text of the card (notifications, screen readers). Slack reads a message's ``text`` as mrkdwn, so
+    the pipeline's words are escaped here too: a scope like ``deploy:<!channel>`` must not ping anyone."""
     return truncate(
-        f"Access request from {request.identity}: {' '.join(request.scopes)} on {request.environment} "
-        f"({request.status.value})",
+        f"Access request from {escape(request.identity)}: {escape(' '.join(request.scopes))} on "
+        f"{escape(request.environment)} ({request.status.value})",
         FALLBACK_TEXT_LIMIT,
     )
 
@@ -116,6 +117,17 @@ def outcome_line(request: AccessRequest, grant: Grant | None, approvals: Sequenc
     return f"*{request.status.value.capitalize()}*"
 
 
+def decision_buttons(request_id: str) -> list[dict]:
+    """The Approve and Deny buttons (``action_id`` ``approve`` / ``deny``, the request id as ``value``), the same
+    on the card and in the App Home so that one pair of listeners decides both."""
+    return [
+        {"type": "button", "action_id": APPROVE_ACTION, "style": "primary", "value": request_id,
+         "text": {"type": "plain_text", "text": "Approve"}},
+        {"type": "button", "action_id": DENY_ACTION, "style": "danger", "value": request_id,
+         "text": {"type": "plain_text", "text": "Deny"}},
+    ]
+
+
 def card_blocks(
     request: AccessRequest, grant: Grant | None = None, approvals: Sequence[Approval] = ()
 ) -> list[dict]:
@@ -162,18 +174,7 @@ def card_blocks(
                 f"{_mentions(request.excluded_approvers)} triggered this pipeline and can't approve it", 2000)}]})
         if progress := progress_line(request, approvals):
             blocks.append(_section(progress))
-        blocks.append(
-            {
-                "type": "actions",
-                "block_id": "decide",
-                "elements": [
-                    {"type": "button", "action_id": APPROVE_ACTION, "style": "primary", "value": request.id,
-                     "text": {"type": "plain_text", "text": "Approve"}},
-                    {"type": "button", "action_id": DENY_ACTION, "style": "danger", "value": request.id,
-                     "text": {"type": "plain_text", "text": "Deny"}},
-                ],
-            }
-        )
+        blocks.append({"type": "actions", "block_id": "decide", "elements": decision_buttons(request.id)})
     else:
         blocks.append({"type": "divider"})
         blocks.append(_section(outcome_line(request, grant, approvals)))

@@ -16,6 +16,7 @@ from bot.domain.errors import DomainError
 from bot.domain.ids import is_uuid
 from bot.slack.blocks import APPROVE_ACTION, DENY_ACTION, refusal_text
 from bot.slack.commands import register_commands
+from bot.slack.home import is_home_click, publish_home, register_home
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,18 @@ def build_bolt_app(deps: usecases.Deps, client: AsyncWebClient, signing_secret: 
             await decide(deps, action["value"], user)
         except DomainError as exc:
             channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-            if channel:
+            if is_home_click(body):  # the App Home has no channel: the refusal goes on top of the Home itself
+                await publish_home(deps, client, user, notice=refusal_text(exc))
+            elif channel:
                 await client.chat_postEphemeral(channel=channel, user=user, text=refusal_text(exc))
+        else:
+            if is_home_click(body):
+                await publish_home(deps, client, user)
 
     bolt.action(APPROVE_ACTION)(on_decision)
     bolt.action(DENY_ACTION)(on_decision)
     register_commands(bolt, deps)  # /access and its revoke-all confirmation
+    register_home(bolt, deps)
 
     async def on_error(error: Exception) -> None:
         # Instead of Bolt's default handler, which logs the whole traceback for any malformed signed payload.

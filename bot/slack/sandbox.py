@@ -24,6 +24,8 @@ from slack_sdk.signature import SignatureVerifier
 
 # Slack's documented limits (api.slack.com/reference/block-kit, chat.postMessage).
 MAX_BLOCKS = 50
+MAX_VIEW_BLOCKS = 100  # views (App Home, modals): views.publish
+MAX_PRIVATE_METADATA, MAX_CALLBACK_ID = 3_000, 255
 MAX_TEXT = 40_000
 MAX_SECTION_TEXT = 3_000
 MAX_FIELDS, MAX_FIELD_TEXT = 10, 2_000
@@ -83,7 +85,7 @@ def _text_of(obj: Any) -> str:
     return str(obj.get("text", "")) if isinstance(obj, dict) else ""
 
 
-def _check_blocks(blocks: Any) -> list[str]:
+def _check_blocks(blocks: Any, most_blocks: int = MAX_BLOCKS) -> list[str]:
     """Slack's Block Kit validation, reduced to the limits a card can hit; the messages mimic Slack's
     ``response_metadata.messages`` so a failure reads the same as in production."""
     if not isinstance(blocks, list):
@@ -94,7 +96,7 @@ def _check_blocks(blocks: Any) -> list[str]:
         if count > most:
             problems.append(f"must be no more than {most} {unit} [json-pointer:{at}]")
 
-    at_most(len(blocks), MAX_BLOCKS, "/blocks", "items")
+    at_most(len(blocks), most_blocks, "/blocks", "items")
     block_ids = set()
     for i, block in enumerate(blocks):
         at = f"/blocks/{i}"
@@ -145,8 +147,9 @@ class SlackSandbox:
     Web API (``POST``/``GET /api/{method}``, JSON, form or query arguments, Slack's wire format: always
     HTTP 200 with ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``, ``Content-Type: application/json``):
     ``auth.test``, ``chat.postMessage`` (with ``metadata``), ``chat.update``, ``chat.postEphemeral``,
-    ``users.info``, ``conversations.history``, ``conversations.replies`` and ``usergroups.users.list`` (groups
-    from the ``usergroups`` argument or :meth:`set_usergroup`); anything
+    ``users.info``, ``conversations.history``, ``conversations.replies``, ``usergroups.users.list`` (groups
+    from the ``usergroups`` argument or :meth:`set_usergroup`) and ``views.publish`` (App Home, up to 100
+    blocks, kept in ``home_views`` per user); anything
     else is ``unknown_method``. Calls need ``Authorization: Bearer <bot_token>`` (or a ``token`` argument),
     else ``invalid_auth``. A user id as ``channel`` posts into the bot's DM with that user (``D...``).
 
@@ -176,6 +179,13 @@ class SlackSandbox:
 
     Browser: ``GET /`` renders the channels; ``GET /sandbox/state``, ``POST /sandbox/click`` (``"ephemeral": true``
     for an ephemeral's button) and ``POST /sandbox/command`` back it.
+
+    Events API: ``open_home(user)`` sends a signed ``app_home_opened`` event_callback (JSON) to ``events_url``,
+    ``verify_url()`` Slack's ``url_verification`` challenge; ``home_click()`` a click in a user's Home tab.
+
+    Browser: ``GET /`` renders the channels and a "Home" tab; ``GET /sandbox/state``, ``POST /sandbox/click``,
+    ``GET /sandbox/home/{user}``, ``POST /sandbox/home/{user}/open`` and ``POST /sandbox/home/{user}/click``
+    back it.
 
     Recorded for tests: ``messages`` ({"channel", "ts", "thread_ts", "text", "blocks", "user",
     "updated_count"}), ``ephemerals`` ({"channel", "user", "text", "blocks", "ts"}) and ``calls``
@@ -220,7 +230,11 @@ class SlackSandbox:
             "chat.update": self._update, "chat.postEphemeral": self._post_ephemeral,
             "users.info": self._users_info, "conversations.history": self._history,
             "conversations.replies": self._replies, "usergroups.users.list": self._usergroup_members,
+            "views.publish": self._views_publish,
         }
+        # App Home: user id -> the view last published for that user (as views.publish answers it).
+        self.home_views: dict[str, dict] = {}
+        self.home_publishes: dict[str, int] = {}  # user id -> how many times views.publish succeeded for them
 
     # ----- server -----
 
@@ -233,6 +247,9 @@ class SlackSandbox:
         app.router.add_post("/sandbox/click", self._click_route)
         app.router.add_post("/sandbox/command", self._command_route)
         app.router.add_get("/socket-mode", self._socket)
+        app.router.add_get("/sandbox/home/{user}", self._home_route)
+        app.router.add_post("/sandbox/home/{user}/open", self._home_open_route)
+        app.router.add_post("/sandbox/home/{user}/click", self._home_click_route)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -747,6 +764,176 @@ class SlackSandbox:
             self.slash_command(text, user_id=user_id, channel=channel, command=body.get("command") or "/access"))
 
     async def _deliver_from_page(self, delivery) -> web.Response:
+        try:
+            status = await delivery
+        except (KeyError, ValueError) as e:
+            return web.json_response({"error": str(e.args[0] if e.args else e)}, status=404)
+        except RuntimeError as e:
+            return web.json_response({"error": str(e)}, status=409)
+        except TimeoutError:
+            return web.json_response({"error": f"grantbot did not answer within {self.ack_timeout:g} s"},
+                                     status=504)
+        except aiohttp.ClientError as e:
+            return web.json_response({"error": f"could not reach grantbot: {e}"}, status=502)
+        return web.json_response({"status": status})
+
+    # ----- App Home: views.publish, Events API delivery, clicks in the Home tab -----
+
+    def _views_publish(self, args: Args) -> dict:
+        """Slack views.publish: ``user_id`` and ``view`` (an object, or a JSON string when form-encoded) of type
+        ``home``, at most 100 blocks checked like a message's; an optional ``hash`` must match the current view's
+        (``hash_conflict``). Answers ``{"ok": true, "view": {...}}`` with the stored view."""
+        user, view = args.get("user_id"), args.get("view")
+        if isinstance(view, str):
+            try:
+                view = json.loads(view)
+            except ValueError:
+                return _err("invalid_arguments", response_metadata={"messages": ["invalid `view`"]})
+        if not isinstance(user, str) or user not in self.users:
+            return _err("invalid_arguments", response_metadata={"messages": ["invalid `user_id`"]})
+        if not isinstance(view, dict) or view.get("type") != "home":
+            return _err("invalid_arguments", response_metadata={"messages": [
+                "must be a view object of type home [json-pointer:/view/type]"]})
+        problems = _check_blocks(view.get("blocks"), MAX_VIEW_BLOCKS)
+        if len(str(view.get("private_metadata", ""))) > MAX_PRIVATE_METADATA:
+            problems.append(f"must be no more than {MAX_PRIVATE_METADATA} characters [json-pointer:/view/private_metadata]")
+        if len(str(view.get("callback_id", ""))) > MAX_CALLBACK_ID:
+            problems.append(f"must be no more than {MAX_CALLBACK_ID} characters [json-pointer:/view/callback_id]")
+        if problems:
+            return _err("invalid_arguments", response_metadata={"messages": problems})
+        current = self.home_views.get(user)
+        if args.get("hash") and current is not None and args["hash"] != current["hash"]:
+            return _err("hash_conflict")
+        view_id = current["id"] if current else "V" + secrets.token_hex(5).upper()
+        published = {
+            "id": view_id, "team_id": self.team_id, "type": "home", "blocks": _with_ids(view["blocks"]),
+            "private_metadata": str(view.get("private_metadata", "")), "callback_id": str(view.get("callback_id", "")),
+            "state": {"values": {}}, "hash": f"{time.time():.0f}.{secrets.token_hex(4)}", "title": None,
+            "close": None, "submit": None, "clear_on_close": False, "notify_on_close": False,
+            "external_id": str(view.get("external_id", "")), "root_view_id": view_id, "previous_view_id": None,
+            "app_id": APP_ID, "app_installed_team_id": self.team_id, "bot_id": BOT_ID,
+        }
+        self.home_views[user] = published
+        self.home_publishes[user] = self.home_publishes.get(user, 0) + 1
+        return {"ok": True, "view": copy.deepcopy(published)}
+
+    def event_callback_payload(self, event: dict) -> dict:
+        """An Events API ``event_callback`` envelope around ``event``, as Slack sends it to the request URL."""
+        return {
+            "token": "sandbox-verification-token", "team_id": self.team_id, "api_app_id": APP_ID,
+            "event": event, "type": "event_callback", "event_id": "Ev" + secrets.token_hex(5).upper(),
+            "event_time": int(time.time()), "authorizations": [{
+                "enterprise_id": None, "team_id": self.team_id, "user_id": self.bot_user_id, "is_bot": True,
+                "is_enterprise_install": False}],
+            "is_ext_shared_channel": False, "event_context": secrets.token_hex(16),
+        }
+
+    async def open_home(self, user_id: str) -> int:
+        """``user_id`` opens the app's Home tab: Slack's ``app_home_opened`` event (``tab`` ``home``, with the
+        view published before, if any) goes to ``events_url`` as a signed JSON POST, or over the Socket Mode
+        connection. Returns grantbot's HTTP status. Raises KeyError for an unknown user, RuntimeError without
+        ``events_url``, TimeoutError after ``ack_timeout``. The app publishes the Home afterwards (views.publish):
+        wait for ``home_views[user_id]`` to change."""
+        if user_id not in self.users:
+            raise KeyError(f"unknown user {user_id}")
+        event = {"type": "app_home_opened", "user": user_id, "channel": "D" + user_id[1:], "tab": "home",
+                 "event_ts": f"{time.time():.6f}"}
+        if user_id in self.home_views:
+            event["view"] = copy.deepcopy(self.home_views[user_id])
+        payload = self.event_callback_payload(event)
+        if self._sockets:
+            return await self._deliver_over_socket(payload, "events_api")
+        status, _ = await self._send_signed(json.dumps(payload), "application/json")
+        return status
+
+    async def verify_url(self) -> bool:
+        """What Slack does when an Events API request URL is saved: a signed ``url_verification`` POST whose
+        ``challenge`` the app must answer (as plain text, form or JSON ``{"challenge": ...}``)."""
+        challenge = secrets.token_urlsafe(24)
+        body = json.dumps({"token": "sandbox-verification-token", "challenge": challenge, "type": "url_verification"})
+        status, answer = await self._send_signed(body, "application/json")
+        return status == 200 and challenge in answer
+
+    def home_block_actions_payload(self, *, user_id: str, block_id: str, action_id: str) -> dict:
+        """A Slack block_actions payload for a click on button ``action_id`` in block ``block_id`` of
+        ``user_id``'s Home tab: ``container`` ``{"type": "view", "view_id"}`` and the whole ``view``; no channel
+        and no response_url, as from a real Home tab. Raises KeyError (no Home published for the user) or
+        ValueError (no such button)."""
+        view = self.home_views.get(user_id)
+        if view is None:
+            raise KeyError(f"no Home tab published for {user_id}")
+        block, button = next(((b, e) for b, e in _buttons(view["blocks"])
+                              if b["block_id"] == block_id and e["action_id"] == action_id), (None, None))
+        if button is None:
+            raise ValueError(f"the Home of {user_id} has no button {action_id!r} in block {block_id!r}")
+        action = {k: button[k] for k in ("action_id", "text", "value", "style", "url") if k in button}
+        action.update(block_id=block["block_id"], type="button", action_ts=f"{time.time():.6f}")
+        handle = _handle(self.users[user_id], user_id)
+        return {
+            "type": "block_actions",
+            "user": {"id": user_id, "username": handle, "name": handle, "team_id": self.team_id},
+            "api_app_id": APP_ID,
+            "token": "sandbox-verification-token",
+            "container": {"type": "view", "view_id": view["id"]},
+            "trigger_id": f"{int(time.time())}.{secrets.randbelow(10**6)}.{secrets.token_hex(6)}",
+            "team": {"id": self.team_id, "domain": "sandbox"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "view": copy.deepcopy(view),
+            "state": {"values": {}},
+            "actions": [action],
+        }
+
+    async def home_click(self, *, user_id: str, block_id: str, action_id: str) -> int:
+        """Deliver a click in ``user_id``'s Home tab to grantbot as Slack does (form-encoded ``payload``, signed),
+        or over Socket Mode. Returns grantbot's HTTP status; raises as ``home_block_actions_payload`` and
+        ``click``."""
+        payload = self.home_block_actions_payload(user_id=user_id, block_id=block_id, action_id=action_id)
+        if self._sockets:
+            return await self._deliver_over_socket(payload)
+        status, _ = await self._send_signed(urlencode({"payload": json.dumps(payload)}),
+                                            "application/x-www-form-urlencoded")
+        return status
+
+    async def _send_signed(self, body: str, content_type: str) -> tuple[int, str]:
+        """POST ``body`` to ``events_url`` signed with the signing secret (Slack's ``v0`` scheme); (status, text).
+        Raises RuntimeError without ``events_url``, TimeoutError after ``ack_timeout`` seconds."""
+        if not self.events_url:
+            raise RuntimeError("events_url is not set")
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": content_type,
+            "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
+            "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": SignatureVerifier(self.signing_secret).generate_signature(
+                timestamp=timestamp, body=body),
+        }
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.ack_timeout)) as session:
+            async with session.post(self.events_url, data=body.encode(), headers=headers) as response:
+                return response.status, await response.text()
+
+    async def _home_route(self, request: web.Request) -> web.Response:
+        """``GET /sandbox/home/{user}``: ``{"user", "view"}``, the view last published for the user (or null)."""
+        user = request.match_info["user"]
+        if user not in self.users:
+            return web.json_response({"error": f"unknown user {user}"}, status=404)
+        return web.json_response({"user": user, "view": self.home_views.get(user)})
+
+    async def _home_open_route(self, request: web.Request) -> web.Response:
+        """``POST /sandbox/home/{user}/open``: the page's Home tab was opened; sends ``app_home_opened``."""
+        return await self._deliver_for_page(self.open_home(request.match_info["user"]))
+
+    async def _home_click_route(self, request: web.Request) -> web.Response:
+        """``POST /sandbox/home/{user}/click`` with JSON ``{block_id, action_id}``: a click in the Home tab."""
+        try:
+            body = await request.json()
+            args = {k: body[k] for k in ("block_id", "action_id")}
+        except (ValueError, TypeError, KeyError):
+            return web.json_response({"error": "expected JSON {block_id, action_id}"}, status=400)
+        return await self._deliver_for_page(self.home_click(user_id=request.match_info["user"], **args))
+
+    async def _deliver_for_page(self, delivery) -> web.Response:
+        """Run a delivery to grantbot for the browser page and answer ``{"status"}`` or ``{"error"}``."""
         try:
             status = await delivery
         except (KeyError, ValueError) as e:

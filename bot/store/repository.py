@@ -732,6 +732,66 @@ class SqlStore:
             return (await conn.execute(select(func.count()).select_from(O).where(O.c.sent_at.is_(None)))).scalar_one()
 
 
+    # -- App Home (read-only) -----------------------------------------------------------------------------------
+
+    async def pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
+        """Pending requests still inside their deadline (``expires_at`` after ``now``, or none), oldest first, at
+        most ``limit`` (uses the ``status, expires_at`` index)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(R)
+                .where(R.c.status == RequestStatus.PENDING.value, or_(R.c.expires_at.is_(None), R.c.expires_at > now))
+                .order_by(R.c.created_at, R.c.id)
+                .limit(limit)
+            )).all()
+        return [_request_from_row(row) for row in rows]
+
+    async def approvals_of(self, request_ids: list[str]) -> dict[str, list[Approval]]:
+        """Every verdict on each of ``request_ids``, oldest first per request (one query); absent ids map to []."""
+        found: dict[str, list[Approval]] = {request_id: [] for request_id in request_ids}
+        if not request_ids:
+            return found
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(A).where(A.c.request_id.in_(request_ids)).order_by(A.c.created_at, A.c.id)
+            )).all()
+        for row in rows:
+            found[row.request_id].append(Approval(row.approver, Verdict(row.verdict), row.created_at))
+        return found
+
+    async def active_grants(self, now: datetime, limit: int) -> tuple[list[tuple[Grant, str]], int]:
+        """Grants active at ``now`` (status active, ``expires_at`` after ``now``), soonest to expire first, at most
+        ``limit``, each with its request's environment; and how many there are in all."""
+        live = (G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at > now)
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(select(func.count()).select_from(G).where(*live))).scalar_one()
+            rows = (await conn.execute(
+                select(G, R.c.environment.label("environment")).join(R, R.c.id == G.c.request_id).where(*live)
+                .order_by(G.c.expires_at, G.c.id).limit(limit)
+            )).all()
+        return [(_grant_from_row(row), row.environment) for row in rows], total
+
+    async def recent_decisions(self, limit: int) -> list[tuple[AccessRequest, Grant | None]]:
+        """The last ``limit`` requests that went to people (``require_approval``) and are no longer pending —
+        approved, denied, timed out — newest decision first, each with its grant (None when there is none)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(R)
+                .where(R.c.decision == Decision.REQUIRE_APPROVAL.value, R.c.status != RequestStatus.PENDING.value,
+                       R.c.decided_at.is_not(None))
+                .order_by(R.c.decided_at.desc(), R.c.id)
+                .limit(limit)
+            )).all()
+            requests = [_request_from_row(row) for row in rows]
+            grants = {}
+            if requests:
+                grant_rows = (await conn.execute(
+                    select(G).where(G.c.request_id.in_([r.id for r in requests]))
+                )).all()
+                grants = {row.request_id: _grant_from_row(row) for row in grant_rows}
+        return [(request, grants.get(request.id)) for request in requests]
+
+
 def delete_stale_signatures(now: datetime):
     return U.delete().where(U.c.expires_at < now)
 
