@@ -152,13 +152,13 @@ class ApproverDirectory(Protocol):
 class HomeReads(Protocol):
     """Read-only queries behind the Slack App Home (implemented by ``bot.store.repository.SqlStore``)."""
 
-    async def pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
+    async def pending_requests_to_scan(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Pending requests inside their deadline at ``now``, oldest first, at most ``limit``."""
 
     async def approvals_of(self, request_ids: list[str]) -> dict[str, list[Approval]]:
         """Every verdict on each request, oldest first."""
 
-    async def active_grants(self, now: datetime, limit: int) -> tuple[list[tuple[Grant, str]], int]:
+    async def active_grants_with_environment(self, now: datetime, limit: int) -> tuple[list[tuple[Grant, str]], int]:
         """Active grants, soonest to expire first, with their environment, at most ``limit``; and the total."""
 
     async def recent_decisions(self, limit: int) -> list[tuple[AccessRequest, Grant | None]]:

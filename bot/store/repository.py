@@ -734,7 +734,7 @@ class SqlStore:
 
     # -- App Home (read-only) -----------------------------------------------------------------------------------
 
-    async def pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
+    async def pending_requests_to_scan(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Pending requests still inside their deadline (``expires_at`` after ``now``, or none), oldest first, at
         most ``limit`` (uses the ``status, expires_at`` index)."""
         async with self.engine.connect() as conn:
@@ -759,7 +759,7 @@ class SqlStore:
             found[row.request_id].append(Approval(row.approver, Verdict(row.verdict), row.created_at))
         return found
 
-    async def active_grants(self, now: datetime, limit: int) -> tuple[list[tuple[Grant, str]], int]:
+    async def active_grants_with_environment(self, now: datetime, limit: int) -> tuple[list[tuple[Grant, str]], int]:
         """Grants active at ``now`` (status active, ``expires_at`` after ``now``), soonest to expire first, at most
         ``limit``, each with its request's environment; and how many there are in all."""
         live = (G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at > now)

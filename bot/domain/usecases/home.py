@@ -69,7 +69,7 @@ async def home_view(deps: Deps, reads: HomeReads, user: str, notice: str | None 
     now = deps.clock.now()
     mine: list[AccessRequest] = []
     groups_unknown = False
-    for request in await reads.pending_requests(now, PENDING_SCAN_LIMIT):
+    for request in await reads.pending_requests_to_scan(now, PENDING_SCAN_LIMIT):
         if user in request.excluded_approvers:
             continue
         try:
@@ -83,7 +83,7 @@ async def home_view(deps: Deps, reads: HomeReads, user: str, notice: str | None 
         PendingItem(r, tuple(verdicts[r.id]), next((a.verdict for a in verdicts[r.id] if a.approver == user), None))
         for r in mine
     )
-    grants, grants_total = await reads.active_grants(now, GRANTS_LIMIT)
+    grants, grants_total = await reads.active_grants_with_environment(now, GRANTS_LIMIT)
     return HomeView(user=user, now=now, pending=pending, grants=tuple(grants), grants_total=grants_total,
                     recent=tuple(Decided(r, g, tuple(verdicts[r.id])) for r, g in recent),
                     groups_unknown=groups_unknown, notice=notice)
