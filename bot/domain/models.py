@@ -97,6 +97,7 @@ class AccessRequest:
     min_approvals: int = 1
     deny_on_first_denial: bool = True
     actor: str | None = None
+    denial_reason: str | None = None  # what the approver whose denial decided it wrote (Slack deny modal)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,10 @@ class EventKind(StrEnum):
     CARD_UPDATE = "card.update"  # re-render the card from the request's current state
     GRANT_EXPIRED = "grant.expired"  # tell the channel (thread under the card, if any)
     GRANT_REVOKED = "grant.revoked"
+    # Thread replies under the card: who decided (an approval's reply also names the grant it issued), and the
+    # pipeline collecting its token.
+    REQUEST_DECIDED = "request.decided"
+    TOKEN_HANDED_OVER = "token.handed_over"
     NOTICE = "notice"  # a plain message to a channel, e.g. a refused policy reload; payload {channel, text}
 
 
