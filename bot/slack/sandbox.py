@@ -171,7 +171,8 @@ class SlackSandbox:
     signing secret, and returns grantbot's HTTP status. Each payload's ``response_url`` points at
     ``POST /response/{token}`` here.
 
-    Browser: ``GET /`` renders the channels; ``GET /sandbox/state`` and ``POST /sandbox/click`` back it.
+    Browser: ``GET /`` renders the channels and the current user's open modal as a form; ``GET /sandbox/state``,
+    ``POST /sandbox/click`` and ``POST /sandbox/submit`` back it.
 
     Recorded for tests: ``messages`` ({"channel", "ts", "thread_ts", "text", "blocks", "user",
     "updated_count"}), ``ephemerals`` ({"channel", "user", "text", "blocks", "ts"}) and ``calls``
