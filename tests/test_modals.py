@@ -254,3 +254,21 @@ async def test_every_step_gets_exactly_one_thread_reply(grantbot, sandbox, clock
     await asyncio.sleep(0.3)
     assert [t.split()[0] for t in thread(sandbox, card)] == [":white_check_mark:", ":key:", ":hourglass:"]
     assert "expired" in thread(sandbox, card)[2]
+
+
+async def test_changes_are_for_one_approver_requests_only(start_grantbot, sandbox):
+    from tests.conftest import POLICIES
+    from tests.test_slack_manifest import post_slack, view_submission_body
+
+    sandbox.users["U0THIRD"] = "kim"
+    grantbot = await start_grantbot(policy_file=POLICIES / "quorum.yaml")
+    created, card = await pending_card(grantbot, sandbox, {**PROD_WRITE, "scopes": ["db:write"]})
+    assert buttons(card) == ["approve", "deny"]  # two approvals needed: no "Approve with changes"
+    # A forged (or very stale) form for it: closed, the approver told privately, nothing recorded.
+    values = {"ttl": {"ttl_minutes": {"type": "number_input", "value": "5"}},
+              "scopes": {"scopes_input": {"type": "checkboxes", "selected_options": [{"value": "0"}]}}}
+    assert await post_slack(grantbot, view_submission_body("approve_with_changes", created["id"], values,
+                                                           "U0SECOND")) == (200, "")
+    said = await eventually(lambda: ephemerals_for(sandbox, "U0SECOND"))
+    assert said == ["This request needs 2 approvals; it can only be approved as asked or denied."]
+    assert await grantbot.count("approvals") == 0

@@ -154,7 +154,8 @@ def register_modals(bolt: AsyncApp, deps: usecases.Deps) -> None:
             log.warning("ignored a deny_reason submission without a user or a request id")
             await ack()
             return
-        reason = (_state(view, REASON_BLOCK, REASON_INPUT).get("value") or "").strip()
+        # NUL cannot be stored in a PostgreSQL text column; nobody types it.
+        reason = str(_state(view, REASON_BLOCK, REASON_INPUT).get("value") or "").replace("\x00", "").strip()
         if not reason:
             await ack(response_action="errors", errors={REASON_BLOCK: "Say why, for the pipeline and the channel."})
             return
