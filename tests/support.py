@@ -197,3 +197,17 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+async def open_modal(sandbox, card: dict, action_id: str, user_id: str) -> dict:
+    """Click ``action_id`` on ``card`` as ``user_id`` through the sandbox (a trigger_id it issued) and return the
+    modal grantbot opened for them ({"id", "user", "view", "errors"})."""
+    before = set(sandbox.views)
+    assert await sandbox.click(channel=card["channel"], ts=card["ts"], action_id=action_id, user_id=user_id) == 200
+    return await eventually(lambda: next((v for k, v in sandbox.views.items() if k not in before), None))
+
+
+async def deny_with_reason(sandbox, card: dict, user_id: str, reason: str = "not now") -> tuple[int, Any]:
+    """Deny as an approver does in Slack: the Deny button, then the reason modal's submission."""
+    view = await open_modal(sandbox, card, "deny", user_id)
+    return await sandbox.submit_view(view["id"], {"reason": reason})

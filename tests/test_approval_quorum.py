@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import POLICIES
-from tests.support import Api, buttons, cards, eventually, message_text
+from tests.support import Api, buttons, cards, deny_with_reason, eventually, message_text
 from tests.test_end_to_end import Process, migrate
 
 QUORUM = POLICIES / "quorum.yaml"
@@ -74,7 +74,7 @@ async def test_two_distinct_approvers_are_needed_and_the_pipelines_own_person_is
     assert decided["grant"]["issued_at"] == decided["decided_at"]
     assert await grantbot.count("grants") == 1 and await grantbot.count("approvals") == 2
     await eventually(lambda: card["updated_count"] == 2)
-    assert buttons(card) == [] and "Approved* by <@U0SECOND>, <@U0THIRD>" in message_text(card)
+    assert buttons(card) == ["revoke_grant"] and "Approved* by <@U0SECOND>, <@U0THIRD>" in message_text(card)
 
     async with grantbot.engine.connect() as conn:
         trail = (await conn.execute(text("SELECT kind, actor FROM audit_events WHERE request_id = :id ORDER BY id"),
@@ -104,7 +104,7 @@ async def test_by_default_the_first_denial_denies(grantbot, sandbox):
     created, card = await pending_card(grantbot, sandbox, PROD_DB)
     await grantbot.api.click(card, "approve", "U0APPROVER")
     await eventually(lambda: card["updated_count"] == 1)
-    assert await grantbot.api.click(card, "deny", "U0SECOND") == 200
+    assert await deny_with_reason(sandbox, card, "U0SECOND") == (200, None)
     _, decided = await grantbot.api.get_request(created["id"], wait=10)
     assert decided["status"] == "denied" and decided["decided_by"] == "U0SECOND" and "grant" not in decided
     await eventually(lambda: card["updated_count"] == 2)
@@ -114,7 +114,7 @@ async def test_by_default_the_first_denial_denies(grantbot, sandbox):
 async def test_without_deny_on_first_denial_a_request_is_denied_once_approval_is_out_of_reach(grantbot, sandbox):
     # Two of three must approve: one denial still leaves two who could; the second denial leaves one.
     created, card = await pending_card(grantbot, sandbox, {**PROD_DB, "environment": "staging"})
-    assert await grantbot.api.click(card, "deny", "U0SECOND") == 200
+    assert await deny_with_reason(sandbox, card, "U0SECOND") == (200, None)
     await eventually(lambda: card["updated_count"] == 1)
     assert (await grantbot.api.get_request(created["id"]))[1]["status"] == "pending"
     assert "Denied so far by <@U0SECOND>" in message_text(card) and buttons(card) == ["approve", "deny"]
@@ -123,7 +123,7 @@ async def test_without_deny_on_first_denial_a_request_is_denied_once_approval_is
     await eventually(lambda: card["updated_count"] == 2)
     assert "1 of 2 approvals* so far: <@U0APPROVER>" in message_text(card)
 
-    await grantbot.api.click(card, "deny", "U0THIRD")
+    await deny_with_reason(sandbox, card, "U0THIRD")
     _, decided = await grantbot.api.get_request(created["id"], wait=10)
     assert decided["status"] == "denied" and decided["decided_by"] == "U0THIRD"
     assert await grantbot.count("grants") == 0
@@ -131,7 +131,7 @@ async def test_without_deny_on_first_denial_a_request_is_denied_once_approval_is
 
 async def test_one_denial_does_not_stop_two_approvals_when_denial_waits(grantbot, sandbox):
     created, card = await pending_card(grantbot, sandbox, {**PROD_DB, "environment": "staging"})
-    await grantbot.api.click(card, "deny", "U0SECOND")
+    await deny_with_reason(sandbox, card, "U0SECOND")
     await eventually(lambda: card["updated_count"] == 1)
     await grantbot.api.click(card, "approve", "U0APPROVER")
     await eventually(lambda: card["updated_count"] == 2)
@@ -187,7 +187,7 @@ async def test_the_real_process_needs_two_approvers_who_did_not_trigger_the_pipe
             assert status == 200 and decided["status"] == "approved" and decided["decided_by"] == "U0THIRD"
             assert decided["grant"]["access_token"] and decided["grant"]["issued_at"] == decided["decided_at"]
             assert 895 <= decided["grant"]["expires_in"] <= 900  # the TTL counts from the last approval (real time)
-            await eventually(lambda: buttons(card) == [] and "<@U0SECOND>, <@U0THIRD>" in message_text(card))
+            await eventually(lambda: buttons(card) == ["revoke_grant"] and "<@U0SECOND>, <@U0THIRD>" in message_text(card))
     finally:
         assert proc.kill(signal.SIGTERM) == 0
     proc.check_log()

@@ -21,7 +21,7 @@ async def test_an_approved_request_leaves_a_complete_ordered_trail(grantbot, san
     _, approved = await grantbot.api.get_request(pending["id"], wait=10)
     assert approved["grant"]["access_token"]
     clock.advance(61)
-    await eventually(lambda: len([m for m in sandbox.messages if m["thread_ts"] or not m["blocks"]]) == 2)
+    await eventually(lambda: len([m for m in sandbox.messages if "expired" in m["text"]]) == 2)
 
     env = {**os.environ, "GRANTBOT_DATABASE_URL": grantbot.settings.database_url}
 

@@ -125,7 +125,7 @@ async def test_a_request_is_approved_in_slack_and_its_token_expires(process, api
     assert status == 202 and created["status"] == "pending", created
 
     card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
-    assert buttons(card) == ["approve", "deny"] and "run migration 42" in message_text(card)
+    assert buttons(card) == ["approve", "approve_with_changes", "deny"] and "run migration 42" in message_text(card)
     assert await api.click(card, "approve", "U0APPROVER") == 200
 
     status, decided = await api.get_request(created["id"], wait=20)
@@ -141,11 +141,12 @@ async def test_a_request_is_approved_in_slack_and_its_token_expires(process, api
     assert claims["scope"] == "db:write" and claims["sub"] == "deploy-bot"
     assert claims["exp"] - claims["iat"] == 120
     assert (await api.introspect(token))[1]["active"] is True
-    await eventually(lambda: buttons(card) == [] and "Approved" in message_text(card))
+    await eventually(lambda: buttons(card) == ["revoke_grant"] and "Approved" in message_text(card))
 
     process.advance(121)
-    reply = await eventually(lambda: next((m for m in sandbox.messages if m["thread_ts"] == card["ts"]), None))
-    assert "expired" in reply["text"] and reply["channel"] == CHANNEL
+    reply = await eventually(lambda: next((m for m in sandbox.messages
+                                           if m["thread_ts"] == card["ts"] and "expired" in m["text"]), None))
+    assert reply["channel"] == CHANNEL
     _, after = await api.get_request(created["id"])
     assert after["grant"]["status"] == "expired" and "access_token" not in after["grant"]
     assert await api.introspect(token) == (200, {"active": False})
@@ -164,7 +165,7 @@ async def test_a_restart_between_request_and_approval_loses_nothing(process, api
     assert await api.click(card, "approve", "U0SECOND") == 200
     status, decided = await api.get_request(created["id"], wait=20)
     assert status == 200 and decided["status"] == "approved" and decided["grant"]["access_token"]
-    await eventually(lambda: buttons(card) == [])
+    await eventually(lambda: buttons(card) == ["revoke_grant"])
     await asyncio.sleep(0.5)
     assert len(cards(sandbox)) == 1  # the card was posted once, not again after the restart
 
@@ -181,7 +182,7 @@ async def test_a_card_queued_while_down_is_posted_after_the_restart(process, api
     process.env = original
     await process.start()
     card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
-    assert buttons(card) == ["approve", "deny"]
+    assert buttons(card) == ["approve", "approve_with_changes", "deny"]
 
 
 async def test_serve_refuses_a_database_behind_the_code_and_says_to_migrate(tmp_path, database_url, sandbox):

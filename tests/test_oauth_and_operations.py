@@ -30,10 +30,12 @@ async def test_a_resource_server_revokes_a_token_and_the_card_says_so(grantbot, 
     assert (await form_post(grantbot, "/oauth/revoke", token))[0] == 200  # again: still 200, nothing more happens
     assert (await form_post(grantbot, "/oauth/revoke", "not-a-token"))[0] == 200  # RFC 7009 §2.2
 
-    reply = await eventually(lambda: next((m for m in sandbox.messages if m["thread_ts"] == card["ts"]), None))
+    reply = await eventually(lambda: next((m for m in sandbox.messages
+                                           if m["thread_ts"] == card["ts"] and "revoked" in m["text"]), None))
     assert "revoked by client:rs" in reply["text"]
     await eventually(lambda: "revoked" in message_text(card))
-    assert len([m for m in sandbox.messages if m["thread_ts"] == card["ts"]]) == 1
+    # approved, token collected, revoked: one reply each
+    assert len([m for m in sandbox.messages if m["thread_ts"] == card["ts"]]) == 3
     _, after = await grantbot.api.get_request(created["id"])
     assert after["grant"]["status"] == "revoked"
 

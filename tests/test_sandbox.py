@@ -238,7 +238,7 @@ async def test_browser_page_and_state(sandbox, client, receiver):
         async with http.get("/sandbox/state") as r:
             state = await r.json()
         assert state["channels"] == {CHANNEL: "access-requests"} and state["messages"][0]["ts"] == posted["ts"]
-        assert set(state) == {"channels", "users", "messages", "ephemerals"}
+        assert set(state) == {"channels", "users", "messages", "ephemerals", "views"}
 
         click = {"channel": CHANNEL, "ts": posted["ts"], "action_id": "approve", "user_id": "U0APPROVER"}
         async with http.post("/sandbox/click", json=click) as r:
@@ -425,3 +425,95 @@ async def test_browser_routes_for_the_home(sandbox, client, receiver):
         async with http.get("/") as r:
             page = await r.text()
         assert 'id="tab-home"' in page and "/sandbox/home/" in page and ".innerHTML" not in page
+
+
+# ----- modals: views.open and view_submission -----
+
+MODAL = {"type": "modal", "callback_id": "deny_reason", "private_metadata": "REQ1",
+         "title": {"type": "plain_text", "text": "Deny access request"},
+         "submit": {"type": "plain_text", "text": "Deny"},
+         "blocks": [{"type": "input", "block_id": "reason", "label": {"type": "plain_text", "text": "Why?"},
+                     "element": {"type": "plain_text_input", "action_id": "reason_input", "multiline": True}},
+                    {"type": "input", "block_id": "scopes", "label": {"type": "plain_text", "text": "Scopes"},
+                     "element": {"type": "checkboxes", "action_id": "scopes_input", "options": [
+                         {"text": {"type": "plain_text", "text": "db:write"}, "value": "0"},
+                         {"text": {"type": "plain_text", "text": "db:read"}, "value": "1"}]}}]}
+
+
+async def test_views_open_takes_a_trigger_id_it_issued_once_and_within_3_seconds(sandbox, client, receiver):
+    posted = await client.chat_postMessage(channel=CHANNEL, text="Access request", blocks=CARD)
+    await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="deny", user_id="U0APPROVER")
+    trigger = receiver[-1]["trigger_id"]
+    opened = await client.views_open(trigger_id=trigger, view=MODAL)
+    view_id = opened["view"]["id"]
+    assert opened["view"]["callback_id"] == "deny_reason" and opened["view"]["state"] == {"values": {}}
+    assert sandbox.views[view_id]["user"] == "U0APPROVER" and sandbox.views[view_id]["errors"] == {}
+
+    for trigger_id, error in ((trigger, "exchanged_trigger_id"), ("1764400000.1.abc", "invalid_trigger_id")):
+        with pytest.raises(SlackApiError) as refused:
+            await client.views_open(trigger_id=trigger_id, view=MODAL)
+        assert refused.value.response["error"] == error
+
+    sandbox.trigger_seconds = 0  # every trigger arrives expired
+    await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="deny", user_id="U0APPROVER")
+    with pytest.raises(SlackApiError) as refused:
+        await client.views_open(trigger_id=receiver[-1]["trigger_id"], view=MODAL)
+    assert refused.value.response["error"] == "expired_trigger_id"
+
+    sandbox.trigger_seconds = 3
+    await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="deny", user_id="U0APPROVER")
+    with pytest.raises(SlackApiError) as refused:
+        await client.views_open(trigger_id=receiver[-1]["trigger_id"],
+                                view={**MODAL, "title": {"type": "plain_text", "text": "A title far too long to fit"}})
+    assert refused.value.response["error"] == "invalid_arguments"
+    assert refused.value.response["response_metadata"]["messages"] == [
+        "must be less than 25 characters [json-pointer:/view/title/text]"]
+    assert list(sandbox.views) == [view_id]
+
+
+async def test_submit_view_is_routed_by_bolt_and_errors_keep_the_modal_open(sandbox, client):
+    """The view_submission payload is what Bolt routes by callback_id; an errors answer keeps the view open."""
+    bolt = AsyncApp(client=AsyncWebClient(token=TOKEN, base_url=sandbox.api_url), signing_secret=SECRET)
+    seen: list[dict] = []
+
+    @bolt.action("deny")
+    async def open_form(ack, body, client):
+        await ack()
+        await client.views_open(trigger_id=body["trigger_id"], view=MODAL)
+
+    @bolt.view("deny_reason")
+    async def submitted(ack, body, view):
+        seen.append(view["state"]["values"])
+        reason = view["state"]["values"]["reason"]["reason_input"]["value"]
+        if not reason:
+            await ack(response_action="errors", errors={"reason": "Say why"})
+        else:
+            await ack()
+
+    async def events(request: web.Request) -> web.Response:
+        return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
+
+    app = web.Application()
+    app.router.add_post("/slack/events", events)
+    runner, url = await serve(app)
+    sandbox.events_url = url + "/slack/events"
+    try:
+        posted = await client.chat_postMessage(channel=CHANNEL, text="Access request", blocks=CARD)
+        assert await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="deny", user_id="U0APPROVER") == 200
+        (view_id,) = list(sandbox.views)
+        answer = await sandbox.submit_view(view_id, {"reason": "", "scopes": ["1"]})
+        assert answer == (200, {"response_action": "errors", "errors": {"reason": "Say why"}})
+        assert seen[-1] == {"reason": {"reason_input": {"type": "plain_text_input", "value": ""}},
+                            "scopes": {"scopes_input": {"type": "checkboxes", "selected_options": [
+                                {"text": {"type": "plain_text", "text": "db:read"}, "value": "1"}]}}}
+        assert sandbox.views[view_id]["errors"] == {"reason": "Say why"}
+
+        async with aiohttp.ClientSession() as http:  # the browser page's routes
+            async with http.get(sandbox.base_url + "/sandbox/state") as r:
+                assert [v["id"] for v in (await r.json())["views"]] == [view_id]
+            async with http.post(sandbox.base_url + "/sandbox/submit",
+                                 json={"view_id": view_id, "values": {"reason": "freeze"}}) as r:
+                assert await r.json() == {"status": 200, "answer": None}
+        assert sandbox.views == {} and seen[-1]["reason"]["reason_input"]["value"] == "freeze"
+    finally:
+        await runner.cleanup()

@@ -9,7 +9,7 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import text
 
-from tests.support import CHANNEL, buttons, cards, eventually, message_text
+from tests.support import CHANNEL, buttons, cards, deny_with_reason, eventually, message_text, open_modal
 
 PROD_WRITE = {
     "environment": "production",
@@ -31,7 +31,7 @@ async def test_the_card_shows_the_request_and_escapes_what_the_pipeline_wrote(gr
     created, card = await pending_card(grantbot, sandbox)
     assert created["status"] == "pending" and created["expires_at"]
     assert card["channel"] == CHANNEL
-    assert buttons(card) == ["approve", "deny"]
+    assert buttons(card) == ["approve", "approve_with_changes", "deny"]
     text = message_text(card)
     for shown in ("deploy-bot", "production", "db:write", "15 min", "prod-write", "https://ci.acme.example/runs/42",
                   "4f1c9e2", "acme/api"):
@@ -52,13 +52,13 @@ async def test_an_approver_click_issues_the_grant_and_updates_the_card(grantbot,
     assert grant["issued_at"] == decided["decided_at"]
 
     updated = await eventually(lambda: card["updated_count"] > 0 and card)
-    assert buttons(updated) == []
+    assert buttons(updated) == ["revoke_grant"]  # while the grant is active
     assert "Approved" in message_text(updated) and "<@U0APPROVER>" in message_text(updated)
 
 
 async def test_a_deny_click_denies_and_the_pipeline_hears_it(grantbot, sandbox):
     created, card = await pending_card(grantbot, sandbox)
-    assert await grantbot.api.click(card, "deny", "U0SECOND") == 200
+    assert await deny_with_reason(sandbox, card, "U0SECOND") == (200, None)
     status, decided = await grantbot.api.get_request(created["id"], wait=10)
     assert decided["status"] == "denied" and decided["decided_by"] == "U0SECOND" and "grant" not in decided
     await eventually(lambda: card["updated_count"] > 0)
@@ -72,7 +72,7 @@ async def test_someone_who_is_not_an_approver_is_refused_privately_and_changes_n
     assert "not one of them" in refusal["text"]
     _, still = await grantbot.api.get_request(created["id"])
     assert still["status"] == "pending"
-    assert card["updated_count"] == 0 and buttons(card) == ["approve", "deny"]
+    assert card["updated_count"] == 0 and buttons(card) == ["approve", "approve_with_changes", "deny"]
     assert await grantbot.count("approvals") == 0
 
 
@@ -90,7 +90,9 @@ async def test_a_double_click_and_a_redelivered_payload_issue_one_grant(grantbot
 
 async def test_approve_and_deny_racing_resolve_once(grantbot, sandbox):
     created, card = await pending_card(grantbot, sandbox)
-    await asyncio.gather(grantbot.api.click(card, "approve", "U0APPROVER"), grantbot.api.click(card, "deny", "U0SECOND"))
+    deny_form = await open_modal(sandbox, card, "deny", "U0SECOND")  # the race is the approval vs the submission
+    await asyncio.gather(grantbot.api.click(card, "approve", "U0APPROVER"),
+                         sandbox.submit_view(deny_form["id"], {"reason": "not today"}))
     _, decided = await grantbot.api.get_request(created["id"], wait=10)
     await eventually(lambda: len(sandbox.ephemerals) == 1)
     assert decided["status"] in ("approved", "denied")
@@ -119,14 +121,16 @@ async def test_the_grant_expires_after_its_ttl_with_a_thread_reply(grantbot, san
     clock.advance(59)
     assert (await grantbot.api.introspect(token))[1]["active"] is True
     clock.advance(1)
-    reply = await eventually(lambda: next((m for m in sandbox.messages if m["thread_ts"] == card["ts"]), None))
-    assert "expired" in reply["text"] and "db:write" in reply["text"]
+    reply = await eventually(lambda: next((m for m in sandbox.messages
+                                           if m["thread_ts"] == card["ts"] and "expired" in m["text"]), None))
+    assert "db:write" in reply["text"]
     assert await grantbot.api.introspect(token) == (200, {"active": False})
     _, after = await grantbot.api.get_request(created["id"])
     assert after["grant"]["status"] == "expired" and after["grant"]["expires_in"] == 0
     await eventually(lambda: "expired" in message_text(card))
     await asyncio.sleep(0.3)  # several sweeps later, still exactly one expiry message
-    assert len([m for m in sandbox.messages if m["thread_ts"] == card["ts"]]) == 1
+    thread = [m["text"].split()[0] for m in sandbox.messages if m["thread_ts"] == card["ts"]]
+    assert thread == [":white_check_mark:", ":key:", ":hourglass:"]  # approved, token collected, expired
 
 
 async def test_an_auto_approved_grant_expiring_gets_a_channel_message(grantbot, sandbox, clock):
@@ -183,7 +187,7 @@ async def test_a_card_slack_took_just_before_a_crash_is_not_posted_again(grantbo
     await forget_the_post_as_a_crash_would(grantbot, clock)
     await grantbot.api.click(card, "approve", "U0APPROVER")
     await eventually(lambda: card["updated_count"] > 0)
-    assert len(cards(sandbox)) == 1 and buttons(card) == []
+    assert len(cards(sandbox)) == 1 and buttons(card) == ["revoke_grant"]
 
 
 async def test_a_crashed_post_is_found_even_after_a_busy_channel_moved_on(grantbot, sandbox, clock):
@@ -195,4 +199,4 @@ async def test_a_crashed_post_is_found_even_after_a_busy_channel_moved_on(grantb
     await forget_the_post_as_a_crash_would(grantbot, clock)
     await grantbot.api.click(card, "approve", "U0APPROVER")
     await eventually(lambda: card["updated_count"] > 0)
-    assert len(cards(sandbox)) == 1 and buttons(card) == []
+    assert len(cards(sandbox)) == 1 and buttons(card) == ["revoke_grant"]

@@ -33,6 +33,17 @@ class TTLTooLong(InvalidRequest):
     code = "ttl_too_long"
 
 
+class InvalidChanges(InvalidRequest):
+    """An approval with changes asked for more than the request did (a longer TTL, a scope not asked for) or for
+    nothing at all; ``field`` names what is wrong (``ttl`` or ``scopes``) so a form can show it there."""
+
+    code = "invalid_changes"
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(detail)
+        self.field = field
+
+
 class IdempotencyConflict(DomainError):
     """An ``Idempotency-Key`` was reused with a different request body."""
 

@@ -98,6 +98,7 @@ class AccessRequest:
     deny_on_first_denial: bool = True
     actor: str | None = None
     remind_at: datetime | None = None
+    denial_reason: str | None = None  # what the approver whose denial decided it wrote (Slack deny modal)
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,10 @@ class EventKind(StrEnum):
     GRANT_EXPIRED = "grant.expired"  # tell the channel (thread under the card, if any)
     GRANT_REVOKED = "grant.revoked"
     REMINDER = "request.reminder"  # a pending request waits: mention its approvers in the card's thread
+    # Thread replies under the card: who decided (an approval's reply also names the grant it issued), and the
+    # pipeline collecting its token.
+    REQUEST_DECIDED = "request.decided"
+    TOKEN_HANDED_OVER = "token.handed_over"
     NOTICE = "notice"  # a plain message to a channel, e.g. a refused policy reload; payload {channel, text}
 
 

@@ -90,19 +90,27 @@ class Store(Protocol):
         resolve: Callable[[Tally], RequestStatus | None],
         grant: Grant | None,
         events: list[OutboxEvent],
+        *,
+        reason: str | None = None,
+        details: dict | None = None,
+        resolved_events: list[OutboxEvent] = (),
     ) -> Vote:
         """Record ``approver``'s verdict on a pending request, once per person, in one transaction.
 
         With the verdict counted, ``resolve(tally)`` says whether the request is now APPROVED (``grant`` is
-        inserted) or DENIED, or None (still pending); ``events`` are queued whenever the verdict was recorded.
+        inserted) or DENIED, or None (still pending); ``events`` are queued whenever the verdict was recorded,
+        ``resolved_events`` only when it resolved the request. ``reason`` (the approver's words) is audited and
+        becomes the request's ``denial_reason`` when this verdict denies it; ``details`` join the audit data.
         Counting and resolving are serialised per request, so concurrent verdicts resolve it exactly once.
         """
 
     async def approvals(self, request_id: str) -> list[Approval]:
         """Every verdict given on a request, oldest first."""
 
-    async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime) -> bool:
-        """Record that the token was handed over; False if it already was (a token is handed over once)."""
+    async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime,
+                               events: list[OutboxEvent] = ()) -> bool:
+        """Record that the token was handed over, queueing ``events`` with it; False if it already was (a token
+        is handed over once)."""
 
     async def expire_due_grants(self, now: datetime, limit: int) -> list[Grant]:
         """End active grants whose ``expires_at <= now``, each with a ``grant.expired`` event; returns them."""

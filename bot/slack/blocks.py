@@ -7,6 +7,7 @@ Every piece of user-controlled text (reason, context, identity, scopes) is escap
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -18,7 +19,11 @@ HEADER_LIMIT = 150
 CONTEXT_TEXT_LIMIT = 2000
 FALLBACK_TEXT_LIMIT = 3000
 APPROVE_ACTION = "approve"
-DENY_ACTION = "deny"
+DENY_ACTION = "deny"  # opens the deny-reason modal (bot.slack.modals)
+APPROVE_WITH_CHANGES_ACTION = "approve_with_changes"  # opens the narrower-grant modal (bot.slack.modals)
+REVOKE_ACTION = "revoke_grant"  # on an approved card while its grant is active
+# A Slack user or enterprise user ID, as recorded when a person (not a pipeline) ended a grant.
+_SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,}")
 
 
 def escape(text: str) -> str:
@@ -75,6 +80,27 @@ def _mentions(users: Sequence[str]) -> str:
     return ", ".join(f"<@{escape(user)}>" for user in users)
 
 
+def by(actor: str | None) -> str:
+    """Who did something, for a message: a Slack user ID becomes a mention, anything else (an identity, "expiry")
+    is shown escaped."""
+    if actor and _SLACK_USER.fullmatch(actor):
+        return f"<@{actor}>"
+    return escape(actor or "someone")
+
+
+def changes_line(request: AccessRequest, grant: Grant) -> str | None:
+    """``Granted with changes: `db:read` for 5 min (asked: `db:read`, `db:write` for 15 min)``, or None when the
+    grant is what was asked."""
+    if tuple(grant.scopes) == tuple(request.scopes) and grant.ttl_seconds == request.ttl_seconds:
+        return None
+    return (f":scissors: Granted with changes: {_scopes(grant.scopes)} for {duration(grant.ttl_seconds)} "
+            f"(asked: {_scopes(request.scopes)} for {duration(request.ttl_seconds)})")
+
+
+def _reason_block(reason: str) -> str:
+    return "*Reason for denial*\n" + escape(reason)
+
+
 def _who(approvals: Sequence[Approval], verdict: Verdict) -> list[str]:
     return [a.approver for a in approvals if a.verdict is verdict]
 
@@ -101,17 +127,20 @@ def outcome_line(request: AccessRequest, grant: Grant | None, approvals: Sequenc
     if request.status is RequestStatus.APPROVED:
         line = f":white_check_mark: *Approved* by {_mentions(approved) if len(approved) > 1 else who} at {when}"
         if grant is not None:
+            if changed := changes_line(request, grant):
+                line += "\n" + changed
             if grant.status is GrantStatus.ACTIVE:
                 line += f"\nGrant active until {clock_time(grant.expires_at)}"
             elif grant.status is GrantStatus.EXPIRED:
                 line += f"\n:hourglass: Grant expired at {clock_time(grant.expires_at)}"
             else:
-                by = escape(grant.ended_by or "someone")
-                line += f"\n:no_entry: Grant revoked by {by} at {clock_time(grant.ended_at or grant.expires_at)}"
+                line += (f"\n:no_entry: Grant revoked by {by(grant.ended_by)} at "
+                         f"{clock_time(grant.ended_at or grant.expires_at)}")
         return line
     if request.status is RequestStatus.DENIED:
         denied = _who(approvals, Verdict.DENY)
-        return f":x: *Denied* by {_mentions(denied) if len(denied) > 1 else who} at {when}"
+        line = f":x: *Denied* by {_mentions(denied) if len(denied) > 1 else who} at {when}"
+        return line + "\n" + _reason_block(request.denial_reason) if request.denial_reason else line
     if request.status is RequestStatus.EXPIRED:
         return f":hourglass: *Expired*: nobody decided before {when}"
     return f"*{request.status.value.capitalize()}*"
@@ -134,7 +163,9 @@ def card_blocks(
     """The approval card: what is asked, by whom, why, the pipeline's context, and buttons while pending.
 
     Shape: Slack Block Kit ``blocks`` for ``chat.postMessage`` / ``chat.update``. Buttons carry the request id as
-    ``value`` with ``action_id`` ``approve`` / ``deny``; once decided they are replaced by the outcome.
+    ``value`` with ``action_id`` ``approve`` / ``approve_with_changes`` (only when one approval decides) /
+    ``deny``; once decided they are replaced by the outcome (who decided, the denial's reason, a narrower grant)
+    and, while the grant is active, a ``revoke_grant`` button (with a confirmation dialog).
     ``approvals`` are the verdicts given so far (``Store.approvals``): with ``min_approvals`` above 1 a pending
     card shows the progress ("1 of 2 approvals") and who approved; a decided one names everyone who approved.
     """
@@ -174,10 +205,25 @@ def card_blocks(
                 f"{_mentions(request.excluded_approvers)} triggered this pipeline and can't approve it", 2000)}]})
         if progress := progress_line(request, approvals):
             blocks.append(_section(progress))
-        blocks.append({"type": "actions", "block_id": "decide", "elements": decision_buttons(request.id)})
+        elements = decision_buttons(request.id)
+        if request.min_approvals <= 1:  # changes are for one-approver requests (bot.domain.usecases.decide)
+            elements.insert(1, {"type": "button", "action_id": APPROVE_WITH_CHANGES_ACTION, "value": request.id,
+                                "text": {"type": "plain_text", "text": "Approve with changes"}})
+        blocks.append({"type": "actions", "block_id": "decide", "elements": elements})
     else:
         blocks.append({"type": "divider"})
         blocks.append(_section(outcome_line(request, grant, approvals)))
+        if request.status is RequestStatus.APPROVED and grant is not None and grant.status is GrantStatus.ACTIVE:
+            blocks.append({"type": "actions", "block_id": "grant", "elements": [{
+                "type": "button", "action_id": REVOKE_ACTION, "style": "danger", "value": request.id,
+                "text": {"type": "plain_text", "text": "Revoke"},
+                "confirm": {"title": {"type": "plain_text", "text": "Revoke this grant?"},
+                            "text": {"type": "plain_text", "text": truncate(
+                                f"{grant.identity} loses {' '.join(grant.scopes)} on {request.environment} now.",
+                                300)},
+                            "confirm": {"type": "plain_text", "text": "Revoke"},
+                            "deny": {"type": "plain_text", "text": "Cancel"}, "style": "danger"},
+            }]})
     return blocks
 
 
@@ -208,18 +254,46 @@ def grant_ended_text(request: AccessRequest, grant: Grant, by_user: str | None =
         request.decision is Decision.AUTO_APPROVE
     ) else ""
     if grant.status is GrantStatus.REVOKED:
-        by = f"<@{escape(by_user)}>" if by_user else escape(grant.ended_by or "someone")
+        who = f"<@{escape(by_user)}>" if by_user else by(grant.ended_by)
         why = f": {escape(reason)}" if reason else ""
-        return truncate(f":no_entry: Grant {what}{origin} was revoked by {by}{why}.", SECTION_TEXT_LIMIT)
+        return truncate(f":no_entry: Grant {what}{origin} was revoked by {who}{why}.", SECTION_TEXT_LIMIT)
     return truncate(
         f":hourglass: Grant {what}{origin} expired at {clock_time(grant.expires_at)}; access has ended.",
         SECTION_TEXT_LIMIT,
     )
 
 
+def decision_text(request: AccessRequest, grant: Grant | None, approvals: Sequence[Approval] = ()) -> str:
+    """The thread reply under the card when people decided: who approved (and the grant it issued: scopes, TTL,
+    until when, any narrowing) or who denied and why."""
+    if request.status is RequestStatus.APPROVED:
+        approved = _who(approvals, Verdict.APPROVE) or [request.decided_by or "someone"]
+        text = f":white_check_mark: Approved by {_mentions(approved)}."
+        if grant is not None:
+            text += (f" Grant issued: {_scopes(grant.scopes)} on *{escape(request.environment)}* for "
+                     f"*{escape(grant.identity)}* for {duration(grant.ttl_seconds)}, until {clock_time(grant.expires_at)}.")
+            if changed := changes_line(request, grant):
+                text += "\n" + changed
+        return truncate(text, SECTION_TEXT_LIMIT)
+    if request.status is RequestStatus.DENIED:
+        text = f":x: Denied by {by(request.decided_by)}."
+        if request.denial_reason:
+            text += "\n" + _reason_block(request.denial_reason)
+        return truncate(text, SECTION_TEXT_LIMIT)
+    return truncate(outcome_line(request, grant), SECTION_TEXT_LIMIT)
+
+
+def handed_over_text(request: AccessRequest, grant: Grant) -> str:
+    """The thread reply when the pipeline collected its token (``token.handed_over``)."""
+    return truncate(f":key: *{escape(grant.identity)}* collected its token for {_scopes(grant.scopes)} on "
+                    f"*{escape(request.environment)}* (valid until {clock_time(grant.expires_at)}).", SECTION_TEXT_LIMIT)
+
+
 def refusal_text(error) -> str:
     """What the person who clicked is told privately when their click changes nothing (a ``DomainError``)."""
     outcome, decided_by = getattr(error, "outcome", None), getattr(error, "decided_by", None)
-    if outcome and decided_by and decided_by not in ("policy", "timeout"):
+    if outcome == "revoked":
+        return f"This grant was already revoked by {by(decided_by)}."
+    if outcome and decided_by and decided_by not in ("policy", "timeout", "expiry"):
         return f"This request was already {escape(outcome)} by <@{decided_by}>."
     return escape(error.detail)

@@ -9,33 +9,39 @@ from __future__ import annotations
 import logging
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.error import BoltUnhandledRequestError
+from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.domain import usecases
 from bot.domain.errors import DomainError
 from bot.domain.ids import is_uuid
-from bot.slack.blocks import APPROVE_ACTION, DENY_ACTION, refusal_text
+from bot.slack.blocks import APPROVE_ACTION, refusal_text
 from bot.slack.commands import register_commands
 from bot.slack.home import is_home_click, publish_home, register_home
+from bot.slack.modals import register_modals
 
 log = logging.getLogger(__name__)
 
 
 def build_bolt_app(deps: usecases.Deps, client: AsyncWebClient, signing_secret: str) -> AsyncApp:
     """A Bolt ``AsyncApp`` with grantbot's listeners, using ``client`` for every Web API call."""
-    bolt = AsyncApp(client=client, signing_secret=signing_secret, process_before_response=False, logger=log)
+    # raise_error_for_unhandled_request: an unknown action_id or callback_id (an old card, a newer replica's
+    # button) reaches on_error below instead of Bolt answering Slack 404.
+    bolt = AsyncApp(client=client, signing_secret=signing_secret, process_before_response=False, logger=log,
+                    raise_error_for_unhandled_request=True)
 
     async def on_decision(ack: AsyncAck, body: dict, client: AsyncWebClient) -> None:
-        """Slack block_actions payload: ``actions[0].value`` is the request id, ``user.id`` the approver."""
+        """Slack block_actions payload of the Approve button: ``actions[0].value`` is the request id, ``user.id``
+        the approver. (Deny opens a modal for the reason: ``bot.slack.modals``.)"""
         await ack()
         actions, user = body.get("actions") or [{}], (body.get("user") or {}).get("id")
         action = actions[0]
         if not isinstance(user, str) or not is_uuid(action.get("value")):
             log.warning("ignored a block_actions payload without a user or a request id")
             return
-        decide = usecases.approve if action["action_id"] == APPROVE_ACTION else usecases.deny
         try:
-            await decide(deps, action["value"], user)
+            await usecases.approve(deps, action["value"], user)
         except DomainError as exc:
             channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
             if is_home_click(body):  # the App Home has no channel: the refusal goes on top of the Home itself
@@ -47,13 +53,21 @@ def build_bolt_app(deps: usecases.Deps, client: AsyncWebClient, signing_secret: 
                 await publish_home(deps, client, user)
 
     bolt.action(APPROVE_ACTION)(on_decision)
-    bolt.action(DENY_ACTION)(on_decision)
+    register_modals(bolt, deps)  # Deny (reason), Approve with changes, Revoke
     register_commands(bolt, deps)  # /access and its revoke-all confirmation
     register_home(bolt, deps)
 
-    async def on_error(error: Exception) -> None:
+    async def on_error(error: Exception) -> BoltResponse | None:
+        if isinstance(error, BoltUnhandledRequestError):
+            # Answered (200: Slack shows no error, a view_submission closes its form) and logged, never a 404.
+            body = error.body if isinstance(error.body, dict) else {}
+            what = [a.get("action_id") for a in body.get("actions") or [] if isinstance(a, dict)] or \
+                (body.get("view") or {}).get("callback_id") or body.get("command") or body.get("type")
+            log.warning("no listener for a Slack %s request (%s); answered and ignored", body.get("type"), what)
+            return BoltResponse(status=200, body="")
         # Instead of Bolt's default handler, which logs the whole traceback for any malformed signed payload.
         log.warning("a Slack request failed in Bolt: %s: %s", type(error).__name__, error)
+        return None
 
     bolt.error(on_error)
     return bolt

@@ -301,7 +301,7 @@ class SlackNotifier:
             if item.grant_id
             else await self._store.grant_for_request(request.id)
         )
-        is_card = item.kind in (EventKind.CARD_POST, EventKind.CARD_UPDATE)
+        is_card = item.kind in (EventKind.CARD_POST, EventKind.CARD_UPDATE, EventKind.REQUEST_DECIDED)
         approvals = await self._store.approvals(request.id) if is_card else []  # the card shows who approved
         if item.kind is EventKind.CARD_POST:
             if request.card_ts or not request.channel:
@@ -333,6 +333,12 @@ class SlackNotifier:
                 await self._post_once(item, channel=request.card_channel, thread_ts=request.card_ts, text=text)
             elif request.channel and request.decision is Decision.AUTO_APPROVE:
                 await self._post_once(item, channel=request.channel, text=text)
+        elif item.kind in (EventKind.REQUEST_DECIDED, EventKind.TOKEN_HANDED_OVER) and request.card_ts:
+            # Thread replies under the card (none without a card: nobody saw the request, nobody decided it there).
+            text = (blocks.decision_text(request, grant, approvals) if item.kind is EventKind.REQUEST_DECIDED
+                    else blocks.handed_over_text(request, grant) if grant is not None else None)
+            if text:
+                await self._post_once(item, channel=request.card_channel, thread_ts=request.card_ts, text=text)
 
     async def _post_once(self, item: OutboxItem, *, channel: str, thread_ts: str | None = None, **content) -> tuple[str, str]:
         """``chat.postMessage`` unless an earlier attempt of this item already posted; returns (channel, ts)."""

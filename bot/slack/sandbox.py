@@ -29,6 +29,13 @@ MAX_PRIVATE_METADATA, MAX_CALLBACK_ID = 3_000, 255
 MAX_TEXT = 40_000
 MAX_SECTION_TEXT = 3_000
 MAX_FIELDS, MAX_FIELD_TEXT = 10, 2_000
+# Modals (api.slack.com/reference/surfaces/views, views.open): a trigger_id is good for 3 s and once; a modal
+# title, submit and close are at most 24 characters, private_metadata 3,000, callback_id 255; 100 blocks.
+TRIGGER_SECONDS = 3.0
+MAX_VIEW_TITLE = 24
+MAX_PRIVATE_METADATA = 3_000
+MAX_CALLBACK_ID = 255
+MAX_VIEW_BLOCKS = 100
 MAX_HEADER_TEXT = 150
 MAX_ACTION_ELEMENTS = 25
 # A response_url works five times within 30 minutes.
@@ -141,6 +148,37 @@ def _with_ids(blocks: list[dict]) -> list[dict]:
     return blocks
 
 
+
+def _check_view(view: Any) -> list[str]:
+    """Slack's view validation for views.open, reduced to what a modal can get wrong: type, title, callback_id,
+    private_metadata, and the blocks (the message limits plus input blocks' label and element)."""
+    if not isinstance(view, dict) or view.get("type") != "modal":
+        return ["must be a modal view [json-pointer:/view/type]"]
+    problems = []
+    for key in ("title", "submit", "close"):
+        if key in view or key == "title":
+            text = _text_of(view.get(key))
+            if not text:
+                problems.append(f"missing required field: text [json-pointer:/view/{key}]")
+            elif len(text) > MAX_VIEW_TITLE:
+                problems.append(f"must be less than {MAX_VIEW_TITLE + 1} characters [json-pointer:/view/{key}/text]")
+    if len(str(view.get("private_metadata") or "")) > MAX_PRIVATE_METADATA:
+        problems.append(f"must be no more than {MAX_PRIVATE_METADATA} characters [json-pointer:/view/private_metadata]")
+    if len(str(view.get("callback_id") or "")) > MAX_CALLBACK_ID:
+        problems.append(f"must be no more than {MAX_CALLBACK_ID} characters [json-pointer:/view/callback_id]")
+    blocks = view.get("blocks")
+    if isinstance(blocks, list) and len(blocks) > MAX_VIEW_BLOCKS:
+        problems.append(f"must be no more than {MAX_VIEW_BLOCKS} items [json-pointer:/view/blocks]")
+    problems += [p for p in _check_blocks(blocks) if "[json-pointer:/blocks]" not in p or not isinstance(blocks, list)]
+    for i, block in enumerate(blocks if isinstance(blocks, list) else []):
+        if isinstance(block, dict) and block.get("type") == "input":
+            if not _text_of(block.get("label")):
+                problems.append(f"missing required field: label [json-pointer:/view/blocks/{i}/label]")
+            element = block.get("element")
+            if not isinstance(element, dict) or not element.get("action_id"):
+                problems.append(f"missing required field: element.action_id [json-pointer:/view/blocks/{i}/element]")
+    return problems
+
 class SlackSandbox:
     """A local stand-in for Slack's Web API, response_urls and interactivity, as one aiohttp server.
 
@@ -158,7 +196,7 @@ class SlackSandbox:
     ``response_metadata.messages``); missing block_id/action_id are filled in; ``text`` over 40,000
     characters (``msg_too_long``); neither text nor blocks (``no_text``); unknown channel
     (``channel_not_found``) or message (``message_not_found``); a response_url works 5 times.
-    Not enforced: scopes, channel membership, the 3-second ``trigger_id``. Rate limits only when asked:
+    Not enforced: scopes, channel membership. Rate limits only when asked:
     ``post_rate_limit = (per_second, burst)`` answers ``chat.postMessage`` with 429 and ``Retry-After`` when a
     channel gets more than ``burst`` posts at once or more than ``per_second`` sustained (a token bucket per
     channel, wall clock), as Slack does ("1 message per second per channel, short bursts allowed"); off (None)
@@ -167,6 +205,12 @@ class SlackSandbox:
     Faults, for tests of what grantbot does when Slack misbehaves: :meth:`inject` makes the next N calls of a
     method (or those during a number of seconds), optionally only for one channel, answer 429 with
     ``Retry-After``, 500, a 502 HTML page, an empty 503, or nothing at all (hang).
+
+    Modals: ``views.open`` takes a ``trigger_id`` this sandbox issued in a payload, once, within
+    ``trigger_seconds`` (3 s; set it to 0 to make every trigger arrive expired): else ``expired_trigger_id``,
+    ``exchanged_trigger_id`` or ``invalid_trigger_id``. Open modals are in ``views`` (view id -> {"id", "user",
+    "view", "errors"}); :meth:`submit_view` sends their ``view_submission``; ``POST /sandbox/submit`` backs the
+    page's modal form.
 
     Interactivity: ``click()`` sends a Slack block_actions payload to ``events_url``, signed with the
     signing secret, and returns grantbot's HTTP status. Each payload's ``response_url`` points at
@@ -225,11 +269,16 @@ class SlackSandbox:
         self._hooks: dict[str, dict] = {}  # response_url token -> {"channel", "ts", "user", "uses"}
         self._last_us = 0
         self._runner: web.AppRunner | None = None
+        # Modals: issued trigger ids -> {"user", "issued" (monotonic seconds), "used"}; open views by id.
+        self.trigger_seconds = TRIGGER_SECONDS
+        self._triggers: dict[str, dict] = {}
+        self.views: dict[str, dict] = {}
         self._methods = {
             "auth.test": self._auth_test, "chat.postMessage": self._post_message,
             "chat.update": self._update, "chat.postEphemeral": self._post_ephemeral,
             "users.info": self._users_info, "conversations.history": self._history,
             "conversations.replies": self._replies, "usergroups.users.list": self._usergroup_members,
+            "views.open": self._views_open,
             "views.publish": self._views_publish,
         }
         # App Home: user id -> the view last published for that user (as views.publish answers it).
@@ -241,6 +290,7 @@ class SlackSandbox:
     def web_app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_post("/sandbox/submit", self._submit_route)
         app.router.add_post("/response/{token}", self._response_url)
         app.router.add_get("/", self._page)
         app.router.add_get("/sandbox/state", self._state)
@@ -600,7 +650,7 @@ class SlackSandbox:
             "api_app_id": APP_ID,
             "token": "sandbox-verification-token",
             "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False},
-            "trigger_id": f"{int(time.time())}.{secrets.randbelow(10**6)}.{secrets.token_hex(6)}",
+            "trigger_id": self._issue_trigger(user_id),
             "team": {"id": self.team_id, "domain": "sandbox"},
             "enterprise": None,
             "is_enterprise_install": False,
@@ -640,6 +690,124 @@ class SlackSandbox:
             async with session.post(self.events_url, data=body.encode(), headers=headers) as response:
                 return response.status, await response.read()
 
+    # ----- modals (views.open, view_submission) -----
+
+    def _issue_trigger(self, user_id: str) -> str:
+        """A trigger_id in Slack's shape ("<unix s>.<n>.<hex>") that ``views.open`` accepts once, for a while."""
+        trigger = f"{int(time.time())}.{secrets.randbelow(10**6)}.{secrets.token_hex(6)}"
+        self._triggers[trigger] = {"user": user_id, "issued": time.monotonic(), "used": False}
+        return trigger
+
+    def _views_open(self, args: Args) -> dict:
+        """Slack views.open: ``trigger_id`` (issued here, used once, within ``trigger_seconds``) and ``view`` (a
+        modal, JSON or a JSON string). Answers ``{"ok": true, "view": {... "id": "V…", "state": {"values": {}}}}``."""
+        trigger = self._triggers.get(str(args.get("trigger_id") or ""))
+        if trigger is None:
+            return _err("invalid_trigger_id")
+        if trigger["used"]:
+            return _err("exchanged_trigger_id")
+        if time.monotonic() - trigger["issued"] >= self.trigger_seconds:
+            return _err("expired_trigger_id")
+        view = args.get("view")
+        if isinstance(view, str):
+            try:
+                view = json.loads(view)
+            except ValueError:
+                return _err("invalid_arguments", response_metadata={"messages": ["invalid `view` JSON"]})
+        problems = _check_view(view)
+        if problems:
+            return _err("invalid_arguments", response_metadata={"messages": problems})
+        trigger["used"] = True
+        view = {**view, "blocks": _with_ids(view["blocks"]), "id": "V" + secrets.token_hex(5).upper(),
+                "team_id": self.team_id, "state": {"values": {}}, "hash": f"{time.time():.6f}.{secrets.token_hex(4)}",
+                "app_id": APP_ID, "bot_id": BOT_ID, "previous_view_id": None}
+        view["root_view_id"] = view["id"]
+        self.views[view["id"]] = {"id": view["id"], "user": trigger["user"], "view": view, "errors": {}}
+        return {"ok": True, "view": copy.deepcopy(view)}
+
+    def view_state(self, view_id: str, values: dict[str, Any]) -> dict:
+        """``view.state.values`` as Slack sends it for an open modal, from ``{block_id: answer}``: a string for a
+        ``plain_text_input`` / ``number_input``, a list of option values for ``checkboxes`` /
+        ``multi_static_select`` (the options' objects are taken from the view), or a dict used as it is (to send
+        what a tampered client could). Raises KeyError for an unknown view or block."""
+        view = self.views[view_id]["view"]
+        inputs = {b["block_id"]: b["element"] for b in view["blocks"] if b["type"] == "input"}
+        state: dict[str, dict] = {}
+        for block_id, answer in values.items():
+            element = inputs[block_id]
+            if isinstance(answer, dict):
+                entry = answer
+            elif element["type"] in ("checkboxes", "multi_static_select"):
+                chosen = [o for o in element.get("options", []) if o["value"] in answer]
+                entry = {"type": element["type"], "selected_options": chosen}
+            else:
+                entry = {"type": element["type"], "value": answer}
+            state[block_id] = {element["action_id"]: entry}
+        return state
+
+    async def submit_view(self, view_id: str, values: dict[str, Any], user_id: str | None = None) -> tuple[int, Any]:
+        """Submit an open modal as its user would: POST a signed Slack ``view_submission`` payload (form field
+        ``payload``) to ``events_url``. ``values`` as :meth:`view_state`. Returns grantbot's HTTP status and its
+        answer (parsed JSON, or None for an empty body). An empty answer closes the modal (it leaves ``views``);
+        ``{"response_action": "errors", "errors": {block_id: text}}`` keeps it open with those ``errors``.
+
+        Raises KeyError for an unknown view, RuntimeError without ``events_url`` or over Socket Mode (not faked),
+        TimeoutError as :meth:`click`.
+        """
+        opened = self.views[view_id]
+        user = user_id or opened["user"]
+        view = {**copy.deepcopy(opened["view"]), "state": {"values": self.view_state(view_id, values)}}
+        handle = _handle(self.users.get(user, user), user)
+        payload = {
+            "type": "view_submission",
+            "team": {"id": self.team_id, "domain": "sandbox"},
+            "user": {"id": user, "username": handle, "name": handle, "team_id": self.team_id},
+            "api_app_id": APP_ID,
+            "token": "sandbox-verification-token",
+            "trigger_id": self._issue_trigger(user),
+            "view": view,
+            "response_urls": [],
+            "is_enterprise_install": False,
+            "enterprise": None,
+        }
+        if self._sockets:
+            raise RuntimeError("submit_view is not faked over Socket Mode")
+        status, raw = await self._post_signed(urlencode({"payload": json.dumps(payload)}))
+        answer = json.loads(raw) if raw.strip() else None
+        if status == 200:
+            if isinstance(answer, dict) and answer.get("response_action") == "errors":
+                opened["errors"] = dict(answer.get("errors") or {})
+            elif not (isinstance(answer, dict) and answer.get("response_action") in ("update", "push")):
+                self.views.pop(view_id, None)  # an empty ack (or "clear") closes the modal
+        return status, answer
+
+    def close_view(self, view_id: str) -> None:
+        """The user closes (cancels) a modal; Slack sends nothing unless the view asked with notify_on_close."""
+        self.views.pop(view_id, None)
+
+    async def _submit_route(self, request: web.Request) -> web.Response:
+        """Browser: ``POST /sandbox/submit`` JSON {view_id, values, user_id?} → {status, answer}; {close: true}
+        cancels the modal instead."""
+        try:
+            body = await request.json()
+            view_id = body["view_id"]
+            if body.get("close"):
+                self.close_view(view_id)
+                return web.json_response({"status": None})
+            status, answer = await self.submit_view(view_id, dict(body.get("values") or {}), body.get("user_id"))
+        except (ValueError, TypeError, KeyError) as e:
+            return web.json_response({"error": f"bad submission: {e}"}, status=400)
+        except RuntimeError as e:
+            return web.json_response({"error": str(e)}, status=409)
+        except TimeoutError:
+            return web.json_response({"error": f"grantbot did not answer within {self.ack_timeout:g} s"},
+                                     status=504)
+        except aiohttp.ClientError as e:
+            return web.json_response({"error": f"could not reach grantbot: {e}"}, status=502)
+        return web.json_response({"status": status, "answer": answer})
+
+    # ----- browser -----
+
     # ----- slash commands and clicks on ephemeral messages -----
 
     def _new_hook(self, channel: str, user_id: str, ts: str | None = None, ephemeral_ts: str | None = None) -> str:
@@ -662,7 +830,7 @@ class SlackSandbox:
             "user_name": _handle(self.users[user_id], user_id), "command": command, "text": text,
             "api_app_id": APP_ID, "is_enterprise_install": "false",
             "response_url": self._new_hook(resolved, user_id),
-            "trigger_id": f"{int(time.time())}.{secrets.randbelow(10**6)}.{secrets.token_hex(6)}",
+            "trigger_id": self._issue_trigger(user_id),
         }
 
     async def slash_command(self, text: str, *, user_id: str, channel: str = "C0SANDBOX",
@@ -712,7 +880,7 @@ class SlackSandbox:
             "api_app_id": APP_ID,
             "token": "sandbox-verification-token",
             "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": True},
-            "trigger_id": f"{int(time.time())}.{secrets.randbelow(10**6)}.{secrets.token_hex(6)}",
+            "trigger_id": self._issue_trigger(user_id),
             "team": {"id": self.team_id, "domain": "sandbox"},
             "enterprise": None,
             "is_enterprise_install": False,
@@ -875,7 +1043,7 @@ class SlackSandbox:
             "api_app_id": APP_ID,
             "token": "sandbox-verification-token",
             "container": {"type": "view", "view_id": view["id"]},
-            "trigger_id": f"{int(time.time())}.{secrets.randbelow(10**6)}.{secrets.token_hex(6)}",
+            "trigger_id": self._issue_trigger(user_id),
             "team": {"id": self.team_id, "domain": "sandbox"},
             "enterprise": None,
             "is_enterprise_install": False,
@@ -954,7 +1122,8 @@ class SlackSandbox:
 
     async def _state(self, request: web.Request) -> web.Response:
         return web.json_response({"channels": self.channels, "users": self.users,
-                                  "messages": self.messages, "ephemerals": self.ephemerals})
+                                  "messages": self.messages, "ephemerals": self.ephemerals,
+                                  "views": list(self.views.values())})
 
     async def _click_route(self, request: web.Request) -> web.Response:
         try:

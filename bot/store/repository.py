@@ -88,6 +88,7 @@ def _request_from_row(row) -> AccessRequest:
         deny_on_first_denial=bool(row.deny_on_first_denial),
         actor=row.actor,
         remind_at=row.remind_at,
+        denial_reason=row.denial_reason,
     )
 
 
@@ -300,7 +301,15 @@ class SqlStore:
         resolve: Callable[[Tally], RequestStatus | None],
         grant: Grant | None,
         events: list[OutboxEvent],
+        *,
+        reason: str | None = None,
+        details: dict | None = None,
+        resolved_events: list[OutboxEvent] = (),
     ) -> Vote:
+        # ``reason``: the approver's words (a denial's reason), audited and, when this verdict denies the request,
+        # kept as its ``denial_reason``; ``details``: extra audit data (an approval's reduced scopes and TTL);
+        # ``resolved_events``: queued only when this verdict resolves the request (the thread reply).
+        extra = {**({"reason": reason} if reason else {}), **(details or {})}
         async with self._writer.begin() as conn:
             # Lock the request row first (SELECT ... FOR UPDATE). Under PostgreSQL's READ COMMITTED, two
             # transactions that each insert an approval and then count do not see each other's uncommitted row:
@@ -331,22 +340,23 @@ class SqlStore:
             tally = await self._tally(conn, request_id)
             recorded = "request.approval_recorded" if verdict is Verdict.APPROVE else "request.denial_recorded"
             await self._audit(conn, now, recorded, approver, request_id, approvals=tally.approvals,
-                              denials=tally.denials)
+                              denials=tally.denials, **extra)
             status = resolve(tally)
             if status is not None:
                 # Conditional even under the lock: the row count is the proof this transaction resolved it.
                 won = await conn.execute(
                     update(R)
                     .where(R.c.id == request_id, R.c.status == RequestStatus.PENDING.value)
-                    .values(status=status.value, decided_at=now, decided_by=approver)
+                    .values(status=status.value, decided_at=now, decided_by=approver,
+                            **({"denial_reason": reason} if status is RequestStatus.DENIED else {}))
                 )
                 if won.rowcount != 1:  # pragma: no cover - impossible while the row is locked
                     raise RuntimeError(f"request {request_id} changed under its row lock")
-                await self._audit(conn, now, f"request.{status.value}", approver, request_id)
+                await self._audit(conn, now, f"request.{status.value}", approver, request_id, **extra)
                 if status is RequestStatus.APPROVED and grant is not None:
                     await conn.execute(insert(G).values(**_grant_values(grant)))
                     await self._audit_grant_issued(conn, grant, approver)
-            await self._add_events(conn, events, now)
+            await self._add_events(conn, events + (list(resolved_events) if status is not None else []), now)
         return Vote(VoteOutcome.RESOLVED if status is not None else VoteOutcome.COUNTED, tally)
 
     @staticmethod
@@ -440,7 +450,8 @@ class SqlStore:
     async def grant_by_jti(self, jti: str) -> Grant | None:
         return await self._one_grant(G.c.jti == jti)
 
-    async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime) -> bool:
+    async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime,
+                               events: list[OutboxEvent] = ()) -> bool:
         async with self._writer.begin() as conn:
             won = await conn.execute(
                 update(G)
@@ -452,6 +463,7 @@ class SqlStore:
             if row is None:
                 return False
             await self._audit(conn, now, "token.handed_over", row.identity, row.request_id, grant_id)
+            await self._add_events(conn, list(events), now)
         return True
 
     async def _end_grant(

@@ -74,6 +74,7 @@ class AccessRequestRow(SQLModel, table=True):
     deny_on_first_denial: bool = Field(default=True, sa_column_kwargs={"server_default": sa_true()})
     actor: str | None = Field(default=None, max_length=255)  # the person who triggered the pipeline, as claimed
     remind_at: datetime | None = _time()  # when to remind the approvers of a pending request; cleared once sent
+    denial_reason: str | None = Field(default=None)  # the deciding denial's reason, as the approver typed it
     channel: str | None = Field(default=None, max_length=64)
     created_at: datetime = _time(nullable=False)
     expires_at: datetime | None = _time()

@@ -104,6 +104,8 @@ def view_json(view: usecases.RequestView, now: datetime) -> dict:
     else:
         body["decided_by"] = req.decided_by
         body["decided_at"] = _iso(req.decided_at)
+        if req.denial_reason is not None:  # the approver's words from the deny modal
+            body["denial_reason"] = req.denial_reason
     if view.grant is not None:
         body["grant"] = grant_json(view.grant, now, view.access_token)
     return body

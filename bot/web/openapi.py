@@ -44,6 +44,7 @@ def document() -> dict:
             "status": {"enum": ["pending", "approved", "denied", "expired", "cancelled"]},
             "expires_at": {"type": "string", "format": "date-time", "description": "pending deadline"},
             "decided_by": {"type": ["string", "null"]}, "grant": {"$ref": "#/components/schemas/Grant"},
+            "denial_reason": {"type": "string", "description": "why the approver who denied it did (Slack)"},
         },
     }
     form = {"application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["token"],

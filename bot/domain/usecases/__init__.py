@@ -1,14 +1,14 @@
 """Use cases, one module each: what a caller, an approver or the scheduler can make grantbot do."""
 
 from bot.domain.usecases.daily_summary import queue_due_summary
-from bot.domain.usecases.decide import approve, deny
+from bot.domain.usecases.decide import approve, check_changes, deny, may_decide
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.expire import expire_due
 from bot.domain.usecases.introspect import introspect
 from bot.domain.usecases.look_up import find_access, list_active_grants, list_pending
 from bot.domain.usecases.read_request import RequestView, read_request
 from bot.domain.usecases.request_access import request_access
-from bot.domain.usecases.revoke import revoke_own_grant
+from bot.domain.usecases.revoke import revoke_as_approver, revoke_own_grant
 from bot.domain.usecases.revoke_all import preview_revoke_all, revoke_all
 from bot.domain.usecases.revoke_by_person import revoke_by_person
 from bot.domain.usecases.revoke_token import revoke_token
@@ -17,17 +17,20 @@ __all__ = [
     "Deps",
     "RequestView",
     "approve",
+    "check_changes",
     "deny",
     "expire_due",
     "find_access",
     "introspect",
     "list_active_grants",
     "list_pending",
+    "may_decide",
     "preview_revoke_all",
     "queue_due_summary",
     "read_request",
     "request_access",
     "revoke_all",
+    "revoke_as_approver",
     "revoke_by_person",
     "revoke_own_grant",
     "revoke_token",

@@ -9,13 +9,27 @@ from __future__ import annotations
 from functools import partial
 
 from bot.domain.approvals import eligible_count, is_approver, resolution, waiting_for
-from bot.domain.errors import AlreadyDecided, AlreadyVoted, CannotApproveOwnRequest, NotAnApprover, NotFound
+from bot.domain.errors import (
+    AlreadyDecided,
+    AlreadyVoted,
+    CannotApproveOwnRequest,
+    InvalidChanges,
+    InvalidRequest,
+    NotAnApprover,
+    NotFound,
+)
 from bot.domain.models import AccessRequest, EventKind, OutboxEvent, RequestStatus, Verdict, Vote, VoteOutcome
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.request_access import new_grant
 
 
-async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict) -> AccessRequest:
+async def may_decide(deps: Deps, request_id: str, approver: str) -> AccessRequest:
+    """The pending request ``approver`` may decide now, or the error a verdict would raise (nothing is recorded).
+
+    For opening a modal (deny reason, approve with changes) only for someone whose submission could count;
+    the submission checks again. Raises :class:`NotFound`, :class:`CannotApproveOwnRequest`,
+    :class:`AlreadyDecided`, :class:`NotAnApprover`, ``ApproverDirectoryUnavailable``.
+    """
     request = await deps.store.get_request(request_id)
     if request is None:
         raise NotFound(f"There is no access request {request_id!r}.")
@@ -26,14 +40,48 @@ async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict) 
             "another approver has to."
         )
     # Membership is checked only while pending: a click on a decided card needs no Slack lookup.
-    if request.status is not RequestStatus.PENDING:
+    if request.status is not RequestStatus.PENDING or (
+        request.expires_at is not None and request.expires_at <= deps.clock.now()
+    ):
         raise _already(request)
     if not await is_approver(deps.directory, request, approver):
         raise NotAnApprover(
             f"Only the approvers of rule {request.rule!r} can decide this request; you are not one of them."
         )
+    return request
+
+
+def check_changes(request: AccessRequest, scopes: tuple[str, ...], ttl_seconds: int) -> None:
+    """Refuse an approval with changes that is not a narrowing of ``request``: raises :class:`InvalidChanges`
+    (``field`` ``"ttl"``: not 1 s to the asked TTL; ``"scopes"``: empty, or a scope that was not asked for) and
+    :class:`InvalidRequest` when the request needs several approvals (changes are for one-approver requests:
+    with N-of-M, whose narrowing would win is a question nobody asked to answer yet)."""
+    if request.min_approvals > 1:
+        raise InvalidRequest(
+            f"This request needs {request.min_approvals} approvals; it can only be approved as asked or denied."
+        )
+    if not 0 < ttl_seconds <= request.ttl_seconds:
+        raise InvalidChanges("ttl", f"The TTL must be more than 0 and at most the {request.ttl_seconds} s asked for.")
+    if not scopes:
+        raise InvalidChanges("scopes", "Keep at least one scope (or deny the request).")
+    if not_asked := [s for s in scopes if s not in request.scopes]:
+        raise InvalidChanges("scopes", f"Only scopes the pipeline asked for can be granted, not {not_asked[0]!r}.")
+
+
+async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict, *, reason: str | None = None,
+                  scopes: tuple[str, ...] | None = None, ttl_seconds: int | None = None) -> AccessRequest:
+    request = await may_decide(deps, request_id, approver)
+    details = None
+    if scopes is not None or ttl_seconds is not None:
+        scopes = tuple(dict.fromkeys(scopes if scopes is not None else request.scopes))
+        ttl_seconds = ttl_seconds if ttl_seconds is not None else request.ttl_seconds
+        check_changes(request, scopes, ttl_seconds)
+        if scopes != request.scopes or ttl_seconds != request.ttl_seconds:
+            details = {"changes": {"scopes": list(scopes), "ttl_seconds": ttl_seconds}}
     now = deps.clock.now()
-    grant = new_grant(request, now) if verdict is Verdict.APPROVE else None  # inserted only if this vote approves
+    grant = (  # inserted only if this vote approves
+        new_grant(request, now, scopes, ttl_seconds) if verdict is Verdict.APPROVE else None
+    )
     eligible = (
         await eligible_count(deps.directory, request)
         if verdict is Verdict.DENY and not request.deny_on_first_denial
@@ -41,7 +89,8 @@ async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict) 
     )
     vote = await deps.store.decide(
         request_id, approver, verdict, now, partial(resolution, request, eligible), grant,
-        [OutboxEvent(EventKind.CARD_UPDATE, request_id)],
+        [OutboxEvent(EventKind.CARD_UPDATE, request_id)], reason=reason, details=details,
+        resolved_events=[OutboxEvent(EventKind.REQUEST_DECIDED, request_id)],
     )
     current = await deps.store.get_request(request_id) or request
     if vote.outcome is VoteOutcome.NOT_PENDING:
@@ -65,19 +114,25 @@ def _already(request: AccessRequest) -> AlreadyDecided:
                           request.decided_by)
 
 
-async def approve(deps: Deps, request_id: str, approver: str) -> AccessRequest:
+async def approve(deps: Deps, request_id: str, approver: str, *, scopes: tuple[str, ...] | None = None,
+                  ttl_seconds: int | None = None) -> AccessRequest:
     """Record an approval; the one that brings distinct approvals to ``min_approvals`` issues the grant (TTL
-    counted from now) — exactly once, however many approvers click at the same time. Queues a card update.
+    counted from now) — exactly once, however many approvers click at the same time. Queues a card update, and a
+    thread reply when it resolves the request.
+
+    ``scopes`` / ``ttl_seconds`` (seconds): approve with changes, a narrower grant than asked (Slack "Approve with
+    changes" modal); checked by :func:`check_changes`, which raises :class:`InvalidChanges` / :class:`InvalidRequest`.
 
     Raises :class:`NotFound`, :class:`CannotApproveOwnRequest` (the approver triggered the pipeline),
     :class:`NotAnApprover` (neither listed nor in an approver group), :class:`AlreadyVoted` (this person already
     gave a verdict; nothing changes), :class:`AlreadyDecided` (no longer pending: a replayed payload, a lost race
     or a timeout) and :class:`~bot.domain.errors.ApproverDirectoryUnavailable` (group membership unknowable now).
     """
-    return await _decide(deps, request_id, approver, Verdict.APPROVE)
+    return await _decide(deps, request_id, approver, Verdict.APPROVE, scopes=scopes, ttl_seconds=ttl_seconds)
 
 
-async def deny(deps: Deps, request_id: str, approver: str) -> AccessRequest:
-    """Record a denial; it denies the request per ``deny_on_first_denial`` (``bot.domain.approvals``). Same
-    errors as :func:`approve`."""
-    return await _decide(deps, request_id, approver, Verdict.DENY)
+async def deny(deps: Deps, request_id: str, approver: str, reason: str | None = None) -> AccessRequest:
+    """Record a denial with the approver's ``reason`` (audited; the request's ``denial_reason`` when this denial
+    decides it); it denies the request per ``deny_on_first_denial`` (``bot.domain.approvals``). Same errors as
+    :func:`approve`."""
+    return await _decide(deps, request_id, approver, Verdict.DENY, reason=reason)

@@ -6,7 +6,9 @@ import asyncio
 from dataclasses import dataclass
 
 from bot.domain.errors import NotFound
-from bot.domain.models import AccessRequest, Caller, Grant, GrantStatus, RequestStatus
+from bot.domain.models import (
+    AccessRequest, Caller, Decision, EventKind, Grant, GrantStatus, OutboxEvent, RequestStatus,
+)
 from bot.domain.usecases.deps import Deps
 
 MAX_WAIT_SECONDS = 60
@@ -37,7 +39,12 @@ async def hand_over(deps: Deps, request: AccessRequest) -> RequestView:
     now = deps.clock.now()
     if grant.delivered_at is None and grant.status is GrantStatus.ACTIVE and grant.expires_at > now:
         token = deps.tokens.mint(grant)
-        if await deps.store.mark_handed_over(grant.id, deps.tokens.token_hash(token), now):
+        # People approved it: tell them, under the card, that the pipeline collected its token.
+        events = ([OutboxEvent(EventKind.TOKEN_HANDED_OVER, request.id, grant.id)]
+                  if request.decision is Decision.REQUIRE_APPROVAL else [])
+        if await deps.store.mark_handed_over(grant.id, deps.tokens.token_hash(token), now, events):
+            if events:
+                deps.changes.notify(request.id)  # wakes the outbox worker
             return RequestView(request, grant, token)
         grant = await deps.store.get_grant(grant.id) or grant
     return RequestView(request, grant)

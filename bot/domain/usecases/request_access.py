@@ -34,17 +34,19 @@ from bot.domain.usecases.read_request import RequestView, hand_over
 _SCOPE = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token: no spaces, quotes or backslashes
 
 
-def new_grant(request: AccessRequest, now) -> Grant:
-    """A grant for ``request`` whose TTL counts from ``now`` (the approval), not from the request."""
+def new_grant(request: AccessRequest, now, scopes: tuple[str, ...] | None = None,
+              ttl_seconds: int | None = None) -> Grant:
+    """A grant for ``request`` whose TTL counts from ``now`` (the approval), not from the request; ``scopes`` and
+    ``ttl_seconds`` narrow it when an approver approved with changes (checked by the caller)."""
     return Grant(
         id=str(uuid.uuid4()),
         request_id=request.id,
         identity=request.identity,
-        scopes=request.scopes,
+        scopes=scopes if scopes is not None else request.scopes,
         audience=request.audience,
         jti=str(uuid.uuid4()),
         issued_at=now,
-        expires_at=now + timedelta(seconds=request.ttl_seconds),
+        expires_at=now + timedelta(seconds=ttl_seconds if ttl_seconds is not None else request.ttl_seconds),
     )
 
 

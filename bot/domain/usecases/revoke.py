@@ -1,9 +1,11 @@
-"""Use case: the holder of a grant ends it early (``POST /v1/grants/{id}/revoke``)."""
+"""Use cases: a grant ends early — its holder revokes it (``POST /v1/grants/{id}/revoke``) or an approver does
+(the card's Revoke button)."""
 
 from __future__ import annotations
 
-from bot.domain.errors import NotFound
-from bot.domain.models import Caller, EventKind, Grant, OutboxEvent
+from bot.domain.approvals import is_approver
+from bot.domain.errors import AlreadyDecided, NotAnApprover, NotFound
+from bot.domain.models import Caller, EventKind, Grant, GrantStatus, OutboxEvent
 from bot.domain.usecases.deps import Deps
 
 
@@ -26,3 +28,35 @@ async def revoke_own_grant(deps: Deps, caller: Caller, grant_id: str) -> Grant:
     if await deps.store.revoke_grant(grant_id, caller.identity, deps.clock.now(), revocation_events(grant)):
         deps.changes.notify(grant.request_id)
     return await deps.store.get_grant(grant_id) or grant
+
+
+async def revoke_as_approver(deps: Deps, request_id: str, user: str) -> Grant:
+    """An approver of the request ends its grant early (the Revoke button on an approved card in Slack).
+
+    ``user`` is a Slack user ID; the grant's ``ended_by`` and the audit's actor are that ID. Anyone
+    :func:`~bot.domain.approvals.is_approver` for the request may revoke, including the person who triggered the
+    pipeline (ending access is always safe). Raises :class:`NotFound` (no such request, or it has no grant),
+    :class:`NotAnApprover`, :class:`AlreadyDecided` (the grant already expired or was revoked: nothing changes)
+    and ``ApproverDirectoryUnavailable``.
+    """
+    request = await deps.store.get_request(request_id)
+    grant = await deps.store.grant_for_request(request_id) if request is not None else None
+    if request is None or grant is None:
+        raise NotFound(f"There is no grant for access request {request_id!r}.")
+    if grant.status is not GrantStatus.ACTIVE:
+        raise _ended(grant)
+    if not await is_approver(deps.directory, request, user):
+        raise NotAnApprover(
+            f"Only the approvers of rule {request.rule!r} can revoke this grant; you are not one of them."
+        )
+    if not await deps.store.revoke_grant(grant.id, user, deps.clock.now(), revocation_events(grant)):
+        raise _ended(await deps.store.get_grant(grant.id) or grant)  # lost a race with expiry or another click
+    deps.changes.notify(request_id)
+    return await deps.store.get_grant(grant.id) or grant
+
+
+def _ended(grant: Grant) -> AlreadyDecided:
+    if grant.status is GrantStatus.EXPIRED:
+        return AlreadyDecided("This grant already expired; there is nothing to revoke.", "expired", "expiry")
+    return AlreadyDecided(f"This grant was already revoked by {grant.ended_by or 'someone'}.", "revoked",
+                          grant.ended_by)
