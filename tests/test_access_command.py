@@ -56,7 +56,8 @@ async def active(grantbot, token: str) -> bool:
 
 
 def thread_of(sandbox, card) -> list[dict]:
-    return [m for m in sandbox.messages if m["thread_ts"] == card["ts"]]
+    """The replies under ``card`` that say a grant ended (the thread also tells of decisions and hand-overs)."""
+    return [m for m in sandbox.messages if m["thread_ts"] == card["ts"] and m["text"].startswith(":no_entry:")]
 
 
 async def audit(grantbot, kind: str) -> list[dict]:

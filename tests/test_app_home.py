@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import POLICIES
-from tests.support import cards, eventually, message_text
+from tests.support import cards, deny_with_reason, eventually, message_text
 
 QUORUM = POLICIES / "quorum.yaml"
 PROD_DB = {"environment": "production", "scopes": ["db:write"], "ttl_seconds": 900,
@@ -135,7 +135,7 @@ async def test_recent_decisions_show_denials_and_timeouts_newest_first(grantbot,
     slow_card = await eventually(lambda: next((c for c in cards(sandbox) if slow["id"] in message_text(c)), None))
     denied = await request(grantbot, PROD_DEPLOY)
     card = await eventually(lambda: next((c for c in cards(sandbox) if denied["id"] in message_text(c)), None))
-    assert await grantbot.api.click(card, "deny", "U0THIRD") == 200
+    assert (await deny_with_reason(sandbox, card, "U0THIRD", "not during the freeze"))[0] == 200
     await eventually(lambda: card["updated_count"] > 0)
     clock.advance(1801)  # past the pending timeout: the sweep marks the other one expired
     await eventually(lambda: "Expired" in message_text(slow_card))

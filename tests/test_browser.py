@@ -45,10 +45,10 @@ async def test_an_approver_approves_in_the_sandbox_page_on_the_card_and_in_the_h
 
         answer = await approved(grantbot, first["id"])
         assert answer["status"] == "approved" and answer["decided_by"] == "U0APPROVER", answer
-        # The page shows the updated card: who approved, no buttons left.
+        # The page shows the updated card: who approved, and only the Revoke button left.
         shown = f'document.querySelector(".msg[data-ts=\\"{card["ts"]}\\"]")'
         await page.wait_for(f'{shown} && {shown}.innerText.includes("Approved by @dana") '
-                            f'&& !{shown}.querySelector("button")')
+                            f'&& [...{shown}.querySelectorAll("button")].map(b => b.innerText).join() === "Revoke"')
 
         # The Home tab, as the second approver: the next request waits there with the same buttons.
         status, second = await grantbot.api.request_access({**PROD_WRITE, "reason": "hotfix 43"})

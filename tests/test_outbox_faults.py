@@ -129,7 +129,7 @@ async def test_cards_go_out_once_paced_per_channel_through_429s_500s_and_silence
     # Each update edited its own request's card, and only the approved cards were edited.
     for request_id, (card, *_) in by_request.items():
         if request_id in approved:
-            assert card["updated_count"] == 1 and buttons(card) == []
+            assert card["updated_count"] == 1 and buttons(card) == ["revoke_grant"]
             assert "Approved" in message_text(card) and request_ids(card) == {request_id}
         else:
             assert card["updated_count"] == 0 and buttons(card) == ["approve", "deny"]

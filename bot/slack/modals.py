@@ -31,6 +31,7 @@ from bot.domain.errors import DomainError, InvalidChanges
 from bot.domain.ids import is_uuid
 from bot.domain.models import AccessRequest
 from bot.slack.blocks import APPROVE_WITH_CHANGES_ACTION, DENY_ACTION, REVOKE_ACTION, refusal_text, truncate
+from bot.slack.home import is_home_click, publish_home
 from bot.slack.modal_blocks import (
     APPROVE_CHANGES_CALLBACK,
     DENY_CALLBACK,
@@ -102,7 +103,10 @@ def register_modals(bolt: AsyncApp, deps: usecases.Deps) -> None:
                 if check is not None:
                     check(request)
             except DomainError as exc:
-                await tell(client, channel, user, refusal_text(exc))
+                if is_home_click(body):  # the App Home has no channel: the refusal goes on top of the Home
+                    await publish_home(deps, client, user, notice=refusal_text(exc))
+                else:
+                    await tell(client, channel, user, refusal_text(exc))
                 return
             try:
                 await client.views_open(trigger_id=body.get("trigger_id") or "", view=build(request, channel, ts))
