@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import traceback
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -209,7 +210,8 @@ async def _background(run, stop, name: str, _app: web.Application) -> AsyncItera
     stop()
     _, hanging = await asyncio.wait([task], timeout=10)
     if hanging:
-        log.warning("%s did not stop within 10 s; cancelling it", name)
+        where = "".join(traceback.format_stack(task.get_stack(limit=8)[-1])) if task.get_stack() else "?"
+        log.warning("%s did not stop within 10 s; cancelling it (it was at:\n%s)", name, where.rstrip())
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -189,5 +189,5 @@ async def test_the_real_process_needs_two_approvers_who_did_not_trigger_the_pipe
             assert 895 <= decided["grant"]["expires_in"] <= 900  # the TTL counts from the last approval (real time)
             await eventually(lambda: buttons(card) == ["revoke_grant"] and "<@U0SECOND>, <@U0THIRD>" in message_text(card))
     finally:
-        assert proc.kill(signal.SIGTERM) == 0
+        assert await proc.kill(signal.SIGTERM) == 0
     proc.check_log()

@@ -81,10 +81,16 @@ class Process:
 
         await eventually(healthy, timeout=20, interval=0.1)
 
-    def kill(self, sig: int = signal.SIGKILL) -> int:
+    async def kill(self, sig: int = signal.SIGKILL) -> int:
+        """Signal the process and wait (without blocking the loop: the sandbox in this process must keep answering
+        the posts grantbot finishes while it drains) for its exit status."""
         assert self.proc is not None
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout=15)
+        deadline = time.monotonic() + 15
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"grantbot did not exit within 15 s of signal {sig}"
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
 
     def check_log(self) -> None:
         """No tracebacks, and no secret or token, in what the process logged."""
@@ -107,7 +113,7 @@ async def process(tmp_path, database_url, sandbox):
     await proc.start()
     yield proc
     if proc.proc and proc.proc.poll() is None:
-        assert proc.kill(signal.SIGTERM) == 0, proc.log_path.read_text()[-3000:]
+        assert await proc.kill(signal.SIGTERM) == 0, proc.log_path.read_text()[-3000:]
     proc.check_log()
 
 
@@ -156,7 +162,7 @@ async def test_a_restart_between_request_and_approval_loses_nothing(process, api
     _, created = await api.request_access({"environment": "production", "scopes": ["deploy:api"], "ttl_seconds": 60})
     card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
 
-    assert process.kill(signal.SIGKILL) == -signal.SIGKILL
+    assert await process.kill(signal.SIGKILL) == -signal.SIGKILL
     await process.start()
     # If the kill came between Slack taking the card and the database recording it, the outbox item is still
     # leased by the dead process; move past the 30 s lease instead of waiting for it.
@@ -171,14 +177,14 @@ async def test_a_restart_between_request_and_approval_loses_nothing(process, api
 
 
 async def test_a_card_queued_while_down_is_posted_after_the_restart(process, api, sandbox):
-    process.kill(signal.SIGTERM)
+    await process.kill(signal.SIGTERM)
     env_without_slack = {k: v for k, v in process.env.items() if not k.startswith("SLACK_")}
     original, process.env = process.env, env_without_slack
     await process.start()  # Slack not configured: the card can only wait in the outbox
     _, created = await api.request_access({"environment": "production", "scopes": ["db:write"], "ttl_seconds": 60})
     await asyncio.sleep(0.5)
     assert cards(sandbox) == []
-    assert process.kill(signal.SIGKILL) == -signal.SIGKILL
+    assert await process.kill(signal.SIGKILL) == -signal.SIGKILL
     process.env = original
     await process.start()
     card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))

@@ -132,7 +132,7 @@ async def test_cards_go_out_once_paced_per_channel_through_429s_500s_and_silence
             assert card["updated_count"] == 1 and buttons(card) == ["revoke_grant"]
             assert "Approved" in message_text(card) and request_ids(card) == {request_id}
         else:
-            assert card["updated_count"] == 0 and buttons(card) == ["approve", "deny"]
+            assert card["updated_count"] == 0 and buttons(card) == ["approve", "approve_with_changes", "deny"]
     ts_of = {card["ts"]: request_id for request_id, (card, *_) in by_request.items()}
     updates = [c for c in sandbox.calls if c["method"] == "chat.update" and c["status"] == 200]
     assert len(updates) == len(approved)

@@ -98,5 +98,5 @@ async def test_sighup_reloads_a_running_process(tmp_path, database_url, sandbox,
             _, body = await api.request_access({**READ, "reason": "after SIGHUP"})
             assert body["status"] == "denied"
     finally:
-        assert proc.kill(signal.SIGTERM) == 0, proc.log_path.read_text()[-3000:]
+        assert await proc.kill(signal.SIGTERM) == 0, proc.log_path.read_text()[-3000:]
     proc.check_log()

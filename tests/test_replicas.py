@@ -81,7 +81,7 @@ async def test_three_replicas_handle_300_requests_and_every_transition_happens_o
         await asyncio.sleep(1.5)  # several more sweeps and outbox rounds on every replica: nothing more may come
 
     for replica in replicas:
-        assert replica.kill(signal.SIGTERM) == 0
+        assert await replica.kill(signal.SIGTERM) == 0
         replica.check_log()
 
     assert len(cards(sandbox)) == 100
@@ -122,7 +122,7 @@ async def test_sigkill_while_grants_are_due_and_messages_queued_loses_and_repeat
 
         proc.advance(120)  # every grant is due now; the sweep may or may not get to them before the kill
         await asyncio.sleep(0.3)
-        assert proc.kill(signal.SIGKILL) == -signal.SIGKILL
+        assert await proc.kill(signal.SIGKILL) == -signal.SIGKILL
         assert sandbox.messages == []
 
         proc.env["SLACK_API_URL"] = live_slack
@@ -138,7 +138,7 @@ async def test_sigkill_while_grants_are_due_and_messages_queued_loses_and_repeat
         for _, answer in auto:
             _, after = await api.get_request(answer["id"])
             assert after["grant"]["status"] == "expired"
-    assert proc.kill(signal.SIGTERM) == 0
+    assert await proc.kill(signal.SIGTERM) == 0
     proc.check_log()
 
     assert len(cards(sandbox)) == 10
