@@ -121,6 +121,8 @@ def make_settings(database_url: str, tmp_path: Path, **overrides) -> Settings:
         sweep_interval_seconds=0.05,
         issuer="https://grantbot.test",
         summary_cron="off",  # tests of the daily summary turn it on; elsewhere it would post at 09:00 UTC
+        # Slack's pace (1 post/s per channel) is tested in test_outbox_faults; elsewhere it would only slow tests
+        slack_posts_per_second=50,
     )
     values.update(overrides)
     return Settings(**values)

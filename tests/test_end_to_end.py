@@ -57,6 +57,7 @@ class Process:
             "GRANTBOT_CLOCK_OFFSET_FILE": str(self.offset_file),
             "GRANTBOT_SWEEP_INTERVAL_SECONDS": "0.2",
             "GRANTBOT_SUMMARY_CRON": "off",
+            "GRANTBOT_SLACK_POSTS_PER_SECOND": "50",  # Slack's pace is tested in test_outbox_faults
             **{"TEST_SECRET_" + k.upper().replace("-", "_"): v for k, v in SECRETS.items()},
         }
         self.proc: subprocess.Popen | None = None

@@ -74,7 +74,7 @@ async def test_cards_go_out_once_paced_per_channel_through_429s_500s_and_silence
     sandbox.inject("chat.postMessage", "empty", times=2, channel="C0TEAM4")
     sandbox.inject("chat.postMessage", "hang", times=1, channel="C0TEAM5")
     sandbox.inject("chat.postMessage", "server_error", times=6)
-    grantbot = await start_grantbot(policy_file=POLICIES / "ten_channels.yaml")
+    grantbot = await start_grantbot(policy_file=POLICIES / "ten_channels.yaml", slack_posts_per_second=1)
     sandbox.inject("chat.postMessage", "ratelimited", times=None, seconds=10, channel="C0TEAM3", retry_after=3)
     started = asyncio.get_running_loop().time()
 
@@ -160,7 +160,7 @@ async def test_a_long_retry_after_holds_the_channel_until_it_has_passed_then_eac
     sandbox.channels["C0TEAM0"] = "team0"
     sandbox.channels["C0TEAM1"] = "team1"
     sandbox.inject("chat.postMessage", "ratelimited", channel="C0TEAM0", retry_after=120)
-    grantbot = await start_grantbot(policy_file=POLICIES / "ten_channels.yaml")
+    grantbot = await start_grantbot(policy_file=POLICIES / "ten_channels.yaml", slack_posts_per_second=1)
     body = {"environment": "production", "ttl_seconds": 600}
     for i, scope in enumerate(("svc0:write", "svc0:write", "svc1:write")):
         status, _ = await grantbot.api.request_access({**body, "scopes": [scope], "reason": f"deploy {i}"})
