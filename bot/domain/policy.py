@@ -14,7 +14,7 @@ from datetime import UTC, datetime, time
 from fnmatch import fnmatchcase
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,6 +30,7 @@ from pydantic import (
 
 from bot.domain.errors import PolicyError, TTLTooLong
 from bot.domain.models import Caller, Decision
+from bot.domain.zones import check_zone
 
 
 def _as_list(value: Any) -> Any:
@@ -120,11 +121,7 @@ class When(_Strict):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as 'Europe/Berlin' or 'UTC'") from None
-        return value
+        return check_zone(value)
 
     @field_validator("hours")
     @classmethod

@@ -932,6 +932,7 @@ class SlackSandbox:
             self.slash_command(text, user_id=user_id, channel=channel, command=body.get("command") or "/access"))
 
     async def _deliver_from_page(self, delivery) -> web.Response:
+        """Run a delivery to grantbot for the browser page and answer ``{"status"}`` or ``{"error"}``."""
         try:
             status = await delivery
         except (KeyError, ValueError) as e:
@@ -1089,7 +1090,7 @@ class SlackSandbox:
 
     async def _home_open_route(self, request: web.Request) -> web.Response:
         """``POST /sandbox/home/{user}/open``: the page's Home tab was opened; sends ``app_home_opened``."""
-        return await self._deliver_for_page(self.open_home(request.match_info["user"]))
+        return await self._deliver_from_page(self.open_home(request.match_info["user"]))
 
     async def _home_click_route(self, request: web.Request) -> web.Response:
         """``POST /sandbox/home/{user}/click`` with JSON ``{block_id, action_id}``: a click in the Home tab."""
@@ -1098,22 +1099,7 @@ class SlackSandbox:
             args = {k: body[k] for k in ("block_id", "action_id")}
         except (ValueError, TypeError, KeyError):
             return web.json_response({"error": "expected JSON {block_id, action_id}"}, status=400)
-        return await self._deliver_for_page(self.home_click(user_id=request.match_info["user"], **args))
-
-    async def _deliver_for_page(self, delivery) -> web.Response:
-        """Run a delivery to grantbot for the browser page and answer ``{"status"}`` or ``{"error"}``."""
-        try:
-            status = await delivery
-        except (KeyError, ValueError) as e:
-            return web.json_response({"error": str(e.args[0] if e.args else e)}, status=404)
-        except RuntimeError as e:
-            return web.json_response({"error": str(e)}, status=409)
-        except TimeoutError:
-            return web.json_response({"error": f"grantbot did not answer within {self.ack_timeout:g} s"},
-                                     status=504)
-        except aiohttp.ClientError as e:
-            return web.json_response({"error": f"could not reach grantbot: {e}"}, status=502)
-        return web.json_response({"status": status})
+        return await self._deliver_from_page(self.home_click(user_id=request.match_info["user"], **args))
 
     # ----- browser -----
 
