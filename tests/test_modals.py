@@ -9,6 +9,7 @@ import json
 import jwt
 from sqlalchemy import text
 
+from tests.conftest import POLICIES
 from tests.support import buttons, cards, eventually, message_text, open_modal
 
 PROD_WRITE = {"environment": "production", "scopes": ["db:write", "deploy:api"], "ttl_seconds": 900,
@@ -215,7 +216,7 @@ async def test_the_revoke_button_works_for_approvers_only(grantbot, sandbox, clo
 
     assert await sandbox.click(channel=card["channel"], ts=card["ts"], action_id="revoke_grant", user_id="U0OTHER") == 200
     said = await eventually(lambda: ephemerals_for(sandbox, "U0OTHER"))
-    assert said == ["Only the approvers of rule 'prod-write' can revoke this grant; you are not one of them."]
+    assert said == ["Only the approvers of rule 'prod-write' or grantbot admins can revoke this grant; you are neither."]
     assert (await grantbot.api.introspect(token))[1]["active"] is True
 
     clock.advance(60)
@@ -272,3 +273,15 @@ async def test_changes_are_for_one_approver_requests_only(start_grantbot, sandbo
     said = await eventually(lambda: ephemerals_for(sandbox, "U0SECOND"))
     assert said == ["This request needs 2 approvals; it can only be approved as asked or denied."]
     assert await grantbot.count("approvals") == 0
+
+
+async def test_an_admin_who_is_not_an_approver_can_use_the_revoke_button(start_grantbot, sandbox):
+    sandbox.users["U0ADMIN"] = "ari"
+    grantbot = await start_grantbot(policy_file=POLICIES / "commands.yaml")
+    created, card = await pending_card(grantbot, sandbox)
+    await grantbot.api.click(card, "approve", "U0APPROVER")
+    _, decided = await grantbot.api.get_request(created["id"], wait=10)
+    await eventually(lambda: buttons(card) == ["revoke_grant"])
+    assert await sandbox.click(channel=card["channel"], ts=card["ts"], action_id="revoke_grant", user_id="U0ADMIN") == 200
+    await eventually(lambda: "Grant revoked by <@U0ADMIN>" in message_text(card))
+    assert await grantbot.api.introspect(decided["grant"]["access_token"]) == (200, {"active": False})

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from bot.domain.approvals import is_approver
 from bot.domain.errors import AlreadyDecided, NotAnApprover, NotFound
 from bot.domain.models import Caller, EventKind, Grant, GrantStatus, OutboxEvent
+from bot.domain.permissions import may_revoke
 from bot.domain.usecases.deps import Deps
 
 
@@ -31,11 +31,11 @@ async def revoke_own_grant(deps: Deps, caller: Caller, grant_id: str) -> Grant:
 
 
 async def revoke_as_approver(deps: Deps, request_id: str, user: str) -> Grant:
-    """An approver of the request ends its grant early (the Revoke button on an approved card in Slack).
+    """An approver of the request, or a policy admin, ends its grant early (the Revoke button on a card).
 
-    ``user`` is a Slack user ID; the grant's ``ended_by`` and the audit's actor are that ID. Anyone
-    :func:`~bot.domain.approvals.is_approver` for the request may revoke, including the person who triggered the
-    pipeline (ending access is always safe). Raises :class:`NotFound` (no such request, or it has no grant),
+    ``user`` is a Slack user ID; the grant's ``ended_by`` and the audit's actor are that ID. Whoever
+    :func:`~bot.domain.permissions.may_revoke` allows (an approver or a policy admin) may revoke, including the
+    person who triggered the pipeline (ending access is always safe). Raises :class:`NotFound` (no such request, or it has no grant),
     :class:`NotAnApprover`, :class:`AlreadyDecided` (the grant already expired or was revoked: nothing changes)
     and ``ApproverDirectoryUnavailable``.
     """
@@ -45,9 +45,10 @@ async def revoke_as_approver(deps: Deps, request_id: str, user: str) -> Grant:
         raise NotFound(f"There is no grant for access request {request_id!r}.")
     if grant.status is not GrantStatus.ACTIVE:
         raise _ended(grant)
-    if not await is_approver(deps.directory, request, user):
+    if not await may_revoke(deps.policy, deps.directory, request, user):  # the same rule as /access revoke
         raise NotAnApprover(
-            f"Only the approvers of rule {request.rule!r} can revoke this grant; you are not one of them."
+            f"Only the approvers of rule {request.rule!r} or grantbot admins can revoke this grant; you are "
+            "neither."
         )
     if not await deps.store.revoke_grant(grant.id, user, deps.clock.now(), revocation_events(grant)):
         raise _ended(await deps.store.get_grant(grant.id) or grant)  # lost a race with expiry or another click
