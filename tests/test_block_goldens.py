@@ -161,6 +161,17 @@ CASES = {
         AlreadyDecided("This request was already approved by U0SECOND.", "approved", "U0SECOND")),
     "refusal_not_an_approver": lambda: blocks.refusal_text(
         NotAnApprover("Only the approvers of rule 'prod<1>' can decide this request; you are not one of them.")),
+    "reminder_first": lambda: blocks.reminder_text(req(), ()),
+    "reminder_2_of_3_with_group_and_excluded": lambda: blocks.reminder_text(
+        req(min_approvals=3, approvers=("U0APPROVER", "U0SECOND", "U0OCTO"), approver_groups=("S0ONCALL",),
+            excluded_approvers=("U0OCTO",)), [vote("U0SECOND")]),
+    "reminder_hostile": lambda: blocks.reminder_text(_hostile(), ()),
+    "decision_approved": lambda: blocks.decision_text(
+        (r := decided(req(), RequestStatus.APPROVED, "U0APPROVER")), grant(r), [vote("U0APPROVER")]),
+    "decision_denied": lambda: blocks.decision_text(
+        decided(req(), RequestStatus.DENIED, "U0SECOND"), None, [vote("U0SECOND", Verdict.DENY)]),
+    "handed_over": lambda: blocks.handed_over_text(
+        (r := decided(req(), RequestStatus.APPROVED, "U0APPROVER")), grant(r)),
     "summary_busy_day": lambda: summary_blocks.summary_blocks(BUSY_DAY, "Europe/Berlin"),
     "summary_quiet_day": lambda: summary_blocks.summary_blocks(QUIET_DAY),
     "summary_text": lambda: summary_blocks.summary_text(BUSY_DAY, "Europe/Berlin"),
