@@ -83,16 +83,18 @@ class PolicyReloader:
             return "unchanged"
         if again != text:
             return "unchanged"
-        self._seen = current
         try:
             policy = parse_policy(text, str(self._path))
             self._apply(policy)
         except PolicyError as exc:
             return await self._refused(str(exc), current)
+        self._seen = current
         log.info("policy reloaded from %s: %d rules (sha256 %s)", self._path, len(policy.rules), current[:12])
         return "reloaded"
 
     async def _refused(self, reason: str, key: str) -> str:
+        if key == self._seen:  # the same trouble as last round (a file still missing): said already
+            return "refused"
         self._seen = key
         log.error("policy reload refused; the previous policy stays in force: %s", reason)
         try:

@@ -153,3 +153,18 @@ async def test_a_long_queue_is_cut_to_slacks_100_blocks(grantbot, sandbox):
     assert len(kim["blocks"]) <= 100
     assert len(home_buttons(kim)) == 2 * 25
     assert "… and 15 more waiting for you" in text_of(kim) and "Waiting for your decision (40)" in text_of(kim)
+
+
+async def test_denying_from_the_home_through_the_reason_form_refreshes_the_home(grantbot, sandbox):
+    created = await request(grantbot, PROD_DEPLOY)
+    kim = await open_home(sandbox, "U0THIRD")
+    block_id = next(b for b, action, value in home_buttons(kim) if action == "deny" and value == created["id"])
+    assert await sandbox.home_click(user_id="U0THIRD", block_id=block_id, action_id="deny") == 200
+    form = await eventually(lambda: next(iter(sandbox.views.values()), None))
+    published = sandbox.home_publishes["U0THIRD"]
+    assert await sandbox.submit_view(form["id"], {"reason": "not during the freeze"}) == (200, None)
+    _, decided = await grantbot.api.get_request(created["id"], wait=10)
+    assert decided["status"] == "denied" and decided["denial_reason"] == "not during the freeze"
+    home = await next_home(sandbox, "U0THIRD", published)
+    assert home_buttons(home) == [] and "Waiting for your decision (0)" in text_of(home)
+    assert "denied by <@U0THIRD>" in text_of(home)

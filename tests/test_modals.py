@@ -146,6 +146,10 @@ async def test_changes_beyond_the_request_are_refused_in_the_form(grantbot, sand
         ({"ttl": "16", "scopes": ["0"]}, "ttl", "The TTL must be more than 0 and at most the 900 s asked for."),
         ({"ttl": "0", "scopes": ["0"]}, "ttl", "The TTL must be more than 0 and at most the 900 s asked for."),
         ({"ttl": "soon", "scopes": ["0"]}, "ttl", "Enter a number of minutes, e.g. 15 or 2.5."),
+        ({"ttl": {"type": "number_input", "value": "1e308"}, "scopes": ["0"]}, "ttl",
+         "Enter a number of minutes, e.g. 15 or 2.5."),
+        ({"ttl": "5", "scopes": {"type": "checkboxes", "selected_options": [{"value": "\u00b2"}]}}, "scopes",
+         "Only scopes the pipeline asked for."),
         ({"ttl": "5", "scopes": []}, "scopes", "Keep at least one scope (or deny the request)."),
         # A tampered client naming a scope that was not offered (position 7, or the scope's text as a value).
         ({"ttl": "5", "scopes": {"type": "checkboxes", "selected_options": [{"value": "7"}]}}, "scopes",

@@ -4,6 +4,7 @@ and the refusal is posted once to the channel, also with two replicas; SIGHUP re
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import signal
 
@@ -100,3 +101,15 @@ async def test_sighup_reloads_a_running_process(tmp_path, database_url, sandbox,
     finally:
         assert await proc.kill(signal.SIGTERM) == 0, proc.log_path.read_text()[-3000:]
     proc.check_log()
+
+
+async def test_a_missing_file_is_said_once_not_every_round(start_grantbot, policy_file, sandbox, caplog):
+    grantbot = await start_grantbot(policy_file=policy_file, policy_watch_seconds=0.05)
+    with caplog.at_level(logging.ERROR, logger="bot.policy_reload"):
+        policy_file.unlink()
+        await eventually(lambda: notices(sandbox))
+        await asyncio.sleep(0.6)  # a dozen more rounds
+    refused = [r for r in caplog.records if "policy reload refused" in r.getMessage()]
+    assert len(refused) == 1 and "cannot read the policy file" in refused[0].getMessage()
+    _, body = await grantbot.api.request_access({**READ, "reason": "still in force"})
+    assert body["status"] == "approved"

@@ -31,7 +31,7 @@ from bot.domain.errors import DomainError, InvalidChanges
 from bot.domain.ids import is_uuid
 from bot.domain.models import AccessRequest
 from bot.slack.blocks import APPROVE_WITH_CHANGES_ACTION, DENY_ACTION, REVOKE_ACTION, refusal_text, truncate
-from bot.slack.home import is_home_click, publish_home
+from bot.slack.home import publish_home
 from bot.slack.modal_blocks import (
     APPROVE_CHANGES_CALLBACK,
     DENY_CALLBACK,
@@ -80,9 +80,10 @@ def register_modals(bolt: AsyncApp, deps: usecases.Deps) -> None:
     """Add the modal and Revoke listeners to ``bolt``."""
 
     async def tell(client: AsyncWebClient, channel: str | None, user: str, text: str) -> None:
-        """Answer ``user`` privately next to the card (``chat.postEphemeral``); logged when there is no channel."""
+        """Answer ``user`` privately next to the card (``chat.postEphemeral``); without a channel (a click in the
+        App Home) the answer goes on top of their Home instead."""
         if channel is None:
-            log.warning("could not tell %s privately (no channel): %s", user, text)
+            await publish_home(deps, client, user, notice=text)
             return
         try:
             await client.chat_postEphemeral(channel=channel, user=user, text=text)
@@ -103,10 +104,7 @@ def register_modals(bolt: AsyncApp, deps: usecases.Deps) -> None:
                 if check is not None:
                     check(request)
             except DomainError as exc:
-                if is_home_click(body):  # the App Home has no channel: the refusal goes on top of the Home
-                    await publish_home(deps, client, user, notice=refusal_text(exc))
-                else:
-                    await tell(client, channel, user, refusal_text(exc))
+                await tell(client, channel, user, refusal_text(exc))  # no channel: a Home click, told on the Home
                 return
             try:
                 await client.views_open(trigger_id=body.get("trigger_id") or "", view=build(request, channel, ts))
@@ -144,11 +142,16 @@ def register_modals(bolt: AsyncApp, deps: usecases.Deps) -> None:
             await ack()
         else:
             await ack()
+            if meta.get("channel") is None:  # opened from the App Home: show it without the decided request
+                await publish_home(deps, client, user)
             return
         try:
             await task
         except DomainError as exc:
             await tell(client, meta.get("channel"), user, refusal_text(exc))
+        else:
+            if meta.get("channel") is None:
+                await publish_home(deps, client, user)
 
     async def on_deny_reason(ack: AsyncAck, body: dict, view: dict, client: AsyncWebClient) -> None:
         """Slack view_submission payload of the deny modal: ``view.private_metadata`` names the request,
@@ -186,13 +189,16 @@ def register_modals(bolt: AsyncApp, deps: usecases.Deps) -> None:
             ttl_minutes = float(raw_ttl)
         except ValueError:
             ttl_minutes = math.nan
-        if not math.isfinite(ttl_minutes):
+        # Finite and at most 1e9 minutes (~1,900 years, far above any TTL): round(1e308 * 60) would overflow.
+        if not math.isfinite(ttl_minutes) or abs(ttl_minutes) > 1e9:
             await ack(response_action="errors", errors={TTL_BLOCK: "Enter a number of minutes, e.g. 15 or 2.5."})
             return
         positions = [o.get("value") for o in _state(view, SCOPES_BLOCK, SCOPES_INPUT).get("selected_options") or []]
         scopes = []
         for position in positions:
-            if not (isinstance(position, str) and position.isdigit() and int(position) < len(request.scopes)):
+            # isdecimal + isascii: "²" and "٣" pass isdigit() but are not positions int() reads as we mean
+            if not (isinstance(position, str) and position.isascii() and position.isdecimal()
+                    and int(position) < len(request.scopes)):
                 await ack(response_action="errors", errors={SCOPES_BLOCK: "Only scopes the pipeline asked for."})
                 return
             scopes.append(request.scopes[int(position)])
