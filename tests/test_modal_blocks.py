@@ -65,7 +65,7 @@ def test_the_approve_with_changes_modal():
         "blocks": [
             SUMMARY,
             {"type": "input", "block_id": "ttl", "label": {"type": "plain_text", "text": "Access for how many minutes?"},
-             "hint": {"type": "plain_text", "text": "At most 15 min (15 min), as asked; counted from now."},
+             "hint": {"type": "plain_text", "text": "At most the 15 min asked for; counted from now."},
              "element": {"type": "number_input", "action_id": "ttl_minutes", "is_decimal_allowed": True,
                          "initial_value": "15", "max_value": "15"}},
             {"type": "input", "block_id": "scopes", "label": {"type": "plain_text", "text": "Scopes to grant"},

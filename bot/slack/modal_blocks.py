@@ -113,7 +113,7 @@ def approve_with_changes_modal(request: AccessRequest, channel: str | None, ts: 
                 "type": "input",
                 "block_id": TTL_BLOCK,
                 "label": _plain("Access for how many minutes?"),
-                "hint": _plain(f"At most {asked} min ({duration(request.ttl_seconds)}), as asked; counted from now."),
+                "hint": _plain(f"At most the {duration(request.ttl_seconds)} asked for; counted from now."),
                 "element": {"type": "number_input", "action_id": TTL_INPUT, "is_decimal_allowed": True,
                             "initial_value": asked, "max_value": asked},
             },
