@@ -158,7 +158,7 @@ def rendered_ids() -> tuple[set[str], set[str]]:
 
 # What a listener visibly does with a click by someone who may not act: a private refusal.
 ACTIONS = {"approve": "not one of them", "approve_with_changes": "not one of them", "deny": "not one of them",
-           "revoke_grant": "not one of them"}
+           "revoke_grant": "or grantbot admins can revoke this grant"}
 # What a listener visibly does with a form submitted empty: keeps the form open with an error on the field.
 CALLBACKS = {"deny_reason": ({"reason": {"reason_input": {"type": "plain_text_input", "value": ""}}}, "reason"),
              "approve_with_changes": ({"ttl": {"ttl_minutes": {"type": "number_input", "value": ""}}}, "ttl")}
