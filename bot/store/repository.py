@@ -378,39 +378,32 @@ class SqlStore:
         return [Approval(row.approver, Verdict(row.verdict), row.created_at) for row in rows]
 
     async def expire_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
-        expired: list[AccessRequest] = []
-        async with self._writer.begin() as conn:
-            rows = (
-                await conn.execute(
-                    select(R)
-                    .where(R.c.status == RequestStatus.PENDING.value, R.c.expires_at <= now)
-                    .order_by(R.c.expires_at)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            for row in rows:
-                won = await conn.execute(
-                    update(R)
-                    .where(R.c.id == row.id, R.c.status == RequestStatus.PENDING.value)
-                    .values(status=RequestStatus.EXPIRED.value, decided_at=now, decided_by="timeout")
-                )
-                if won.rowcount == 1:
-                    await self._audit(conn, now, "request.expired", "timeout", row.id)
-                    await self._add_events(conn, [OutboxEvent(EventKind.CARD_UPDATE, row.id)], now)
-                    expired.append(_request_from_row(row))
-        return expired
+        """Pending requests past their deadline become ``expired`` (decided by "timeout"), each with a
+        ``request.expired`` audit event and a ``card.update`` event, once."""
+        return await self._sweep_pending(
+            now, limit, R.c.expires_at, dict(status=RequestStatus.EXPIRED.value, decided_at=now, decided_by="timeout"),
+            "request.expired", "timeout", EventKind.CARD_UPDATE,
+        )
 
     async def remind_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Pending requests whose ``remind_at`` has come: clear it (so each is reminded once) and queue a
         ``request.reminder`` event, in one transaction."""
-        reminded: list[AccessRequest] = []
+        return await self._sweep_pending(
+            now, limit, R.c.remind_at, dict(remind_at=None), "request.reminded", "reminder", EventKind.REMINDER,
+        )
+
+    async def _sweep_pending(self, now: datetime, limit: int, due_column, values: dict, audit_kind: str,
+                             actor: str, event: EventKind) -> list[AccessRequest]:
+        """Pending requests whose ``due_column`` is at or before ``now``: each gets ``values`` by a conditional
+        UPDATE (still pending, still due), an audit event and an outbox ``event``; returns those it changed.
+        Rows another replica is sweeping are skipped (``FOR UPDATE SKIP LOCKED``)."""
+        changed: list[AccessRequest] = []
         async with self._writer.begin() as conn:
             rows = (
                 await conn.execute(
                     select(R)
-                    .where(R.c.status == RequestStatus.PENDING.value, R.c.remind_at <= now)
-                    .order_by(R.c.remind_at)
+                    .where(R.c.status == RequestStatus.PENDING.value, due_column <= now)
+                    .order_by(due_column)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
                 )
@@ -418,14 +411,14 @@ class SqlStore:
             for row in rows:
                 won = await conn.execute(
                     update(R)
-                    .where(R.c.id == row.id, R.c.status == RequestStatus.PENDING.value, R.c.remind_at.is_not(None))
-                    .values(remind_at=None)
+                    .where(R.c.id == row.id, R.c.status == RequestStatus.PENDING.value, due_column <= now)
+                    .values(**values)
                 )
                 if won.rowcount == 1:
-                    await self._audit(conn, now, "request.reminded", "reminder", row.id)
-                    await self._add_events(conn, [OutboxEvent(EventKind.REMINDER, row.id)], now)
-                    reminded.append(_request_from_row(row))
-        return reminded
+                    await self._audit(conn, now, audit_kind, actor, row.id)
+                    await self._add_events(conn, [OutboxEvent(event, row.id)], now)
+                    changed.append(_request_from_row(row))
+        return changed
 
     async def set_card(self, request_id: str, channel: str, ts: str) -> None:
         """Remember where the approval card was posted (first post wins)."""
