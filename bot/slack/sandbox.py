@@ -639,27 +639,13 @@ class SlackSandbox:
                              (None, None))
         if button is None:
             raise ValueError(f"message {ts} has no button with action_id {action_id!r}")
-        action = {k: button[k] for k in ("action_id", "text", "value", "style", "url") if k in button}
-        action.update(block_id=block["block_id"], type="button", action_ts=f"{time.time():.6f}")
-        token = secrets.token_urlsafe(16)
-        self._hooks[token] = {"channel": channel, "ts": ts, "user": user_id, "uses": 0}
-        handle = _handle(self.users[user_id], user_id)
-        return {
-            "type": "block_actions",
-            "user": {"id": user_id, "username": handle, "name": handle, "team_id": self.team_id},
-            "api_app_id": APP_ID,
-            "token": "sandbox-verification-token",
-            "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False},
-            "trigger_id": self._issue_trigger(user_id),
-            "team": {"id": self.team_id, "domain": "sandbox"},
-            "enterprise": None,
-            "is_enterprise_install": False,
-            "channel": {"id": channel, "name": self.channels.get(channel, channel)},
-            "message": self._as_slack(message),
-            "state": {"values": {}},
-            "response_url": f"{self.base_url or 'http://sandbox.invalid'}/response/{token}",
-            "actions": [action],
-        }
+        return self._block_actions(
+            user_id, block, button,
+            container={"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False},
+            channel={"id": channel, "name": self.channels.get(channel, channel)},
+            message=self._as_slack(message),
+            response_url=self._new_hook(channel, user_id, ts),
+        )
 
     async def click(self, *, channel: str, ts: str, action_id: str, user_id: str) -> int:
         """Deliver a click to grantbot as Slack does: POST ``payload=<json>`` (form-encoded) to
@@ -691,6 +677,28 @@ class SlackSandbox:
                 return response.status, await response.read()
 
     # ----- modals (views.open, view_submission) -----
+
+    def _block_actions(self, user_id: str, block: dict, button: dict, *, container: dict, **where) -> dict:
+        """A Slack ``block_actions`` payload for ``user_id`` pressing ``button`` of ``block``: the envelope every
+        click shares (user, team, a fresh trigger_id) plus ``container`` and what locates the click (``channel``,
+        ``message``, ``view``, ``response_url``). Same shape as tests/fixtures/slack/block_actions.json."""
+        action = {k: button[k] for k in ("action_id", "text", "value", "style", "url", "confirm") if k in button}
+        action.update(block_id=block["block_id"], type="button", action_ts=f"{time.time():.6f}")
+        handle = _handle(self.users[user_id], user_id)
+        return {
+            "type": "block_actions",
+            "user": {"id": user_id, "username": handle, "name": handle, "team_id": self.team_id},
+            "api_app_id": APP_ID,
+            "token": "sandbox-verification-token",
+            "container": container,
+            "trigger_id": self._issue_trigger(user_id),
+            "team": {"id": self.team_id, "domain": "sandbox"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            **where,
+            "state": {"values": {}},
+            "actions": [action],
+        }
 
     def _issue_trigger(self, user_id: str) -> str:
         """A trigger_id in Slack's shape ("<unix s>.<n>.<hex>") that ``views.open`` accepts once, for a while."""
@@ -870,25 +878,13 @@ class SlackSandbox:
                              (None, None))
         if button is None:
             raise ValueError(f"ephemeral message {ts} has no button with action_id {action_id!r}")
-        action = {k: button[k] for k in ("action_id", "text", "value", "style", "confirm") if k in button}
-        action.update(block_id=block["block_id"], type="button", action_ts=f"{time.time():.6f}")
-        handle = _handle(self.users[user_id], user_id)
         channel = message["channel"]
-        return {
-            "type": "block_actions",
-            "user": {"id": user_id, "username": handle, "name": handle, "team_id": self.team_id},
-            "api_app_id": APP_ID,
-            "token": "sandbox-verification-token",
-            "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": True},
-            "trigger_id": self._issue_trigger(user_id),
-            "team": {"id": self.team_id, "domain": "sandbox"},
-            "enterprise": None,
-            "is_enterprise_install": False,
-            "channel": {"id": channel, "name": self.channels.get(channel, channel)},
-            "state": {"values": {}},
-            "response_url": self._new_hook(channel, user_id, ephemeral_ts=ts),
-            "actions": [action],
-        }
+        return self._block_actions(
+            user_id, block, button,
+            container={"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": True},
+            channel={"id": channel, "name": self.channels.get(channel, channel)},
+            response_url=self._new_hook(channel, user_id, ephemeral_ts=ts),
+        )
 
     async def click_ephemeral(self, *, ts: str, action_id: str, user_id: str) -> int:
         """Deliver a click on a button of an ephemeral message (after its ``confirm`` dialog, if it has one: the
@@ -1035,23 +1031,9 @@ class SlackSandbox:
                               if b["block_id"] == block_id and e["action_id"] == action_id), (None, None))
         if button is None:
             raise ValueError(f"the Home of {user_id} has no button {action_id!r} in block {block_id!r}")
-        action = {k: button[k] for k in ("action_id", "text", "value", "style", "url") if k in button}
-        action.update(block_id=block["block_id"], type="button", action_ts=f"{time.time():.6f}")
-        handle = _handle(self.users[user_id], user_id)
-        return {
-            "type": "block_actions",
-            "user": {"id": user_id, "username": handle, "name": handle, "team_id": self.team_id},
-            "api_app_id": APP_ID,
-            "token": "sandbox-verification-token",
-            "container": {"type": "view", "view_id": view["id"]},
-            "trigger_id": self._issue_trigger(user_id),
-            "team": {"id": self.team_id, "domain": "sandbox"},
-            "enterprise": None,
-            "is_enterprise_install": False,
-            "view": copy.deepcopy(view),
-            "state": {"values": {}},
-            "actions": [action],
-        }
+        # A click in a view: no channel, no message and no response_url, as Slack sends it.
+        return self._block_actions(user_id, block, button, container={"type": "view", "view_id": view["id"]},
+                                   view=copy.deepcopy(view))
 
     async def home_click(self, *, user_id: str, block_id: str, action_id: str) -> int:
         """Deliver a click in ``user_id``'s Home tab to grantbot as Slack does (form-encoded ``payload``, signed),
