@@ -23,6 +23,7 @@ from bot.domain.errors import PolicyError
 
 DEV_STATE_DIR = Path(".grantbot")
 DEV_IDENTITY_FILE = DEV_STATE_DIR / "dev-identity.json"
+DEFAULT_URL = "http://127.0.0.1:8080"  # where `grantbot dev` listens and `grantbot request` asks, unless told
 DEV_APPROVER = "U0APPROVER"
 
 
@@ -295,6 +296,8 @@ async def _dev(args: argparse.Namespace) -> None:
         where = f"Slack: the real workspace; cards go to channel {settings.slack_channel or '(set GRANTBOT_SLACK_CHANNEL)'}."
         approve = "In Slack, as an approver of rule prod-write, click Approve."
     client_id, secret = introspection.split(":")
+    # `grantbot request` goes to 8080 unless told otherwise; elsewhere, the hints must say where.
+    url = "" if base == DEFAULT_URL else f" --url {base}"
     print(
         f"""
 grantbot is running at {base} (database {settings.database_url}, policy {settings.policy_file})
@@ -302,10 +305,10 @@ grantbot is running at {base} (database {settings.database_url}, policy {setting
 
 Try it, in a second terminal in this folder:
   1. Ask for access that needs approval (identity 'deploy-bot', secret kept in {DEV_IDENTITY_FILE}):
-       .venv/bin/grantbot request --environment production --scope db:write --ttl 60 --reason "hotfix 42" --wait 300
+       .venv/bin/grantbot request{url} --environment production --scope db:write --ttl 60 --reason "hotfix 42" --wait 300
   2. {approve} The command prints the token.
   3. 60 s after the approval the grant expires: a thread reply under the card says so.
-  Staging is auto-approved:  .venv/bin/grantbot request --environment staging --scope db:read --ttl 30
+  Staging is auto-approved:  .venv/bin/grantbot request{url} --environment staging --scope db:read --ttl 30
   Check a token (RFC 7662):  curl -s -u {client_id}:{secret} -d token=TOKEN {base}/oauth/introspect
 
 Stop with Ctrl-C.
@@ -429,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=cmd_dev)
 
     req = sub.add_parser("request", help="ask a grantbot for access, signed with an HMAC identity")
-    req.add_argument("--url", default=os.environ.get("GRANTBOT_URL", "http://127.0.0.1:8080"))
+    req.add_argument("--url", default=os.environ.get("GRANTBOT_URL", DEFAULT_URL))
     req.add_argument("--identity", default=os.environ.get("GRANTBOT_IDENTITY"))
     req.add_argument("--secret", default=os.environ.get("GRANTBOT_SECRET"), help="default: $GRANTBOT_SECRET")
     req.add_argument("--environment", required=True)

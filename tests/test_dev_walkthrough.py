@@ -1,0 +1,140 @@
+"""The README's walkthrough, as a new user follows it: ``grantbot dev`` in an empty folder, the ``grantbot request``
+command it prints, a click in the sandbox it started, the token, and the expiry. It runs on non-default ports, so
+it also checks that the printed commands find this grantbot and not whatever listens on 8080."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+
+import aiohttp
+import pytest
+
+from tests.support import Api, eventually, message_text
+from tests.test_end_to_end import free_port, grantbot_command
+
+
+class Dev:
+    """``grantbot dev`` started in ``folder``, with what it printed."""
+
+    def __init__(self, folder, port: int, sandbox_port: int) -> None:
+        self.folder = folder
+        self.offset_file = folder / "clock-offset"
+        self.offset_file.write_text("0")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "GRANTBOT_"))}
+        self.env = {**env, "GRANTBOT_CLOCK_OFFSET_FILE": str(self.offset_file),
+                    "GRANTBOT_SWEEP_INTERVAL_SECONDS": "0.2"}
+        self.log_path = folder / "dev.log"
+        self.proc = subprocess.Popen(
+            [*grantbot_command("dev"), "--port", str(port), "--sandbox-port", str(sandbox_port)],
+            cwd=folder, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
+
+    def printed(self) -> str:
+        return self.log_path.read_text()
+
+    def command(self, containing: str) -> list[str]:
+        """The first printed ``.venv/bin/grantbot`` command with ``containing`` in it, as this test runs it."""
+        line = next(line for line in self.printed().splitlines() if ".venv/bin/grantbot" in line and containing in line)
+        words = shlex.split(line[line.index(".venv/bin/grantbot"):])
+        return [*grantbot_command(words[1]), *words[2:]]
+
+    def advance(self, seconds: float) -> None:
+        self.offset_file.write_text(str(float(self.offset_file.read_text()) + seconds))
+
+
+@pytest.fixture
+async def dev(tmp_path):
+    port, sandbox_port = free_port(), free_port()
+    started = Dev(tmp_path, port, sandbox_port)
+    await eventually(lambda: "Stop with Ctrl-C." in started.printed() or started.proc.poll() is not None,
+                     timeout=30, interval=0.1)
+    assert started.proc.poll() is None, started.printed()
+    started.sandbox = f"http://127.0.0.1:{sandbox_port}"
+    yield started
+    started.proc.send_signal(signal.SIGINT)  # Ctrl-C, as the README says
+    deadline = time.monotonic() + 15
+    while started.proc.poll() is None:
+        assert time.monotonic() < deadline, "grantbot dev did not stop on Ctrl-C"
+        await asyncio.sleep(0.05)
+    log = started.printed()
+    assert "Traceback" not in log, log[-3000:]
+
+
+async def test_the_walkthrough_works_as_printed_on_other_ports(dev):
+    printed = dev.printed()
+    assert f"The Slack sandbox is at {dev.sandbox}/" in printed, printed
+    async with aiohttp.ClientSession() as http:
+        page = await (await http.get(dev.sandbox + "/")).text()
+        assert "<title>grantbot · Slack sandbox</title>" in page
+
+        async def state() -> dict:
+            async with http.get(dev.sandbox + "/sandbox/state") as resp:
+                return await resp.json()
+
+        assert "access-requests" in json.dumps((await state())["channels"])
+
+        # Step 1: the printed request command, which waits for a decision.
+        request = await asyncio.create_subprocess_exec(
+            *dev.command("--environment production"), cwd=dev.folder, env=dev.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+        async def card():
+            cards = [m for m in (await state())["messages"] if not m.get("thread_ts") and m.get("blocks")]
+            return cards[0] if cards else None
+
+        message = await eventually(card, timeout=20)
+        assert "hotfix 42" in message_text(message) and "deploy-bot" in message_text(message)
+
+        async def click(user: str) -> dict:
+            body = {"channel": message["channel"], "ts": message["ts"], "action_id": "approve", "user_id": user}
+            async with http.post(dev.sandbox + "/sandbox/click", json=body) as resp:
+                return {"status": resp.status, **await resp.json()}
+
+        # sam is not an approver: a private refusal, the request still waits.
+        assert (await click("U0OTHER"))["status"] == 200
+        refusal = await eventually(lambda: _ephemeral_for(state, "U0OTHER"))
+        assert "approvers" in refusal, refusal
+        assert request.returncode is None
+
+        # dana approves: the command returns with the token.
+        assert (await click("U0APPROVER"))["status"] == 200
+        out, err = await asyncio.wait_for(request.communicate(), 20)
+        assert request.returncode == 0, err.decode()
+        answer = json.loads(out)
+        assert answer["status"] == "approved" and answer["grant"]["access_token"], answer
+        assert "pending approval in Slack" in err.decode() and "approved" in err.decode()
+
+        # The printed introspection command's client sees the token active.
+        curl = next(line for line in printed.splitlines() if "curl -s -u" in line)
+        client = re.search(r"-u (\S+)", curl).group(1)
+        base = re.search(r"(http://\S+)/oauth/introspect", curl).group(1)
+        introspection = Api(http, base)
+        token = answer["grant"]["access_token"]
+        assert (await introspection.introspect(token, tuple(client.split(":"))))[1]["active"] is True
+
+        # 60 s after the approval the grant expires: a thread reply under the card, introspection inactive.
+        dev.advance(61)
+
+        async def expiry():
+            replies = [message_text(m) for m in (await state())["messages"] if m.get("thread_ts") == message["ts"]]
+            return next((r for r in replies if "expired" in r), None)
+
+        assert "access has ended" in await eventually(expiry, timeout=20)
+        assert await introspection.introspect(token, tuple(client.split(":"))) == (200, {"active": False})
+
+        # The printed staging command is auto-approved at once.
+        staging = subprocess.run(dev.command("--environment staging"), cwd=dev.folder, env=dev.env,
+                                 capture_output=True, text=True, timeout=30)
+        assert staging.returncode == 0, staging.stderr
+        assert json.loads(staging.stdout)["status"] == "approved"
+
+
+async def _ephemeral_for(state, user: str) -> str | None:
+    found = [message_text(e) for e in (await state())["ephemerals"] if e.get("user") == user]
+    return found[-1] if found else None
