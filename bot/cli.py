@@ -235,7 +235,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     outcome, rules = explain(policy, Caller(args.identity, claims), args.environment, tuple(args.scope),
                              args.audience, reason=args.reason, at=at)
     print(f"decision: {outcome.decision.value} ({outcome.reason})")
-    print(f"  at {at.isoformat()}")
+    if args.at or any(rule.when for rule in policy.rules):  # the time only matters to rules with a `when`
+        print(f"  at {at.isoformat()}")
     for index, (rule, reason) in enumerate(rules):
         verdict = "matches" if reason is None else f"no: {reason}"
         print(f"  rules[{index}] {rule.name} ({rule.decision.value}): {verdict}")

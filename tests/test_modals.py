@@ -143,8 +143,9 @@ async def test_changes_beyond_the_request_are_refused_in_the_form(grantbot, sand
     created, card = await pending_card(grantbot, sandbox)
     form = await open_modal(sandbox, card, "approve_with_changes", "U0APPROVER")
     refusals = [
-        ({"ttl": "16", "scopes": ["0"]}, "ttl", "The TTL must be more than 0 and at most the 900 s asked for."),
-        ({"ttl": "0", "scopes": ["0"]}, "ttl", "The TTL must be more than 0 and at most the 900 s asked for."),
+        ({"ttl": "16", "scopes": ["0"]}, "ttl", "Between 0 and 15 minutes, the time the pipeline asked for."),
+        ({"ttl": "0", "scopes": ["0"]}, "ttl", "Between 0 and 15 minutes, the time the pipeline asked for."),
+        ({"ttl": "0.001", "scopes": ["0"]}, "ttl", "Between 0 and 15 minutes, the time the pipeline asked for."),
         ({"ttl": "soon", "scopes": ["0"]}, "ttl", "Enter a number of minutes, e.g. 15 or 2.5."),
         ({"ttl": {"type": "number_input", "value": "1e308"}, "scopes": ["0"]}, "ttl",
          "Enter a number of minutes, e.g. 15 or 2.5."),

@@ -158,6 +158,7 @@ def test_policy_check_and_explain_commands(tmp_path: Path):
     assert explained.returncode == 0
     assert explained.stdout.splitlines()[0] == "decision: require_approval (first matching rule 'prod-write')"
     assert "  rules[3] prod-write (require_approval): matches" in explained.stdout
+    assert "  at " not in explained.stdout  # no rule has a `when`: the time decides nothing, so it is not shown
     assert load_policy(example).rules[3].name == "prod-write"
     platform = example.with_name("policy-platform.yaml")  # the README's example, with its real output
     checked = subprocess.run([*grantbot_command("policy"), "check", str(platform)], capture_output=True, text=True)

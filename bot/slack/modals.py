@@ -44,6 +44,7 @@ from bot.slack.modal_blocks import (
     TTL_INPUT,
     approve_with_changes_modal,
     deny_modal,
+    minutes,
     read_metadata,
 )
 
@@ -192,6 +193,10 @@ def register_modals(bolt: AsyncApp, deps: usecases.Deps) -> None:
         # Finite and at most 1e9 minutes (~1,900 years, far above any TTL): round(1e308 * 60) would overflow.
         if not math.isfinite(ttl_minutes) or abs(ttl_minutes) > 1e9:
             await ack(response_action="errors", errors={TTL_BLOCK: "Enter a number of minutes, e.g. 15 or 2.5."})
+            return
+        if not 0 < round(ttl_minutes * 60) <= request.ttl_seconds:  # the use case checks it too, in seconds
+            await ack(response_action="errors", errors={
+                TTL_BLOCK: f"Between 0 and {minutes(request.ttl_seconds)} minutes, the time the pipeline asked for."})
             return
         positions = [o.get("value") for o in _state(view, SCOPES_BLOCK, SCOPES_INPUT).get("selected_options") or []]
         scopes = []
