@@ -11,12 +11,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
 import jwt
 import pytest
+from sqlalchemy import text
 
+from bot.store.engine import create_engine
+from bot.store.schema import head_revision, upgrade
 from tests.conftest import POLICIES
 from tests.support import BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, buttons, cards, eventually, message_text
 
@@ -197,10 +201,41 @@ async def test_serve_refuses_a_database_behind_the_code_and_says_to_migrate(tmp_
     refused = subprocess.run(grantbot_command("serve"), env=proc.env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2
     assert "run `grantbot migrate` first" in refused.stderr and "Traceback" not in refused.stderr
+    # A database one release behind: upgraded to the revision before the code's head.
+    engine = create_engine(database_url)
+    await upgrade(engine, str(int(head_revision()) - 1).zfill(4))
+    await engine.dispose()
+    refused = subprocess.run(grantbot_command("serve"), env=proc.env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert f"is at schema revision {int(head_revision()) - 1:04d}, but this grantbot needs revision {head_revision()}: " \
+           "run `grantbot migrate` first" in refused.stderr
     migrated = subprocess.run(grantbot_command("migrate"), env=proc.env, capture_output=True, text=True, timeout=60)
     assert migrated.returncode == 0
     again = subprocess.run(grantbot_command("migrate"), env=proc.env, capture_output=True, text=True, timeout=60)
     assert "up to date" in again.stdout
+
+
+async def test_a_hosting_platforms_postgres_url_with_libpq_parameters_works(tmp_path, postgres_url, sandbox):
+    """``postgres://`` with libpq's sslmode, application_name and connect_timeout, as platforms hand it out."""
+    name = f"grantbot-{uuid.uuid4().hex[:8]}"
+    url = postgres_url.replace("postgresql://", "postgres://", 1) + \
+        f"?sslmode=prefer&application_name={name}&connect_timeout=5"
+    proc = Process(tmp_path, url, sandbox)
+    migrate(proc)
+    await proc.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            status, created = await Api(http, proc.base_url).request_access(
+                {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 60})
+        assert status == 201, created
+        engine = create_engine(postgres_url)
+        async with engine.connect() as conn:
+            names = (await conn.execute(text("SELECT application_name FROM pg_stat_activity"))).scalars().all()
+        await engine.dispose()
+        assert name in names  # the parameters reached the connection
+    finally:
+        assert await proc.kill(signal.SIGTERM) == 0
+    proc.check_log()
 
 
 def test_serve_says_which_policy_key_is_wrong(tmp_path):
@@ -233,6 +268,10 @@ BAD_DATABASES = [
     ("postgres://postgres@127.0.0.1:5432/no_such_database_here", 'database "no_such_database_here" does not exist'),
     ("sqlite:////no/such/folder/grantbot.db", "unable to open database file"),
     ("mysql://root@127.0.0.1/grantbot", "must be a SQLite or PostgreSQL URL"),
+    ("postgres://postgres@127.0.0.1:5432/postgres?sslmode=sometimes", "sslmode='sometimes' is not one of disable"),
+    ("postgres://postgres@127.0.0.1:5432/postgres?ssl_mode=require", "unknown parameter 'ssl_mode'"),
+    # This machine's PostgreSQL has no TLS: libpq's require refuses a server that will not speak it.
+    ("postgres://postgres:hunter2@127.0.0.1:5432/postgres?sslmode=require", "cannot reach the database"),
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -19,6 +21,48 @@ def normalize_url(url: str) -> str:
 
 
 WRITE_OPTION = "grantbot_write"
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Query parameters asyncpg takes as they are (SQLAlchemy passes the URL's query to asyncpg.connect as keywords).
+ASYNCPG_PARAMETERS = {"command_timeout", "timeout", "statement_cache_size", "prepared_statement_cache_size",
+                      "max_cached_statement_lifetime", "max_cacheable_statement_size", "target_session_attrs",
+                      "direct_tls"}
+
+
+def libpq_parameters(url: str) -> tuple[str, dict]:
+    """Split libpq's query parameters off a PostgreSQL URL, as hosting platforms write them
+    (``?sslmode=require&sslrootcert=…&application_name=…&connect_timeout=10``), into asyncpg's ``connect`` keywords
+    (``ssl``, ``server_settings``, ``timeout``), which SQLAlchemy's asyncpg dialect does not translate. Returns the
+    URL without them and the keywords. Raises ``ValueError`` naming a parameter neither libpq's nor asyncpg's, or a
+    bad ``sslmode`` (libpq's meanings: postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNECT-SSLMODE)."""
+    parsed = make_url(url)
+    query = dict(parsed.query)
+    connect_args: dict = {}
+    mode = query.pop("sslmode", None)
+    files = {name: query.pop(name) for name in ("sslrootcert", "sslcert", "sslkey") if name in query}
+    if mode is not None and mode not in SSL_MODES:
+        raise ValueError(f"GRANTBOT_DATABASE_URL: sslmode={mode!r} is not one of {', '.join(SSL_MODES)}")
+    if files:
+        # A root certificate, or a client certificate, needs a context: asyncpg takes only a mode name as a string.
+        context = ssl.create_default_context(cafile=files.get("sslrootcert"))
+        if mode != "verify-full":
+            context.check_hostname = False
+        if mode not in ("verify-ca", "verify-full"):
+            context.verify_mode = ssl.CERT_NONE
+        if "sslcert" in files:
+            context.load_cert_chain(files["sslcert"], files.get("sslkey"))
+        connect_args["ssl"] = context
+    elif mode is not None:
+        connect_args["ssl"] = mode
+    if "application_name" in query:
+        connect_args["server_settings"] = {"application_name": query.pop("application_name")}
+    if "connect_timeout" in query:
+        connect_args["timeout"] = float(query.pop("connect_timeout"))
+    if unknown := sorted(set(query) - ASYNCPG_PARAMETERS):
+        raise ValueError(f"GRANTBOT_DATABASE_URL: unknown parameter {unknown[0]!r}; grantbot understands "
+                         f"sslmode, sslrootcert, sslcert, sslkey, application_name, connect_timeout and asyncpg's "
+                         f"{', '.join(sorted(ASYNCPG_PARAMETERS))}")
+    return parsed.set(query=query).render_as_string(hide_password=False), connect_args
 
 
 def describe_url(url: str) -> str:
@@ -49,7 +93,8 @@ def create_engine(url: str) -> AsyncEngine:
             f"postgresql://user:pass@host/db), not {describe_url(url)!r}"
         )
     if not url.startswith("sqlite"):
-        return create_async_engine(url, pool_pre_ping=True)
+        url, connect_args = libpq_parameters(url)
+        return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
     # One connection: SQLite has one writer at a time anyway, and contention queued in asyncio costs microseconds,
     # while contention between connections is resolved by SQLite's busy handler, which sleeps (up to 100 ms a try).
     engine = create_async_engine(url, connect_args={"timeout": 5}, pool_size=1, max_overflow=0, pool_timeout=30)
