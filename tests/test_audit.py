@@ -7,6 +7,10 @@ import asyncio
 import json
 import os
 
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
 from tests.support import cards, eventually, message_text
 from tests.test_end_to_end import grantbot_command
 
@@ -57,6 +61,30 @@ async def test_an_approved_request_leaves_a_complete_ordered_trail(grantbot, san
     # No token ever reaches the trail.
     assert approved["grant"]["access_token"] not in stdout
 
+    # --since keeps the events at or after it: here those after the clock moved 61 s on (the expiries).
+    since = next(e["at"] for e in events if e["kind"] == "grant.expired")
+    code, later, stderr = await export("--since", since)
+    assert code == 0, stderr
+    assert [json.loads(line) for line in later.splitlines()] == [e for e in events if e["at"] >= since]
+    assert {e["kind"] for e in map(json.loads, later.splitlines())} == {"grant.expired"}
     assert (await export("--since", "2999-01-01T00:00:00Z"))[:2] == (0, "")
     code, _, stderr = await export("--since", "yesterday")
     assert code == 2 and "ISO 8601" in stderr
+
+
+async def test_the_database_refuses_to_change_or_remove_an_audit_event(grantbot):
+    """Append-only is enforced by the database (migration 0007), not only by grantbot's code never updating."""
+    await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 30})
+    before = await grantbot.count("audit_events")
+    assert before > 0
+    statements = ["UPDATE audit_events SET actor = 'someone-else'", "DELETE FROM audit_events"]
+    if grantbot.settings.database_url.startswith("postgresql"):
+        statements.append("TRUNCATE audit_events")
+    for statement in statements:
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with grantbot.engine.begin() as conn:
+                await conn.execute(text(statement))
+    assert await grantbot.count("audit_events") == before
+    async with grantbot.engine.connect() as conn:
+        actors = set((await conn.execute(text("SELECT actor FROM audit_events"))).scalars())
+    assert "someone-else" not in actors
