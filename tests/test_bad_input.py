@@ -43,19 +43,27 @@ async def test_a_bad_body_is_refused_with_a_reason_and_nothing_is_stored(grantbo
     assert sandbox.messages == []
 
 
+async def assert_nothing_stored(grantbot) -> None:
+    for table in ("access_requests", "outbox", "audit_events", "used_signatures"):
+        assert await grantbot.count(table) == 0, table
+
+
 async def test_an_unsigned_request_is_refused(grantbot):
     status, body = await grantbot.api.request_access(GOOD, sign=False)
     assert status == 401 and body["error"] == "unauthenticated" and "Sign the request" in body["detail"]
+    await assert_nothing_stored(grantbot)
 
 
 async def test_a_wrong_signature_is_refused(grantbot):
     status, body = await grantbot.api.request_access(GOOD, secret="guessed")
     assert status == 401 and "does not match" in body["detail"]
+    await assert_nothing_stored(grantbot)
 
 
 async def test_an_unknown_identity_gets_the_same_answer_as_a_wrong_signature(grantbot):
     status, body = await grantbot.api.request_access(GOOD, identity="nobody", secret="whatever")
     assert status == 401 and "does not match" in body["detail"]
+    await assert_nothing_stored(grantbot)
 
 
 async def test_a_body_changed_after_signing_is_refused(grantbot):
@@ -64,12 +72,14 @@ async def test_a_body_changed_after_signing_is_refused(grantbot):
     tampered = json.dumps({**GOOD, "scopes": ["db:read"]}).encode()
     status, _ = await grantbot.api.request_access(None, raw=tampered, sign=False, headers=headers)
     assert status == 401
+    await assert_nothing_stored(grantbot)
 
 
 @pytest.mark.parametrize("skew", [-301, 301])
 async def test_a_stale_or_future_timestamp_is_refused(grantbot, skew):
     status, body = await grantbot.api.request_access(GOOD, timestamp=int(grantbot.api.now()) + skew)
     assert status == 401 and "300 s" in body["detail"]
+    await assert_nothing_stored(grantbot)
 
 
 async def test_a_replayed_signature_is_refused(grantbot):

@@ -52,3 +52,20 @@ def test_the_configmap_holds_a_valid_policy_whose_identities_get_their_secrets()
 def test_the_migration_job_runs_grantbot_migrate():
     job = documents()["migration-job.yaml"]
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+
+
+def test_the_service_reaches_the_deployments_pods_on_their_http_port():
+    docs = documents()
+    service, deployment = docs["service.yaml"], docs["deployment.yaml"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"] and service["spec"]["selector"].items() <= labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    for port in service["spec"]["ports"]:
+        assert port["targetPort"] in ports or port["targetPort"] in ports.values()
+    # The job migrates the same database the pods use, with the same image.
+    job = docs["migration-job.yaml"]["spec"]["template"]["spec"]["containers"][0]
+    pod = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert job["image"] == pod["image"]
+    database = {e["name"]: e for e in job["env"]}["GRANTBOT_DATABASE_URL"]
+    assert database == {e["name"]: e for e in pod["env"]}["GRANTBOT_DATABASE_URL"]

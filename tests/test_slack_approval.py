@@ -9,7 +9,9 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import text
 
-from tests.support import CHANNEL, buttons, cards, deny_with_reason, eventually, message_text, open_modal
+from tests.support import (
+    CHANNEL, block_actions_body, buttons, cards, deny_with_reason, eventually, message_text, open_modal, slack_signed,
+)
 
 PROD_WRITE = {
     "environment": "production",
@@ -86,6 +88,26 @@ async def test_a_double_click_and_a_redelivered_payload_issue_one_grant(grantbot
     assert await grantbot.count("grants") == 1
     assert await grantbot.count("approvals") == 1
     assert sandbox.ephemerals[0]["text"] == "This request was already approved by <@U0APPROVER>."
+
+
+async def test_the_same_signed_payload_delivered_twice_issues_one_grant(grantbot, sandbox):
+    """Byte for byte the same request twice, the second as Slack marks a retry (X-Slack-Retry-Num)."""
+    created, card = await pending_card(grantbot, sandbox)
+    body = block_actions_body(card, "approve", "U0APPROVER")
+    headers = slack_signed(body)
+    retry = {**headers, "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    statuses = []
+    for sent in (headers, retry):
+        async with grantbot.api.http.post(grantbot.base_url + "/slack/events", data=body.encode(),
+                                          headers=sent) as resp:
+            statuses.append(resp.status)
+    assert statuses == [200, 200]
+    _, decided = await grantbot.api.get_request(created["id"], wait=10)
+    assert decided["status"] == "approved" and decided["decided_by"] == "U0APPROVER"
+    assert await grantbot.count("grants") == 1 and await grantbot.count("approvals") == 1
+    updated = await eventually(lambda: next((c for c in cards(sandbox) if c["ts"] == card["ts"]
+                                             and buttons(c) == ["revoke_grant"]), None))
+    assert "Approved" in message_text(updated) and "<@U0APPROVER>" in message_text(updated)
 
 
 async def test_approve_and_deny_racing_resolve_once(grantbot, sandbox):
