@@ -1,17 +1,31 @@
-"""Prometheus metrics (prometheus-client), one registry per application so several apps can live in a process."""
+"""Prometheus metrics (prometheus-client), one registry per application so several apps can live in a process.
+
+Counters count what this process did (sum them over replicas). Gauges describe the shared database, read at
+scrape time, so every replica reports the same values (take ``max`` over replicas, not ``sum``).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+import logging
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from bot.store.repository import Backlog
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
-    """The counters grantbot keeps; ``render()`` is the text exposition format served at ``/metrics``."""
+    """What grantbot counts and measures; ``render()`` is the text exposition format served at ``/metrics``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.access_requests = Counter(
-            "grantbot_access_requests", "Access requests answered, by outcome", ["status"], registry=self.registry
+            "grantbot_access_requests",
+            "Access requests received (an Idempotency-Key replay is not counted again), by the status the policy "
+            "gave them: approved (auto-approved), pending (sent to people) or denied",
+            ["status"], registry=self.registry,
         )
         self.grants_expired = Counter("grantbot_grants_expired", "Grants ended by expiry", registry=self.registry)
         self.requests_timed_out = Counter(
@@ -23,6 +37,34 @@ class Metrics:
         self.slack_messages = Counter(
             "grantbot_slack_messages", "Outbox items handled, by result", ["result"], registry=self.registry
         )
+        self.database_up = Gauge(
+            "grantbot_database_up", "1 if the database answered this scrape's reads, else 0", registry=self.registry
+        )
+        self.pending_requests = Gauge(
+            "grantbot_pending_requests", "Access requests waiting for people's decision", registry=self.registry
+        )
+        self.active_grants = Gauge("grantbot_active_grants", "Grants active now", registry=self.registry)
+        self.outbox_unsent = Gauge(
+            "grantbot_outbox_unsent", "Slack messages queued and not yet sent", registry=self.registry
+        )
+        self.outbox_oldest_age = Gauge(
+            "grantbot_outbox_oldest_unsent_age_seconds",
+            "Seconds the oldest unsent Slack message has waited (0 when none): alert on it, e.g. above 300, to "
+            "learn that Slack keeps refusing or failing a message",
+            registry=self.registry,
+        )
+
+    def observe_backlog(self, backlog: Backlog | None, now: datetime) -> None:
+        """Set the database gauges from ``backlog``, or mark the database down (``None``) keeping the last values."""
+        if backlog is None:
+            self.database_up.set(0)
+            return
+        self.database_up.set(1)
+        self.pending_requests.set(backlog.pending_requests)
+        self.active_grants.set(backlog.active_grants)
+        self.outbox_unsent.set(backlog.outbox_unsent)
+        oldest = backlog.outbox_oldest
+        self.outbox_oldest_age.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

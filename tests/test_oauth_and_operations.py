@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support import buttons, cards, eventually, message_text
 
 
@@ -73,3 +75,44 @@ async def test_metadata_metrics_and_openapi(grantbot):
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert served == documented
     assert doc["components"]["schemas"]["AccessRequest"]["required"] == ["environment", "scopes"]
+
+
+async def scrape(grantbot) -> dict[str, float]:
+    async with grantbot.api.http.get(grantbot.base_url + "/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    return {sample.name + "".join(f"{{{k}={v}}}" for k, v in sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+async def test_metrics_count_requests_once_and_show_what_waits_including_a_message_slack_keeps_failing(
+        grantbot, sandbox, clock):
+    sandbox.inject("chat.postMessage", "server_error", times=None, seconds=120)  # Slack fails every post
+    body = {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 900}
+    key = {"Idempotency-Key": "run-42"}
+    assert (await grantbot.api.request_access(body, headers=key))[0] == 201
+    # The pipeline retries (signed anew): the same request, not a second one.
+    assert (await grantbot.api.request_access(body, headers=key, timestamp=int(grantbot.api.now()) + 1))[0] == 201
+    status, pending = await grantbot.api.request_access(
+        {"environment": "production", "scopes": ["db:write"], "ttl_seconds": 60, "reason": "hotfix"})
+    assert status == 202
+    clock.advance(400)  # the card has waited 400 s, Slack failing all along
+
+    metrics = await scrape(grantbot)
+    assert metrics["grantbot_access_requests_total{status=approved}"] == 1.0
+    assert metrics["grantbot_access_requests_total{status=pending}"] == 1.0
+    assert metrics["grantbot_database_up"] == 1.0
+    assert metrics["grantbot_pending_requests"] == 1.0
+    assert metrics["grantbot_active_grants"] == 1.0
+    assert metrics["grantbot_outbox_unsent"] >= 1.0  # the card (and the auto-approval's notice, if any)
+    assert metrics["grantbot_outbox_oldest_unsent_age_seconds"] >= 400.0
+
+    sandbox.faults.clear()  # Slack recovers: the card goes out, nothing waits any more
+    await eventually(lambda: any(pending["id"] in message_text(c) for c in cards(sandbox)), timeout=20)
+
+    async def drained():
+        metrics = await scrape(grantbot)
+        return metrics["grantbot_outbox_unsent"] == 0 and metrics
+    metrics = await eventually(drained, timeout=20)
+    assert metrics["grantbot_outbox_oldest_unsent_age_seconds"] == 0.0
+    assert metrics["grantbot_slack_messages_total{result=sent}"] >= 1.0

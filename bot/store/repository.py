@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -49,6 +50,15 @@ from bot.store.tables import (
     OutboxRow,
     UsedSignatureRow,
 )
+
+class Backlog(NamedTuple):
+    """See :meth:`SqlStore.backlog`."""
+
+    pending_requests: int
+    active_grants: int
+    outbox_unsent: int
+    outbox_oldest: datetime | None
+
 
 R = AccessRequestRow.__table__
 S = IdentityScopeRow.__table__
@@ -732,9 +742,21 @@ class SqlStore:
                 .values(not_before=not_before, locked_until=None, attempts=O.c.attempts - 1)
             )
 
-    async def outbox_backlog(self) -> int:
+    async def backlog(self, now: datetime) -> Backlog:
+        """What waits right now, across all replicas: pending requests, grants active at ``now``, and outbox items
+        not yet sent with the ``created_at`` of the oldest (None when there is none). Four aggregate reads."""
         async with self.engine.connect() as conn:
-            return (await conn.execute(select(func.count()).select_from(O).where(O.c.sent_at.is_(None)))).scalar_one()
+            async def scalar(statement):
+                return (await conn.execute(statement)).scalar_one()
+
+            return Backlog(
+                pending_requests=await scalar(select(func.count()).select_from(R).where(
+                    R.c.status == RequestStatus.PENDING.value)),
+                active_grants=await scalar(select(func.count()).select_from(G).where(
+                    G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at > now)),
+                outbox_unsent=await scalar(select(func.count()).select_from(O).where(O.c.sent_at.is_(None))),
+                outbox_oldest=await scalar(select(func.min(O.c.created_at)).where(O.c.sent_at.is_(None))),
+            )
 
 
     # -- App Home (read-only) -----------------------------------------------------------------------------------

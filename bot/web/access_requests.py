@@ -149,7 +149,8 @@ async def create_access_request(request: web.Request) -> web.Response:
     )
     payload = view_json(view, deps.clock.now())
     status = view.request.status
-    request.app[METRICS].access_requests.labels(status=status.value).inc()
+    if not view.replayed:
+        request.app[METRICS].access_requests.labels(status=status.value).inc()
     if status is RequestStatus.DENIED:
         return web.json_response(
             {"error": "denied", "detail": f"The policy denies this request: {view.request.decision_reason}.", **payload},

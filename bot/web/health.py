@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from aiohttp import web
 from sqlalchemy import text
 
-from bot.web.keys import METRICS, STORE
+from bot.web.keys import DEPS, METRICS, STORE
+
+log = logging.getLogger(__name__)
+SCRAPE_DATABASE_SECONDS = 2.0  # well inside Prometheus' default 10 s scrape timeout
 
 routes = web.RouteTableDef()
 
@@ -31,6 +37,15 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition format (version 0.0.4)."""
+    """Prometheus text exposition format (version 0.0.4). The database gauges are read now, within
+    ``SCRAPE_DATABASE_SECONDS``; a database that does not answer sets ``grantbot_database_up`` to 0."""
+    deps = request.app[DEPS]
+    now = deps.clock.now()
+    try:
+        backlog = await asyncio.wait_for(request.app[STORE].backlog(now), SCRAPE_DATABASE_SECONDS)
+    except Exception as exc:  # the scrape still answers: counters and the last gauges
+        log.warning("metrics: the database did not answer: %s", type(exc).__name__)
+        backlog = None
+    request.app[METRICS].observe_backlog(backlog, now)
     return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8",
                         headers={"Cache-Control": "no-store"})

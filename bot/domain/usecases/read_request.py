@@ -23,6 +23,7 @@ class RequestView:
     request: AccessRequest
     grant: Grant | None = None
     access_token: str | None = None
+    replayed: bool = False  # the answer to an Idempotency-Key retry: the request was made by an earlier call
 
 
 async def hand_over(deps: Deps, request: AccessRequest) -> RequestView:

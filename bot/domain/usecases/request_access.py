@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+
 import hashlib
 import json
 import re
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import timedelta
 
 from bot.domain.approvals import who_may_approve
@@ -187,4 +188,4 @@ async def _replay(deps: Deps, earlier: tuple[AccessRequest, str], body_hash: str
         raise IdempotencyConflict(
             "This Idempotency-Key was already used for a different request body; use a new key for a new request."
         )
-    return await hand_over(deps, request)
+    return replace(await hand_over(deps, request), replayed=True)
