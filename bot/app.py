@@ -44,7 +44,7 @@ from bot.store.engine import create_engine
 from bot.store.schema import check_current, upgrade
 from bot.store.repository import SqlStore
 from bot.tokens.access_tokens import AccessTokenIssuer
-from bot.tokens.keys import load_or_create_signing_key
+from bot.tokens.keys import load_or_create_signing_key, load_verification_key
 from bot.web import access_requests, health, oauth, openapi, slack_events
 from bot.web.errors import MAX_BODY_BYTES, error_middleware
 from bot.web.keys import (
@@ -83,7 +83,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     loaded_digest = policy_digest(policy_path.read_text())
     identity_secrets = secrets_from_policy(policy)
     introspection_clients = settings.introspection_credentials()
-    tokens = AccessTokenIssuer(load_or_create_signing_key(settings.signing_key_file), settings.issuer_url)
+    tokens = AccessTokenIssuer(load_or_create_signing_key(settings.signing_key_file), settings.issuer_url,
+                               [load_verification_key(path) for path in settings.previous_signing_keys])
     store = SqlStore(create_engine(settings.database_url))
     changes = LocalChanges()
     deps = Deps(

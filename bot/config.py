@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     port: int = Field(8080, validation_alias=_env("PORT", "GRANTBOT_PORT"))
     issuer: str | None = Field(None, validation_alias=_env("GRANTBOT_ISSUER"))
     signing_key_file: Path = Field(Path("grantbot-signing-key.pem"), validation_alias=_env("GRANTBOT_SIGNING_KEY_FILE"))
+    # Key rotation: retired keys (PEM, private or public), comma-separated. Their public halves stay in the JWKS
+    # and tokens they signed still verify (introspection, revocation) until those tokens expire; nothing new is
+    # signed with them.
+    previous_signing_key_files: str = Field("", validation_alias=_env("GRANTBOT_PREVIOUS_SIGNING_KEY_FILES"))
     slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
     slack_signing_secret: SecretStr | None = Field(None, validation_alias=_env("SLACK_SIGNING_SECRET"))
     slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
@@ -71,6 +75,10 @@ class Settings(BaseSettings):
     @classmethod
     def _trailing_slash(cls, value: str) -> str:
         return value if value.endswith("/") else value + "/"
+
+    @property
+    def previous_signing_keys(self) -> list[Path]:
+        return [Path(part.strip()) for part in self.previous_signing_key_files.split(",") if part.strip()]
 
     @property
     def issuer_url(self) -> str:

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import jwt
 
 from bot.domain.models import Grant
-from bot.tokens.keys import SigningKey
+from bot.tokens.keys import SigningKey, VerificationKey
 
 TOKEN_TYPE = "at+jwt"  # RFC 9068 §2.1
 
 
 class AccessTokenIssuer:
-    """Signs and checks access tokens with one ES256 key (implements the domain's ``TokenMinter`` port).
+    """Signs access tokens with the current ES256 key and checks them against it and the retired ones
+    (implements the domain's ``TokenMinter`` port).
 
     Claims (RFC 9068 §2.2): ``iss``, ``sub`` and ``client_id`` (the caller's identity), ``aud``, ``scope``
     (space-separated), ``iat`` = ``nbf`` (the approval), ``exp``, ``jti``, plus ``grant_id``.
     """
 
-    def __init__(self, key: SigningKey, issuer: str) -> None:
+    def __init__(self, key: SigningKey, issuer: str, previous: Sequence[VerificationKey] = ()) -> None:
         self.key = key
         self.issuer = issuer
-        self._public_key = key.private_key.public_key()
+        # The current key first; a retired key with the current key's kid (listed by mistake) is dropped.
+        self._verifiers = {k.kid: k for k in reversed([key.public, *previous])}
 
     def mint(self, grant: Grant) -> str:
         issued = int(grant.issued_at.timestamp())
@@ -43,14 +46,18 @@ class AccessTokenIssuer:
         )
 
     def verify(self, token: str) -> dict[str, object] | None:
-        """Claims when the token carries our signature, ``typ`` and ``iss``; None otherwise.
+        """Claims when the token carries the signature of our current or a retired key (chosen by ``kid``), our
+        ``typ`` and ``iss``; None otherwise.
 
         Expiry is left to the caller, which compares ``exp`` with its injected clock and the grant's state.
         """
         try:
+            verifier = self._verifiers.get(jwt.get_unverified_header(token).get("kid"))
+            if verifier is None:
+                return None
             decoded = jwt.decode_complete(
                 token,
-                self._public_key,
+                verifier.public_key,
                 algorithms=["ES256"],
                 issuer=self.issuer,
                 options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False,
@@ -68,4 +75,5 @@ class AccessTokenIssuer:
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """The JWKS document (RFC 7517 §5) served at ``/.well-known/jwks.json``."""
-        return {"keys": [self.key.public_jwk]}
+        return {"keys": [self.key.public_jwk] + [k.public_jwk for kid, k in self._verifiers.items()
+                                                 if kid != self.key.kid]}

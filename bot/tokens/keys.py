@@ -1,4 +1,5 @@
-"""The ES256 signing key: loaded once from a PEM file (created with mode 0600 when missing), and its JWKS."""
+"""The ES256 signing key, loaded once from a PEM file (created with mode 0600 when missing), and retired keys
+that still verify the tokens they signed (key rotation)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,49 @@ class SigningKey:
     kid: str
 
     @property
+    def public(self) -> VerificationKey:
+        return VerificationKey(self.private_key.public_key(), self.kid)
+
+    @property
     def public_jwk(self) -> dict[str, str]:
         """The public key as a JWK (RFC 7517) with ``kid``, ``alg: ES256`` and ``use: sig``."""
-        jwk = ECAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
+        return self.public.public_jwk
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """A retired signing key's public half and ``kid``: it verifies tokens it signed, and signs nothing new."""
+
+    public_key: ec.EllipticCurvePublicKey
+    kid: str
+
+    @property
+    def public_jwk(self) -> dict[str, str]:
+        """The public key as a JWK (RFC 7517) with ``kid``, ``alg: ES256`` and ``use: sig``."""
+        jwk = ECAlgorithm.to_jwk(self.public_key, as_dict=True)
         return {"kty": jwk["kty"], "crv": jwk["crv"], "x": jwk["x"], "y": jwk["y"], "kid": self.kid,
                 "alg": "ES256", "use": "sig"}
+
+
+def load_verification_key(path: str | os.PathLike[str]) -> VerificationKey:
+    """A retired key from a PEM file holding the private key (as it was used) or only its public half.
+
+    Raises ``ValueError`` with the path when the file is missing or not an EC P-256 key."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the previous signing key ({exc.strerror})") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None).public_key()
+    except (ValueError, TypeError):
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: not a PEM private or public key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError(f"{path}: a previous signing key must be an EC P-256 key (ES256)")
+    return VerificationKey(key, thumbprint(key))
 
 
 def thumbprint(public_key: ec.EllipticCurvePublicKey) -> str:
