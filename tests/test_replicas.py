@@ -40,25 +40,53 @@ async def gather_in_chunks(calls, size: int = 15) -> list:
     return results
 
 
+def about(message: dict) -> str | None:
+    """The request a Slack message is about, from the metadata grantbot posts it with (as Slack returns it)."""
+    return ((message.get("metadata") or {}).get("event_payload") or {}).get("request_id")
+
+
+def clock_time(iso: str) -> str:
+    """An API time (ISO 8601) as grantbot's messages show it."""
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+async def count_by(database_url: str, sql: str) -> dict:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            return dict((await conn.execute(text(sql))).all())
+    finally:
+        await engine.dispose()
+
+
+async def unsent(database_url: str) -> int:
+    """Outbox items not yet delivered to Slack."""
+    return (await count_by(database_url, "SELECT 'unsent', COUNT(*) FROM outbox WHERE sent_at IS NULL"))["unsent"]
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_three_replicas_handle_300_requests_and_every_transition_happens_once(tmp_path, database_url, sandbox):
     replicas = [Process(tmp_path, database_url, sandbox, name=f"replica-{i}") for i in range(3)]
     for replica in replicas:
-        # 400 Slack writes into one channel: at Slack's 1/s that takes minutes. This test is about each happening
-        # once across replicas (pacing has its own test, tests/test_outbox_faults.py), so let them go faster.
+        # Some 700 Slack writes into one channel: at Slack's 1/s that takes minutes. This test is about each
+        # happening once across replicas (pacing has its own test, tests/test_outbox_faults.py): let them go faster.
         replica.env["GRANTBOT_SLACK_POSTS_PER_SECOND"] = "50"
     migrate(replicas[0])
     await asyncio.gather(*(r.start() for r in replicas))
     async with aiohttp.ClientSession() as http:
         apis = [Api(http, r.base_url, r.now) for r in replicas]
+        # Request i is of kind i % 3 and goes to replica (i // 3) % 3: every replica takes every kind.
         bodies = [AUTO, NEEDS_APPROVAL, DENIED] * 100
+        took = [(i // 3) % 3 for i in range(len(bodies))]
         answers = await gather_in_chunks(
-            [apis[i % 3].request_access({**body, "reason": f"load {i}"}) for i, body in enumerate(bodies)]
+            [apis[took[i]].request_access({**body, "reason": f"load {i}"}) for i, body in enumerate(bodies)]
         )
         by_kind = collections.defaultdict(list)
         for i, (status, answer) in enumerate(answers):
-            by_kind[status].append((i % 3, answer))
+            by_kind[status].append((took[i], answer))
         assert sorted((k, len(v)) for k, v in by_kind.items()) == [(201, 100), (202, 100), (403, 100)]
+        assert {(status, replica) for status, answered in by_kind.items() for replica, _ in answered} == \
+            {(status, replica) for status in (201, 202, 403) for replica in range(3)}
 
         pending = {answer["id"]: replica for replica, answer in by_kind[202]}
         card_of = {}
@@ -71,30 +99,66 @@ async def test_three_replicas_handle_300_requests_and_every_transition_happens_o
             return len(card_of) == len(pending)
 
         await eventually(all_cards_posted, timeout=60, interval=0.2)
-        # Each approval goes through a replica other than the one that took the request.
-        clicks = [apis[(replica + 1) % 3].click(card_of[rid], "approve", "U0APPROVER") for rid, replica in pending.items()]
+        # Each approval goes through a replica other than the one that took the request, in every direction.
+        clicked = {rid: (replica + 1 + (j // 3) % 2) % 3 for j, (rid, replica) in enumerate(pending.items())}
+        assert {(pending[rid], clicker) for rid, clicker in clicked.items()} == \
+            {(a, b) for a in range(3) for b in range(3) if a != b}
+        clicks = [apis[clicker].click(card_of[rid], "approve", "U0APPROVER") for rid, clicker in clicked.items()]
         assert set(await gather_in_chunks(clicks)) == {200}
         decided = await gather_in_chunks([apis[replica].get_request(rid, wait=30) for rid, replica in pending.items()])
         assert all(status == 200 and d["status"] == "approved" and d["grant"]["access_token"] for status, d in decided)
+        grant_of = {d["id"]: d["grant"] for _, d in decided}
 
         replicas[0].advance(61)  # one clock file for all three: every grant is now due
 
-        def expiry_messages():
-            return [m for m in sandbox.messages if "expired" in (m["text"] or "") and not m["blocks"]]
+        def expiry_messages():  # the auto-approved grants' (they have no card, so no thread)
+            return [m for m in sandbox.messages if not m["blocks"] and not m["thread_ts"]]
 
-        await eventually(lambda: len(expiry_messages()) == 200, timeout=60, interval=0.2)
-        await asyncio.sleep(1.5)  # several more sweeps and outbox rounds on every replica: nothing more may come
+        def replies(card):
+            return [m for m in sandbox.messages if m["thread_ts"] == card["ts"]]
+
+        await eventually(lambda: len(expiry_messages()) >= 100 and all(len(replies(c)) >= 3 for c in card_of.values()),
+                         timeout=60, interval=0.2)
+
+        async def all_sent() -> bool:
+            return await unsent(database_url) == 0
+
+        await eventually(all_sent, timeout=30, interval=0.2)
 
     for replica in replicas:
         assert await replica.kill(signal.SIGTERM) == 0
         replica.check_log()
+    # The replicas are gone: nothing more can be posted, so the counts below are final.
+    assert await unsent(database_url) == 0
 
+    # No duplicates anywhere: one card per approval request, and under it exactly the decision, the hand-over and
+    # the expiry, in that order, each about its request; one expiry message per auto-approved grant.
     assert len(cards(sandbox)) == 100
-    assert len(expiry_messages()) == 200
-    threaded = collections.Counter(m["thread_ts"] for m in expiry_messages() if m["thread_ts"])
-    assert sorted(threaded) == sorted(card["ts"] for card in card_of.values()) and set(threaded.values()) == {1}
-    assert all(buttons == [] for buttons in ([e for b in c["blocks"] if b["type"] == "actions" for e in b["elements"]]
-                                             for c in card_of.values()))
+    assert collections.Counter(rid for card in cards(sandbox) for rid in pending if rid in message_text(card)) == \
+        {rid: 1 for rid in pending}
+    for rid, card in card_of.items():
+        thread = replies(card)
+        assert [about(m) for m in thread] == [rid] * 3, [m["text"] for m in thread]
+        assert [m["text"].split(" ", 1)[0] for m in thread] == [":white_check_mark:", ":key:", ":hourglass:"], \
+            [m["text"] for m in thread]
+        until = clock_time(grant_of[rid]["expires_at"])
+        assert thread[0]["text"] == (":white_check_mark: Approved by <@U0APPROVER>. Grant issued: `db:write` on "
+                                     f"*production* for *deploy-bot* for 1 min, until {until}."), thread[0]["text"]
+        assert thread[1]["text"].startswith(":key: *deploy-bot* collected its token for `db:write`"), thread[1]["text"]
+        assert thread[2]["text"].startswith(":hourglass: Grant `db:write` on *production* for *deploy-bot* expired "
+                                            f"at {until}"), thread[2]["text"]
+        assert "(approved)" in card["text"] and ":hourglass: Grant expired at" in message_text(card)
+        assert buttons(card) == []
+    auto = {answer["id"]: answer for _, answer in by_kind[201]}
+    assert collections.Counter(about(m) for m in expiry_messages()) == {rid: 1 for rid in auto}
+    for message in expiry_messages():
+        assert message["text"].startswith(":hourglass: Grant `db:read` on *staging* for *deploy-bot* (auto-approved "
+                                          "by rule staging-read) expired at "
+                                          + clock_time(auto[about(message)]["grant"]["expires_at"])), message["text"]
+    assert len(sandbox.messages) == 100 + 3 * 100 + 100
+    # Nobody was told "not allowed" or "already decided": every click was the first, by an approver.
+    assert sandbox.ephemerals == []
+    assert not [c for c in sandbox.calls if c["method"] == "chat.postEphemeral"]
 
     events = await audit(database_url)
     per_request = collections.defaultdict(list)
@@ -140,30 +204,6 @@ rules:
     approvers: {{users: [U0APPROVER]}}
 default: deny
 """
-
-
-def about(message: dict) -> str | None:
-    """The request a Slack message is about, from the metadata grantbot posts it with (as Slack returns it)."""
-    return ((message.get("metadata") or {}).get("event_payload") or {}).get("request_id")
-
-
-def clock_time(iso: str) -> str:
-    """An API time (ISO 8601) as grantbot's messages show it."""
-    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-async def count_by(database_url: str, sql: str) -> dict:
-    engine = create_engine(database_url)
-    try:
-        async with engine.connect() as conn:
-            return dict((await conn.execute(text(sql))).all())
-    finally:
-        await engine.dispose()
-
-
-async def unsent(database_url: str) -> int:
-    """Outbox items not yet delivered to Slack."""
-    return (await count_by(database_url, "SELECT 'unsent', COUNT(*) FROM outbox WHERE sent_at IS NULL"))["unsent"]
 
 
 async def test_sigkill_while_grants_are_due_and_messages_queued_loses_and_repeats_nothing(tmp_path, database_url,
