@@ -20,6 +20,23 @@ NEEDS_APPROVAL = {"environment": "production", "scopes": ["db:write"], "ttl_seco
 DENIED = {"environment": "production", "scopes": ["db:admin"]}
 
 
+@pytest.fixture
+def spawn(tmp_path, database_url, sandbox):
+    """``spawn(name=...)``: a :class:`Process` of this test. One still running when the test ends (it failed
+    before stopping it) is killed, instead of sweeping and posting on in the background for the rest of the run."""
+    made: list[Process] = []
+
+    def make(**kwargs) -> Process:
+        made.append(Process(tmp_path, database_url, sandbox, **kwargs))
+        return made[-1]
+
+    yield make
+    for proc in made:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait(timeout=15)
+
+
 async def audit(database_url: str) -> list:
     engine = create_engine(database_url)
     try:
@@ -65,8 +82,8 @@ async def unsent(database_url: str) -> int:
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-async def test_three_replicas_handle_300_requests_and_every_transition_happens_once(tmp_path, database_url, sandbox):
-    replicas = [Process(tmp_path, database_url, sandbox, name=f"replica-{i}") for i in range(3)]
+async def test_three_replicas_handle_300_requests_and_every_transition_happens_once(spawn, database_url, sandbox):
+    replicas = [spawn(name=f"replica-{i}") for i in range(3)]
     for replica in replicas:
         # Some 700 Slack writes into one channel: at Slack's 1/s that takes minutes. This test is about each
         # happening once across replicas (pacing has its own test, tests/test_outbox_faults.py): let them go faster.
@@ -209,13 +226,13 @@ default: deny
 """
 
 
-async def test_sigkill_while_grants_are_due_and_messages_queued_loses_and_repeats_nothing(tmp_path, database_url,
+async def test_sigkill_while_grants_are_due_and_messages_queued_loses_and_repeats_nothing(spawn, tmp_path, database_url,
                                                                                         sandbox):
     """Grants and pending requests come due while the process is dead, with every message still queued (Slack
     was unreachable): on start each transition happens once, within seconds, and each message goes out once."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(DOWN_POLICY)
-    proc = Process(tmp_path, database_url, sandbox)
+    proc = spawn()
     proc.env["GRANTBOT_POLICY_FILE"] = str(policy)
     live_slack = proc.env["SLACK_API_URL"]
     proc.env["SLACK_API_URL"] = "http://127.0.0.1:9/api/"  # Slack unreachable: every message stays queued
