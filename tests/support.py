@@ -9,6 +9,8 @@ import copy
 import hashlib
 import hmac
 import json
+import os
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -99,6 +101,31 @@ class Api:
         async with self.http.post(self.base_url + "/slack/events", data=body.encode(),
                                   headers=slack_signed(body, secret=secret, timestamp=timestamp)) as resp:
             return resp.status
+
+
+def read_clock_offset(path: Path) -> float:
+    """The seconds a clock offset file (GRANTBOT_CLOCK_OFFSET_FILE) adds to a grantbot process's clock."""
+    return float(path.read_text())
+
+
+def write_clock_offset(path: Path, seconds: float) -> None:
+    """Set a clock offset file atomically: a temporary file beside it, then ``os.replace``. A running grantbot
+    reads the file at any moment; rewritten in place, it could be read empty between truncate and write."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(repr(float(seconds)))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def advance_clock_offset(path: Path, seconds: float) -> float:
+    """Move the clock of the processes reading ``path`` on by ``seconds``; returns the new offset."""
+    offset = read_clock_offset(path) + seconds
+    write_clock_offset(path, offset)
+    return offset
 
 
 async def eventually(check, timeout: float = 10.0, interval: float = 0.05):

@@ -16,7 +16,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.support import Api, eventually, message_text
+from tests.support import Api, advance_clock_offset, eventually, message_text, write_clock_offset
 from tests.test_end_to_end import free_port, grantbot_command
 
 
@@ -26,7 +26,7 @@ class Dev:
     def __init__(self, folder, port: int, sandbox_port: int) -> None:
         self.folder = folder
         self.offset_file = folder / "clock-offset"
-        self.offset_file.write_text("0")
+        write_clock_offset(self.offset_file, 0)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "GRANTBOT_"))}
         self.env = {**env, "GRANTBOT_CLOCK_OFFSET_FILE": str(self.offset_file),
                     "GRANTBOT_SWEEP_INTERVAL_SECONDS": "0.2"}
@@ -45,7 +45,7 @@ class Dev:
         return [*grantbot_command(words[1]), *words[2:]]
 
     def advance(self, seconds: float) -> None:
-        self.offset_file.write_text(str(float(self.offset_file.read_text()) + seconds))
+        advance_clock_offset(self.offset_file, seconds)
 
 
 @pytest.fixture

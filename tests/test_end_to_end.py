@@ -22,7 +22,8 @@ from sqlalchemy import text
 from bot.store.engine import create_engine
 from bot.store.schema import head_revision, upgrade
 from tests.conftest import POLICIES
-from tests.support import BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, buttons, cards, eventually, message_text
+from tests.support import (BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, advance_clock_offset, buttons, cards,
+                           eventually, message_text, read_clock_offset, write_clock_offset)
 
 
 def free_port() -> int:
@@ -44,7 +45,7 @@ class Process:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.offset_file = tmp_path / "clock-offset"  # shared by the processes of one test: one clock
         if not self.offset_file.exists():
-            self.offset_file.write_text("0")
+            write_clock_offset(self.offset_file, 0)
         self.log_path = tmp_path / f"{name}.log"
         self.env = {
             **os.environ,
@@ -67,10 +68,10 @@ class Process:
         self.proc: subprocess.Popen | None = None
 
     def now(self) -> float:
-        return time.time() + float(self.offset_file.read_text())
+        return time.time() + read_clock_offset(self.offset_file)
 
     def advance(self, seconds: float) -> None:
-        self.offset_file.write_text(str(float(self.offset_file.read_text()) + seconds))
+        advance_clock_offset(self.offset_file, seconds)
 
     async def start(self) -> None:
         log = self.log_path.open("a")

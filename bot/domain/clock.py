@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -43,24 +44,29 @@ class OffsetFileClock:
     """The wall clock shifted by a number of seconds read from a file (``GRANTBOT_CLOCK_OFFSET_FILE``).
 
     For tests that drive a real ``grantbot`` process: they move its time by rewriting the file instead of
-    sleeping. The file holds one number (seconds, may be fractional); a missing or empty file means 0. The file
-    is re-read only when its modification time changes.
+    sleeping. The file holds one number (seconds, may be fractional); a missing file means 0.
+
+    The file is read on every call, not cached by modification time: a rewrite within one mtime tick (same
+    ``st_mtime_ns``, even the same size) would otherwise go unseen, and the process would keep an old time. A
+    writer should replace the file atomically (write a temporary file beside it, then ``os.replace``), so a
+    reader sees the old number or the new one. A writer that rewrites it in place can be caught between
+    truncate and write: an empty file, or anything that is not a finite number, is not taken as 0 but leaves
+    the last good offset in force.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
-        self._mtime: float | None = None
         self._offset = 0.0
 
     def _read_offset(self) -> float:
         try:
-            mtime = self._path.stat().st_mtime_ns
+            offset = float(self._path.read_text())
         except FileNotFoundError:
             return 0.0
-        if mtime != self._mtime:
-            text = self._path.read_text().strip()
-            self._offset = float(text) if text else 0.0
-            self._mtime = mtime
+        except ValueError:  # empty (caught mid-rewrite) or garbage: keep the last good value
+            return self._offset
+        if math.isfinite(offset):
+            self._offset = offset
         return self._offset
 
     def now(self) -> datetime:
