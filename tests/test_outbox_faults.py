@@ -181,3 +181,30 @@ async def test_a_long_retry_after_holds_the_channel_until_it_has_passed_then_eac
     assert len(cards(sandbox)) == 3
     # The refused post was tried again without a history search: Slack said no, so there was nothing to find.
     assert [c["method"] for c in sandbox.calls if c["channel"] == "C0TEAM0"] == ["chat.postMessage"] * 3
+
+
+async def test_an_item_that_outwaited_its_lease_in_a_slow_lane_is_posted_once(start_grantbot, sandbox, clock):
+    """Replica A claims three cards for one channel and posts them paced (one per 5 s). Its lease (30 s on the
+    clock) runs out while two still wait in its lane; replica B claims those and posts them. When A's turn comes
+    it must see that B holds them now, and not post them a second time."""
+    slow = await start_grantbot(slack_posts_per_second=0.2)
+    ids = []
+    for n in range(3):
+        status, created = await slow.api.request_access(
+            {"environment": "production", "scopes": ["db:write"], "ttl_seconds": 60, "reason": f"hotfix {n}"})
+        assert status == 202, created
+        ids.append(created["id"])
+    await eventually(lambda: len(cards(sandbox)) == 1)  # A posted the first; two wait in its lane
+    first_posted = asyncio.get_running_loop().time()
+
+    async def a_holds_the_other_two():
+        return await slow.count("outbox WHERE sent_at IS NULL AND locked_until IS NOT NULL") == 2
+    await eventually(a_holds_the_other_two)
+    clock.advance(31)  # A's lease on the other two runs out
+    fast = await start_grantbot()  # replica B, on the same database, same Slack
+    await eventually(lambda: len(cards(sandbox)) == 3, timeout=4)  # B posts them before A's next slot
+    # A's next slot (5 s after its first post, wall clock) comes and goes.
+    await asyncio.sleep(first_posted + 6.5 - asyncio.get_running_loop().time())
+    posted = collections.Counter(rid for card in cards(sandbox) for rid in request_ids(card))
+    assert posted == {rid: 1 for rid in ids}, posted
+    assert await fast.count("outbox WHERE sent_at IS NULL") == 0

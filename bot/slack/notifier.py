@@ -31,7 +31,9 @@ naming its outbox item, and a retried item first looks for that message (``conve
 ``conversations.replies``) and adopts it instead of posting again; the search is skipped when this process
 knows that every earlier attempt was refused (429 or an ``ok: false`` answer). A card's ``ts`` is stored before
 its item is marked sent, and an update or thread reply of a request waits for every earlier item of that
-request. Updates (``chat.update``) are idempotent by nature. The client given must not retry on its own
+request. An item can outwait its lease in its lane (pacing, a slow call before it) and be claimed by another
+worker meanwhile, which then finds nothing posted yet: so every post first renews the lease, fenced by the
+claim's attempt count (``renew_outbox_lease``), and a worker whose item was claimed again drops it. Updates (``chat.update``) are idempotent by nature. The client given must not retry on its own
 (``retry_handlers=[]``): a connection reset after Slack took a post would otherwise post it twice.
 """
 
@@ -81,6 +83,10 @@ PERMANENT_ERRORS = {"channel_not_found", "not_in_channel", "is_archived", "inval
 # fatal_error "it's possible some aspect of the operation succeeded".
 TRANSIENT_ERRORS = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
 _BACKOFF = BackoffRetryIntervalCalculator(backoff_factor=1.0, jitter=RandomJitter())
+
+
+class LeaseLost(Exception):
+    """The outbox item's lease ran out while it waited here and another worker claimed it."""
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float:
@@ -217,6 +223,10 @@ class SlackNotifier:
     async def _deliver_with_retry(self, item: OutboxItem) -> None:
         try:
             await self._deliver(item)
+        except LeaseLost:
+            log.info("outbox item %s (%s) is another worker's now; not posting it here", item.id, item.kind)
+            self._refused.pop(item.id, None)
+            return
         except SlackApiError as exc:
             status, headers, data = _answer(exc)
             error = str(data.get("error") or "")
@@ -348,6 +358,11 @@ class SlackNotifier:
         metadata = {"event_type": METADATA_EVENT, "event_payload": {"outbox_id": item.id, "request_id": item.request_id}}
         extra = {"thread_ts": thread_ts} if thread_ts else {}
         await self._pace(channel)
+        # The item may have waited in its lane past its lease, and another worker may hold it now (and have found
+        # nothing posted yet): post only under a lease renewed for long enough to finish the call.
+        until = self._clock.now() + timedelta(seconds=LEASE_SECONDS)
+        if not await self._store.renew_outbox_lease(item.id, item.attempts, until):
+            raise LeaseLost(item.id)
         answer = await self._client.chat_postMessage(channel=channel, metadata=metadata, **extra, **content)
         return answer["channel"], answer["ts"]
 

@@ -720,6 +720,18 @@ class SqlStore:
             "busiest": [{"identity": r.identity, "requests": r.n} for r in busiest],
         }
 
+    async def renew_outbox_lease(self, item_id: int, attempts: int, until: datetime) -> bool:
+        """Extend the lease of an item this worker claimed (its claim counted ``attempts``) to ``until``; False
+        when another worker has claimed it since (its claim counted one more attempt) or it was sent. The claim
+        count fences the lease: a worker that kept an item past its lease must not post it too."""
+        async with self._writer.begin() as conn:
+            renewed = await conn.execute(
+                update(O)
+                .where(O.c.id == item_id, O.c.sent_at.is_(None), O.c.attempts == attempts)
+                .values(locked_until=until)
+            )
+        return renewed.rowcount == 1
+
     async def complete_outbox(self, item_id: int, now: datetime) -> None:
         async with self._writer.begin() as conn:
             await conn.execute(update(O).where(O.c.id == item_id).values(sent_at=now, locked_until=None))
