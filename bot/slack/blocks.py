@@ -142,7 +142,9 @@ def outcome_line(request: AccessRequest, grant: Grant | None, approvals: Sequenc
         line = f":x: *Denied* by {_mentions(denied) if len(denied) > 1 else who} at {when}"
         return line + "\n" + _reason_block(request.denial_reason) if request.denial_reason else line
     if request.status is RequestStatus.EXPIRED:
-        return f":hourglass: *Expired*: nobody decided before {when}"
+        # The deadline, not when the sweep noticed (later, after a restart).
+        deadline = clock_time(request.expires_at) if request.expires_at else when
+        return f":hourglass: *Expired*: nobody decided before {deadline}"
     return f"*{request.status.value.capitalize()}*"
 
 
