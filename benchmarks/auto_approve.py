@@ -39,14 +39,14 @@ def signed(body: bytes) -> dict[str, str]:
             "X-Grantbot-Signature": "v1=" + digest.hexdigest(), "Content-Type": "application/json"}
 
 
-async def run(base: str, total: int, concurrency: int) -> list[float]:
+async def run(base: str, total: int, concurrency: int, tag: str = "") -> list[float]:
     latencies: list[float] = []
     queue = iter(range(total))
 
     async def worker(http: aiohttp.ClientSession) -> None:
         for i in queue:
             body = json.dumps({"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 600,
-                               "reason": f"bench {i}"}).encode()
+                               "reason": f"bench {tag}{i}"}).encode()
             started = time.perf_counter()
             async with http.post(base + "/v1/access-requests", data=body, headers=signed(body)) as resp:
                 await resp.read()
@@ -80,7 +80,8 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        asyncio.run(run(f"http://127.0.0.1:{port}", 100, 8))  # warm up
+        # Warm up with other bodies: the same body signed in the same second is a replay (401).
+        asyncio.run(run(f"http://127.0.0.1:{port}", 100, 8, tag="warm-up "))
         started = time.perf_counter()
         latencies = asyncio.run(run(f"http://127.0.0.1:{port}", args.requests, args.concurrency))
         elapsed = time.perf_counter() - started
