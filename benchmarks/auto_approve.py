@@ -32,6 +32,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server process (all its threads), from /proc (Linux): steadier than
+    throughput on a machine where other processes compete for the cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def signed(body: bytes) -> dict[str, str]:
     ts = str(int(time.time()))
     digest = hmac.new(SECRET.encode(), f"v1:{ts}:POST:/v1/access-requests:".encode() + body, hashlib.sha256)
@@ -39,14 +46,14 @@ def signed(body: bytes) -> dict[str, str]:
             "X-Grantbot-Signature": "v1=" + digest.hexdigest(), "Content-Type": "application/json"}
 
 
-async def run(base: str, total: int, concurrency: int) -> list[float]:
+async def run(base: str, total: int, concurrency: int, tag: str = "") -> list[float]:
     latencies: list[float] = []
     queue = iter(range(total))
 
     async def worker(http: aiohttp.ClientSession) -> None:
         for i in queue:
             body = json.dumps({"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 600,
-                               "reason": f"bench {i}"}).encode()
+                               "reason": f"bench {tag}{i}"}).encode()
             started = time.perf_counter()
             async with http.post(base + "/v1/access-requests", data=body, headers=signed(body)) as resp:
                 await resp.read()
@@ -80,10 +87,13 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        asyncio.run(run(f"http://127.0.0.1:{port}", 100, 8))  # warm up
+        # Warm up with other bodies: the same body signed in the same second is a replay (401).
+        asyncio.run(run(f"http://127.0.0.1:{port}", 100, 8, tag="warm-up "))
+        cpu_before = server_cpu_seconds(server.pid)
         started = time.perf_counter()
         latencies = asyncio.run(run(f"http://127.0.0.1:{port}", args.requests, args.concurrency))
         elapsed = time.perf_counter() - started
+        cpu_ms = (server_cpu_seconds(server.pid) - cpu_before) * 1000 / args.requests
     finally:
         server.terminate()
         server.wait()
@@ -91,7 +101,7 @@ def main() -> None:
     print(f"database: {env['GRANTBOT_DATABASE_URL'].split(':')[0]}; {args.requests} auto-approved requests, "
           f"concurrency {args.concurrency}")
     print(f"throughput: {args.requests / elapsed:.0f} requests/s; latency p50 {q[49] * 1000:.1f} ms, "
-          f"p95 {q[94] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms")
+          f"p95 {q[94] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms; server CPU {cpu_ms:.2f} ms/request")
 
 
 if __name__ == "__main__":

@@ -187,3 +187,34 @@ async def test_introspection_refuses_malformed_requests_cleanly(grantbot, author
     headers = {"Authorization": (authorization or basic).encode().decode("latin-1"), "Content-Type": content_type}
     async with grantbot.api.http.post(grantbot.base_url + "/oauth/introspect", data=body, headers=headers) as resp:
         assert resp.status == (401 if authorization else 400)
+
+
+async def test_a_replay_record_refuses_until_stale_and_the_sweep_forgets_stale_ones(database_url):
+    """The record of a used signature is written with one conditional upsert: a fresh record refuses (a replay,
+    even when many try at once: exactly one wins), a stale one is taken over, and the sweep deletes stale ones."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from bot.store.engine import create_engine
+    from bot.store.repository import SqlStore
+    from bot.store.schema import upgrade
+
+    engines = [create_engine(database_url) for _ in range(2)]  # two replicas
+    await upgrade(engines[0])
+    stores = [SqlStore(engine) for engine in engines]
+    try:
+        now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+        until = now + timedelta(seconds=600)
+        wins = await asyncio.gather(*(stores[i % 2].remember_signature("a" * 64, until, now) for i in range(8)))
+        assert sorted(wins) == [False] * 7 + [True]
+        assert not await stores[1].remember_signature("a" * 64, until, until)  # not stale yet at its expiry
+        later = until + timedelta(seconds=1)
+        assert await stores[0].remember_signature("a" * 64, later + timedelta(seconds=600), later)  # stale: taken
+        assert not await stores[1].remember_signature("a" * 64, later + timedelta(seconds=600), later)
+        assert await stores[0].remember_signature("b" * 64, until, now)
+        assert await stores[0].forget_stale_signatures(later, 100) == 1  # b; a was renewed
+        assert await stores[0].forget_stale_signatures(later, 100) == 0
+        assert not await stores[0].remember_signature("a" * 64, later + timedelta(seconds=600), later)
+    finally:
+        for engine in engines:
+            await engine.dispose()

@@ -121,6 +121,9 @@ class Store(Protocol):
     async def remind_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Clear ``remind_at`` of pending requests it has come for, each with a ``request.reminder`` event."""
 
+    async def forget_stale_signatures(self, now: datetime, limit: int) -> int:
+        """Delete up to ``limit`` replay records (used signatures and CI tokens) stale at ``now``; returns how many."""
+
     async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent],
                            **audit) -> bool:
         """End an active grant early; False if it was not active. ``audit``: extra data of its audit event."""

@@ -21,6 +21,7 @@ def normalize_url(url: str) -> str:
 
 
 WRITE_OPTION = "grantbot_write"
+POSTGRES_POOL_SIZE = 15
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # Query parameters asyncpg takes as they are (SQLAlchemy passes the URL's query to asyncpg.connect as keywords).
@@ -94,7 +95,11 @@ def create_engine(url: str) -> AsyncEngine:
         )
     if not url.startswith("sqlite"):
         url, connect_args = libpq_parameters(url)
-        return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        # At most 15 connections, as SQLAlchemy's default (5 kept + 10 overflow) allowed, but all 15 are kept:
+        # overflow connections are closed as soon as they are returned, so under load the default pool opened a
+        # new connection (TLS, authentication, codec set-up, an empty prepared-statement cache) every few requests.
+        return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args, pool_size=POSTGRES_POOL_SIZE,
+                                   max_overflow=0)
     # One connection: SQLite has one writer at a time anyway, and contention queued in asyncio costs microseconds,
     # while contention between connections is resolved by SQLite's busy handler, which sleeps (up to 100 ms a try).
     engine = create_async_engine(url, connect_args={"timeout": 5}, pool_size=1, max_overflow=0, pool_timeout=30)

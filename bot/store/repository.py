@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import exists, func, insert, or_, select, update
+from sqlalchemy import bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -67,6 +67,36 @@ G = GrantRow.__table__
 O = OutboxRow.__table__  # noqa: E741
 U = UsedSignatureRow.__table__
 E = AuditEventRow.__table__
+
+# Statements on the hot paths are built once and executed with parameter dicts: SQLAlchemy's compiled cache then
+# finds them by an identity-memoised cache key, where a statement rebuilt per call with ``.values(...)`` pays for
+# coercing every value into a bind parameter and walking them all to compute its cache key, each time.
+_INSERT_REQUEST = insert(R)
+_INSERT_GRANT = insert(G)
+_INSERT_AUDIT = insert(E)
+_INSERT_SCOPE = {"postgresql": pg_insert(S).on_conflict_do_nothing(), "sqlite": sqlite_insert(S).on_conflict_do_nothing()}
+
+
+def _remember_signature_statement(dialect_insert):
+    """Record a used signature, or take over its row when that one is stale (``expires_at`` before ``:now``); a
+    fresh row makes this a no-op (rowcount 0: a replay). One statement instead of deleting every stale row first,
+    with the same outcome: the stale rows themselves are deleted by the sweep (``forget_stale_signatures``)."""
+    statement = dialect_insert(U).values(
+        digest=bindparam("digest"), expires_at=bindparam("expires_at", type_=U.c.expires_at.type)
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[U.c.digest],
+        set_={"expires_at": statement.excluded.expires_at},
+        where=U.c.expires_at < bindparam("now", type_=U.c.expires_at.type),
+    )
+
+
+_REMEMBER_SIGNATURE = {"postgresql": _remember_signature_statement(pg_insert),
+                       "sqlite": _remember_signature_statement(sqlite_insert)}
+_COUNT_AUTO_APPROVALS = select(func.count()).select_from(R).where(
+    R.c.identity == bindparam("identity"), R.c.rule == bindparam("rule"),
+    R.c.decision == Decision.AUTO_APPROVE.value, R.c.created_at > bindparam("since", type_=R.c.created_at.type),
+)
 
 
 def _request_from_row(row) -> AccessRequest:
@@ -120,6 +150,18 @@ def _grant_from_row(row) -> Grant:
     )
 
 
+def _audit_row(at: datetime, kind: str, actor: str, request_id: str | None, grant_id: str | None = None,
+               **data) -> dict:
+    """Parameters of one ``audit_events`` row (always the same keys, so one compiled INSERT serves them all)."""
+    return {"at": at, "kind": kind, "actor": actor, "request_id": request_id, "grant_id": grant_id, "data": data}
+
+
+def _grant_issued_row(grant: Grant, actor: str) -> dict:
+    return _audit_row(grant.issued_at, "grant.issued", actor, grant.request_id, grant.id, jti=grant.jti,
+                      scope=" ".join(grant.scopes), audience=grant.audience,
+                      expires_at=grant.expires_at.isoformat(), ttl_seconds=grant.ttl_seconds)
+
+
 def _grant_values(grant: Grant) -> dict:
     return {
         "id": grant.id,
@@ -171,18 +213,17 @@ class SqlStore:
     @staticmethod
     async def _audit(conn: AsyncConnection, at: datetime, kind: str, actor: str, request_id: str | None,
                      grant_id: str | None = None, **data) -> None:
-        await conn.execute(
-            insert(E).values(at=at, kind=kind, actor=actor, request_id=request_id, grant_id=grant_id, data=data)
-        )
+        await conn.execute(_INSERT_AUDIT, _audit_row(at, kind, actor, request_id, grant_id, **data))
 
     async def _audit_grant_issued(self, conn: AsyncConnection, grant: Grant, actor: str) -> None:
-        await self._audit(conn, grant.issued_at, "grant.issued", actor, grant.request_id, grant.id, jti=grant.jti,
-                          scope=" ".join(grant.scopes), audience=grant.audience,
-                          expires_at=grant.expires_at.isoformat(), ttl_seconds=grant.ttl_seconds)
+        await conn.execute(_INSERT_AUDIT, _grant_issued_row(grant, actor))
+        await self._remember_scopes(conn, grant)
+
+    @staticmethod
+    async def _remember_scopes(conn: AsyncConnection, grant: Grant) -> None:
         # Every issued grant makes its scopes known to the identity (``first_use`` asks people only before that).
         # ON CONFLICT DO NOTHING: two grants of one scope committing at once must not fail each other.
-        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        await conn.execute(dialect_insert(S).on_conflict_do_nothing(), [
+        await conn.execute(_INSERT_SCOPE[conn.dialect.name], [
             {"identity": grant.identity, "scope": scope, "first_granted_at": grant.issued_at}
             for scope in dict.fromkeys(grant.scopes)
         ])
@@ -251,20 +292,28 @@ class SqlStore:
             async with self._writer.begin() as conn:
                 if quota is not None and not await self._within_quota(conn, request, quota):
                     raise AutoApproveLimitReached(quota.count)
-                await conn.execute(insert(R).values(**values))
+                await conn.execute(_INSERT_REQUEST, values)
                 at = request.created_at
-                await self._audit(conn, at, "request.received", request.identity, request.id,
-                                  environment=request.environment, scopes=list(request.scopes),
-                                  ttl_seconds=request.ttl_seconds, audience=request.audience, reason=request.reason,
-                                  context=request.context)
-                await self._audit(conn, at, "policy.decided", "policy", request.id, decision=request.decision.value,
-                                  rule=request.rule, reason=request.decision_reason,
-                                  reasons=list(request.decision_reasons))
+                audit = [
+                    _audit_row(at, "request.received", request.identity, request.id,
+                               environment=request.environment, scopes=list(request.scopes),
+                               ttl_seconds=request.ttl_seconds, audience=request.audience, reason=request.reason,
+                               context=request.context),
+                    _audit_row(at, "policy.decided", "policy", request.id, decision=request.decision.value,
+                               rule=request.rule, reason=request.decision_reason,
+                               reasons=list(request.decision_reasons)),
+                ]
                 if grant is not None:
-                    await conn.execute(insert(G).values(**_grant_values(grant)))
-                    await self._audit_grant_issued(conn, grant, "policy")
+                    # The grant row first (audit rows name it), then the four audit rows in their order, in one
+                    # executemany: one round trip instead of four.
+                    await conn.execute(_INSERT_GRANT, _grant_values(grant))
+                    audit.append(_grant_issued_row(grant, "policy"))
                     if grant.delivered_at is not None:
-                        await self._audit(conn, at, "token.handed_over", request.identity, request.id, grant.id)
+                        audit.append(_audit_row(at, "token.handed_over", request.identity, request.id, grant.id))
+                    await conn.execute(_INSERT_AUDIT, audit)
+                    await self._remember_scopes(conn, grant)
+                else:
+                    await conn.execute(_INSERT_AUDIT, audit)
                 await self._add_events(conn, events, at)
         except IntegrityError:
             if idempotency_key is None:
@@ -284,10 +333,7 @@ class SqlStore:
     @staticmethod
     async def _count_auto_approvals(conn: AsyncConnection, identity: str, rule: str, since: datetime) -> int:
         return (await conn.execute(
-            select(func.count()).select_from(R).where(
-                R.c.identity == identity, R.c.rule == rule, R.c.decision == Decision.AUTO_APPROVE.value,
-                R.c.created_at > since,
-            )
+            _COUNT_AUTO_APPROVALS, {"identity": identity, "rule": rule, "since": since}
         )).scalar_one()
 
     async def usage(self, identity: str, rule: str, since: datetime) -> Usage:
@@ -364,7 +410,7 @@ class SqlStore:
                     raise RuntimeError(f"request {request_id} changed under its row lock")
                 await self._audit(conn, now, f"request.{status.value}", approver, request_id, **extra)
                 if status is RequestStatus.APPROVED and grant is not None:
-                    await conn.execute(insert(G).values(**_grant_values(grant)))
+                    await conn.execute(_INSERT_GRANT, _grant_values(grant))
                     await self._audit_grant_issued(conn, grant, approver)
             await self._add_events(conn, events + (list(resolved_events) if status is not None else []), now)
         return Vote(VoteOutcome.RESOLVED if status is not None else VoteOutcome.COUNTED, tally)
@@ -573,14 +619,21 @@ class SqlStore:
 
     async def remember_signature(self, digest: str, expires_at: datetime, now: datetime) -> bool:
         """Record a used HMAC signature or CI token (a digest of its issuer and jti, see ``bot.identity.oidc``);
-        False if it was used before (a replay). Also forgets stale ones."""
-        try:
-            async with self._writer.begin() as conn:
-                await conn.execute(delete_stale_signatures(now))
-                await conn.execute(insert(U).values(digest=digest, expires_at=expires_at))
-        except IntegrityError:
-            return False
-        return True
+        False if it was used before and its record is not stale at ``now`` (a replay). One conditional upsert: on
+        PostgreSQL a concurrent insert of the same digest waits for the other transaction and then sees its row,
+        so exactly one of them gets True, across replicas."""
+        async with self._writer.begin() as conn:
+            result = await conn.execute(
+                _REMEMBER_SIGNATURE[conn.dialect.name], {"digest": digest, "expires_at": expires_at, "now": now}
+            )
+        return result.rowcount == 1
+
+    async def forget_stale_signatures(self, now: datetime, limit: int = 5000) -> int:
+        """Delete used-signature records stale at ``now`` (at most ``limit``, oldest first); returns how many.
+        A stale record refuses nothing (``remember_signature`` takes it over), so this only keeps the table small."""
+        stale = select(U.c.digest).where(U.c.expires_at < now).order_by(U.c.expires_at).limit(limit)
+        async with self._writer.begin() as conn:
+            return (await conn.execute(U.delete().where(U.c.digest.in_(stale)))).rowcount
 
     # -- outbox -----------------------------------------------------------------------------------------------
 
@@ -829,10 +882,6 @@ class SqlStore:
                 )).all()
                 grants = {row.request_id: _grant_from_row(row) for row in grant_rows}
         return [(request, grants.get(request.id)) for request in requests]
-
-
-def delete_stale_signatures(now: datetime):
-    return U.delete().where(U.c.expires_at < now)
 
 
 __all__ = ["SqlStore"]

@@ -1,5 +1,5 @@
 """Use case: the sweep ends what is due — grants past ``expires_at``, pending requests past their deadline — and
-reminds the approvers of pending requests whose ``remind_at`` has come."""
+reminds the approvers of pending requests whose ``remind_at`` has come; it also forgets stale replay records."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ async def expire_due(deps: Deps) -> SweepResult:
     grants = await _in_batches(deps, deps.store.expire_due_grants, now, lambda grant: grant.request_id)
     requests = await _in_batches(deps, deps.store.expire_pending_requests, now, lambda request: request.id)
     reminders = await _in_batches(deps, deps.store.remind_pending_requests, now, lambda request: request.id)
+    # Stale replay records refuse nothing (a new signature takes one over); deleting them keeps the table small.
+    while await deps.store.forget_stale_signatures(now, BATCH * 10) == BATCH * 10:
+        pass
     return SweepResult(grants, requests, reminders)
 
 
