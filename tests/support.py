@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,15 @@ class Api:
         self.base_url = base_url.rstrip("/")
         self.now = now  # the caller's clock, in unix seconds: grantbot's (injected) clock in tests
 
-    async def call(self, method: str, path: str, body: Any = None, *, identity: str = "deploy-bot",
-                   raw: bytes | None = None, headers: dict[str, str] | None = None, sign: bool = True,
-                   timestamp: int | None = None, secret: str | None = None) -> tuple[int, dict]:
+    async def call(self, method: str, path: str, body: Any = None, **kw) -> tuple[int, dict]:
+        """A signed call (see :meth:`exchange`); returns (status, JSON body, or ``{"_raw": text}``)."""
+        status, _, answer = await self.exchange(method, path, body, **kw)
+        return status, answer
+
+    async def exchange(self, method: str, path: str, body: Any = None, *, identity: str = "deploy-bot",
+                       raw: bytes | None = None, headers: dict[str, str] | None = None, sign: bool = True,
+                       timestamp: int | None = None, secret: str | None = None) -> tuple[int, Mapping[str, str], dict]:
+        """A call signed as ``identity`` (unless ``sign`` is False); returns (status, headers, JSON body)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
         all_headers = {"Content-Type": "application/json"}
         if sign:
@@ -78,9 +85,9 @@ class Api:
         async with self.http.request(method, self.base_url + path, data=data, headers=all_headers) as resp:
             text = await resp.text()
             try:
-                return resp.status, json.loads(text)
+                return resp.status, resp.headers, json.loads(text)
             except json.JSONDecodeError:
-                return resp.status, {"_raw": text}
+                return resp.status, resp.headers, {"_raw": text}
 
     async def request_access(self, body: dict, **kw) -> tuple[int, dict]:
         return await self.call("POST", "/v1/access-requests", body, **kw)

@@ -26,8 +26,9 @@ async def test_an_outage_answers_503_and_recovers_without_a_restart(database_url
             assert resp.status == 200
 
         proxy.cut()
-        status, answer = await grantbot.api.request_access(body)
+        status, headers, answer = await grantbot.api.exchange("POST", "/v1/access-requests", body)
         assert status == 503 and answer["error"] == "unavailable" and "retry" in answer["detail"]
+        assert int(headers["Retry-After"]) > 0
         async with grantbot.api.http.post(grantbot.base_url + "/v1/access-requests", json=body) as resp:
             assert resp.status in (401, 503)  # unsigned: refused before or because of the database
         async with grantbot.api.http.get(grantbot.base_url + "/readyz") as resp:
