@@ -85,7 +85,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     introspection_clients = settings.introspection_credentials()
     tokens = AccessTokenIssuer(load_or_create_signing_key(settings.signing_key_file), settings.issuer_url,
                                [load_verification_key(path) for path in settings.previous_signing_keys])
-    store = SqlStore(create_engine(settings.database_url))
+    store = SqlStore(create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds,
+                                   command_timeout=settings.database_command_timeout_seconds))
     changes = LocalChanges()
     deps = Deps(
         store=store,
@@ -128,7 +129,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     for module in (access_requests, oauth, health, openapi, slack_events):
         app.add_routes(module.routes)
 
-    app.cleanup_ctx.append(partial(_database, store, migrate))
+    app.cleanup_ctx.append(partial(_database, store, migrate, settings))
     app.cleanup_ctx.append(partial(_issuer_keys_client, issuer_keys))
     if settings.slack_enabled:
         client = AsyncWebClient(
@@ -172,9 +173,17 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     return app
 
 
-async def _database(store: SqlStore, migrate: bool, _app: web.Application) -> AsyncIterator[None]:
+async def _database(store: SqlStore, migrate: bool, settings: Settings, _app: web.Application) -> AsyncIterator[None]:
     try:
-        await (upgrade(store.engine) if migrate else check_current(store.engine))
+        if migrate:
+            # On an engine of their own, without the command time limit: an index on a big table takes its time.
+            migrations = create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds)
+            try:
+                await upgrade(migrations)
+            finally:
+                await migrations.dispose()
+        else:
+            await check_current(store.engine)
     except BaseException:
         # Close the pool's connections while the loop still runs. aiosqlite, when a connect fails, queues the
         # close of its worker thread without awaiting it (aiosqlite/core.py ``_connect``); the thread then hands

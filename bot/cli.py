@@ -129,7 +129,7 @@ async def _migrate(settings: Settings) -> None:
     from bot.store.engine import create_engine
     from bot.store.schema import current_revision, upgrade
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds)
     try:
         before = await current_revision(engine)
         await upgrade(engine)
@@ -152,7 +152,7 @@ async def _audit_export(settings: Settings, since, out) -> int:
     from bot.store.engine import create_engine
     from bot.store.repository import SqlStore
 
-    store = SqlStore(create_engine(settings.database_url))
+    store = SqlStore(create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds))
     written, after = 0, 0
     try:
         while batch := await store.audit_events(since=since, after_id=after):

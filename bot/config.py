@@ -43,6 +43,19 @@ class Settings(BaseSettings):
     introspection_clients: SecretStr | None = Field(None, validation_alias=_env("GRANTBOT_INTROSPECTION_CLIENTS"))
     summary_cron: str = Field("0 9 * * *", validation_alias=_env("GRANTBOT_SUMMARY_CRON"))
     timezone: str = Field("UTC", validation_alias=_env("GRANTBOT_TIMEZONE"))
+    # Time limits on the database (PostgreSQL), so that one which stops answering (packets dropped, no reset)
+    # costs a request a bounded wait and a 503 instead of hanging it (bot.store.engine.create_engine). Connect:
+    # opening a connection, or waiting for a free one in the pool. Command: each statement, COMMIT and ROLLBACK;
+    # a statement that times out waits as long again for its cancellation, so a request's worst case is about
+    # twice this. A libpq ``connect_timeout`` or asyncpg ``command_timeout`` in the URL wins; migrations have none.
+    database_connect_timeout_seconds: float = Field(
+        5.0, gt=0, validation_alias=_env("GRANTBOT_DATABASE_CONNECT_TIMEOUT_SECONDS")
+    )
+    database_command_timeout_seconds: float = Field(
+        5.0, gt=0, validation_alias=_env("GRANTBOT_DATABASE_COMMAND_TIMEOUT_SECONDS")
+    )
+    # How long GET /readyz waits for the database before answering 503 (below the readiness probe's timeoutSeconds).
+    readiness_timeout_seconds: float = Field(2.0, gt=0, validation_alias=_env("GRANTBOT_READINESS_TIMEOUT_SECONDS"))
     sweep_interval_seconds: float = Field(1.0, gt=0, validation_alias=_env("GRANTBOT_SWEEP_INTERVAL_SECONDS"))
     # Slack writes (posts, updates, thread replies) per channel per second, per process (Slack: ~1/s per channel).
     slack_posts_per_second: float = Field(1.0, gt=0, validation_alias=_env("GRANTBOT_SLACK_POSTS_PER_SECOND"))

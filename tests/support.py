@@ -178,13 +178,25 @@ def message_text(message: dict) -> str:
 
 
 class TcpProxy:
-    """A TCP relay in front of a server (the database) that a test can cut and restore, like a network outage."""
+    """A TCP relay in front of a server (the database) that a test can break and mend, like a network:
+
+    - :meth:`cut`: every open connection is reset and new ones are refused (the server went away);
+    - :meth:`blackhole`: connections stay open and new ones are accepted, but no byte gets through either way
+      (packets dropped: the peer hears nothing, not even a reset). What is sent meanwhile is held, as TCP keeps
+      unacknowledged data for retransmission; a connection whose sender closes it loses what it held;
+    - :meth:`restore`: bytes flow again, held ones first (new connections reach the server).
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.up = True
+        self.silent = False
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._held: dict[asyncio.StreamWriter, bytearray] = {}  # destination -> bytes the blackhole swallowed
+        self._relays: set[asyncio.Task] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
 
     async def start(self) -> int:
@@ -193,6 +205,9 @@ class TcpProxy:
         return self.port
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        relay = asyncio.current_task()
+        self._relays.add(relay)
+        relay.add_done_callback(self._relays.discard)
         if not self.up:
             writer.close()
             return
@@ -206,11 +221,18 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    if self.silent:
+                        self._held.setdefault(dst, bytearray()).extend(data)
+                        continue
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
                 pass
             finally:
+                # The sender is gone: what the network held for it is lost, and the other end hears of it only
+                # once the network carries packets again.
+                self._held.pop(dst, None)
+                await self._flowing.wait()
                 dst.close()
                 self._writers.discard(dst)
 
@@ -219,18 +241,33 @@ class TcpProxy:
     def cut(self) -> None:
         """Drop every open connection and refuse new ones."""
         self.up = False
+        self.silent = False
+        self._held.clear()
+        self._flowing.set()
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
 
+    def blackhole(self) -> None:
+        """Keep every connection open and accept new ones, but let no byte through (see the class)."""
+        self.silent = True
+        self._flowing.clear()
+
     def restore(self) -> None:
         self.up = True
+        self.silent = False
+        for dst, data in list(self._held.items()):
+            if not dst.transport.is_closing():
+                dst.write(bytes(data))
+        self._held.clear()
+        self._flowing.set()
 
     async def stop(self) -> None:
         self.cut()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await asyncio.gather(*self._relays, return_exceptions=True)  # each ends once its connections are dropped
 
 
 async def open_modal(sandbox, card: dict, action_id: str, user_id: str) -> dict:

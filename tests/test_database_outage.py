@@ -1,45 +1,136 @@
 """The database going away: 503 with Retry-After (never a traceback), /readyz says not ready, and grantbot recovers
-by itself when the database comes back. PostgreSQL behind a TCP relay that the test cuts."""
+by itself when the database comes back. PostgreSQL behind a TCP relay (tests.support.TcpProxy) that a test cuts
+(connections reset, new ones refused) or turns into a blackhole (connections stay open, nothing answers)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests.support import TcpProxy
 
-
 # A network outage needs a database over the network: PostgreSQL only.
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-async def test_an_outage_answers_503_and_recovers_without_a_restart(database_url, start_grantbot):
+pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+# Short time limits, set as an operator sets them (production defaults: 5 s, 5 s, 2 s).
+TIMEOUTS = {
+    "GRANTBOT_DATABASE_CONNECT_TIMEOUT_SECONDS": "1",
+    "GRANTBOT_DATABASE_COMMAND_TIMEOUT_SECONDS": "1",
+    "GRANTBOT_READINESS_TIMEOUT_SECONDS": "0.5",
+}
+# With the limits above a silent database costs a request about 2 s (a statement's limit, then as long for its
+# cancellation); a request still unanswered after this long hangs.
+NO_HANG_SECONDS = 6.0
+PENDING = {"environment": "production", "scopes": ["db:write"], "ttl_seconds": 300, "reason": "migration"}
+
+
+@pytest.fixture
+async def proxy(database_url, monkeypatch):
+    """A TcpProxy in front of the test database, and the short time limits in the environment."""
+    for name, value in TIMEOUTS.items():
+        monkeypatch.setenv(name, value)
     url = urlsplit(database_url)
-    proxy = TcpProxy(url.hostname, url.port or 5432)
-    await proxy.start()
+    relay = TcpProxy(url.hostname, url.port or 5432)
+    await relay.start()
+    relay.url = url._replace(netloc=f"{url.username}@127.0.0.1:{relay.port}").geturl()
+    yield relay
+    await relay.stop()
+
+
+async def timed(awaitable, limit: float = NO_HANG_SECONDS):
+    """``(result, seconds)`` of ``awaitable``; fails the test when it takes longer than ``limit`` seconds."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     try:
-        proxied = url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
-        grantbot = await start_grantbot(database_url=proxied)
-        body = {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 60}
-        assert (await grantbot.api.request_access(body))[0] == 201
-        body["ttl_seconds"] = 61  # every call below is a new request, signed anew
-        async with grantbot.api.http.get(grantbot.base_url + "/readyz") as resp:
-            assert resp.status == 200
+        async with asyncio.timeout(limit):
+            result = await awaitable
+    except TimeoutError:
+        pytest.fail(f"no answer within {limit} s: grantbot hangs on a database that does not answer")
+    return result, loop.time() - start
 
-        proxy.cut()
-        status, headers, answer = await grantbot.api.exchange("POST", "/v1/access-requests", body)
-        assert status == 503 and answer["error"] == "unavailable" and "retry" in answer["detail"]
-        assert int(headers["Retry-After"]) > 0
-        async with grantbot.api.http.post(grantbot.base_url + "/v1/access-requests", json=body) as resp:
-            assert resp.status in (401, 503)  # unsigned: refused before or because of the database
-        async with grantbot.api.http.get(grantbot.base_url + "/readyz") as resp:
-            assert resp.status == 503 and resp.headers["Retry-After"]
-        async with grantbot.api.http.get(grantbot.base_url + "/healthz") as resp:
-            assert resp.status == 200  # alive: restarting would not help
 
-        proxy.restore()
-        status, answer = await grantbot.api.request_access({**body, "ttl_seconds": 62})
-        assert status == 201, answer
-        async with grantbot.api.http.get(grantbot.base_url + "/readyz") as resp:
-            assert resp.status == 200
-    finally:
-        await proxy.stop()
+async def get(grantbot, path: str) -> tuple[int, dict, dict]:
+    async with grantbot.api.http.get(grantbot.base_url + path) as resp:
+        return resp.status, resp.headers, await resp.json()
+
+
+def assert_unavailable(status: int, headers, answer: dict) -> None:
+    assert status == 503, (status, answer)
+    assert answer["error"] == "unavailable" and "retry" in answer["detail"], answer
+    assert int(headers["Retry-After"]) > 0
+
+
+def assert_no_traceback(caplog, capfd) -> None:
+    """Nothing logged a traceback, and nothing printed one (an exception in a task or a callback)."""
+    logged = [r for r in caplog.records if r.exc_info or r.stack_info]
+    assert not logged, [f"{r.name}: {r.getMessage()}" for r in logged]
+    assert "Traceback" not in caplog.text
+    assert "Traceback" not in capfd.readouterr().err
+
+
+async def test_an_outage_answers_503_and_recovers_without_a_restart(proxy, start_grantbot, caplog, capfd):
+    grantbot = await start_grantbot(database_url=proxy.url)
+    body = {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 60}
+    assert (await grantbot.api.request_access(body))[0] == 201
+    body["ttl_seconds"] = 61  # every call below is a new request, signed anew
+    assert (await get(grantbot, "/readyz"))[0] == 200
+
+    proxy.cut()
+    assert_unavailable(*await grantbot.api.exchange("POST", "/v1/access-requests", body))
+    async with grantbot.api.http.post(grantbot.base_url + "/v1/access-requests", json=body) as resp:
+        assert resp.status in (401, 503)  # unsigned: refused before or because of the database
+    status, headers, _ = await get(grantbot, "/readyz")
+    assert status == 503 and int(headers["Retry-After"]) > 0
+    assert (await get(grantbot, "/healthz"))[0] == 200  # alive: restarting would not help
+
+    proxy.restore()
+    status, answer = await grantbot.api.request_access({**body, "ttl_seconds": 62})
+    assert status == 201, answer
+    assert (await get(grantbot, "/readyz"))[0] == 200
+    assert_no_traceback(caplog, capfd)
+
+
+async def test_a_silent_database_answers_503_in_bounded_time_and_recovers(proxy, start_grantbot, clock, caplog, capfd):
+    grantbot = await start_grantbot(database_url=proxy.url)
+    body = {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 60}
+    assert (await grantbot.api.request_access(body))[0] == 201
+    tables = ("access_requests", "grants", "outbox", "audit_events")
+    before = {table: await grantbot.count(table) for table in tables}
+
+    proxy.blackhole()
+    readiness = float(TIMEOUTS["GRANTBOT_READINESS_TIMEOUT_SECONDS"])
+    # Its own time limit, not the pool's or the statement's: nor does closing the connection that stopped
+    # answering (SQLAlchemy allows that up to 2 s) hold up the answer.
+    (status, headers, _), took = await timed(get(grantbot, "/readyz"))
+    assert status == 503 and int(headers["Retry-After"]) > 0
+    assert took < 2 * readiness, took
+    retried = {**body, "ttl_seconds": 61}
+    key = {"Idempotency-Key": "run-42-attempt-1"}
+    answer, _ = await timed(grantbot.api.exchange("POST", "/v1/access-requests", retried, headers=key))
+    assert_unavailable(*answer)
+    # Four times as many requests as the pool has connections (15): each waits at most the connect
+    # timeout for a free one, instead of queueing behind the others' timeouts.
+    answers, _ = await timed(asyncio.gather(*(
+        grantbot.api.exchange("POST", "/v1/access-requests", {**body, "ttl_seconds": 100 + n}) for n in range(60)
+    )))
+    for answer in answers:
+        assert_unavailable(*answer)
+    (status, _, _), took = await timed(get(grantbot, "/readyz"))
+    assert status == 503 and took < 2 * readiness, took
+    (status, _, _), _ = await timed(get(grantbot, "/healthz"), limit=1)
+    assert status == 200  # alive: restarting would not help
+
+    proxy.restore()
+    assert {table: await grantbot.count(table) for table in tables} == before  # no 503 left anything written
+    clock.advance(1)  # the retry is signed anew
+    status, answer = await grantbot.api.request_access(retried, headers=key)
+    assert status == 201, answer
+    clock.advance(1)
+    again = await grantbot.api.request_access(retried, headers=key)
+    assert again[1]["id"] == answer["id"]  # the pipeline's retries made one request
+    assert await grantbot.count("access_requests") == before["access_requests"] + 1
+    assert (await get(grantbot, "/readyz"))[0] == 200
+    assert_no_traceback(caplog, capfd)

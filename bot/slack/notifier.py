@@ -51,13 +51,13 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.http_retry.jitter import RandomJitter
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy.exc import DBAPIError
 
 from bot.domain.models import Decision, EventKind, OutboxItem, RequestStatus
 from bot.domain.ports import Clock
 from bot.metrics import Metrics
 from bot.slack import blocks
 from bot.slack.summary_blocks import summary_blocks, summary_text
+from bot.store.outage import is_outage
 from bot.store.repository import SqlStore
 
 log = logging.getLogger(__name__)
@@ -150,13 +150,11 @@ class SlackNotifier:
             while not self._stopping:
                 try:
                     claimed = await self.drain_once()
-                except asyncio.CancelledError:
-                    raise
-                except (DBAPIError, OSError) as exc:  # the database is away: try again next round
-                    log.warning("outbox round failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
-                    claimed = 0
-                except Exception:
-                    log.exception("outbox round failed")
+                except Exception as exc:
+                    if is_outage(exc):  # the database is away: try again next round
+                        log.warning("outbox round failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
+                    else:
+                        log.exception("outbox round failed")
                     claimed = 0
                 if claimed == 0 and not self._stopping:
                     self._wakeup.clear()
@@ -205,9 +203,13 @@ class SlackNotifier:
                 await self._deliver_with_retry(lane[0])
                 lane.popleft()
                 self.wake()  # room in this lane: claim more
-        except Exception:
-            # The database went away mid-way: the items left keep their lease and are claimed again after it.
-            log.exception("outbox lane for channel %s stopped", channel)
+        except Exception as exc:
+            # The items left keep their lease and are claimed again after it (the database went away mid-way).
+            if is_outage(exc):
+                log.warning("outbox lane for channel %s stopped: %s: %s", channel, type(exc).__name__,
+                            getattr(exc, "orig", None) or exc)
+            else:
+                log.exception("outbox lane for channel %s stopped", channel)
         finally:
             lane.clear()
             del self._lanes[channel]

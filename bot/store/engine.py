@@ -1,4 +1,4 @@
-"""Engine set-up: URL normalisation, SQLite pragmas and immediate transactions, schema creation."""
+"""Engine set-up: URL normalisation, PostgreSQL time limits, SQLite pragmas and immediate transactions."""
 
 from __future__ import annotations
 
@@ -79,9 +79,21 @@ def writer(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{WRITE_OPTION: True})
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url``. On SQLite: WAL, a 5 s busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for
-    connections carrying the execution option ``grantbot_write=True`` (see :func:`writer`).
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def create_engine(url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
+                  command_timeout: float | None = None) -> AsyncEngine:
+    """An async engine for ``url``.
+
+    On PostgreSQL, time limits in seconds, so that a database that stops answering (packets dropped, no reset)
+    fails a caller with ``TimeoutError`` (an ``OSError``) or ``sqlalchemy.exc.TimeoutError`` instead of hanging
+    it: ``connect_timeout`` bounds opening a connection and waiting for a free one in the pool;
+    ``command_timeout`` (None: no limit, for migrations) bounds each statement, COMMIT and ROLLBACK. A
+    ``connect_timeout`` or ``command_timeout`` parameter in the URL wins over these.
+
+    On SQLite: WAL, a 5 s busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for connections carrying the
+    execution option ``grantbot_write=True`` (see :func:`writer`).
 
     Immediate transactions matter because our write transactions read, then write: a deferred SQLite transaction
     that does that fails at once with "database is locked" when another connection wrote meanwhile, whatever the
@@ -95,11 +107,17 @@ def create_engine(url: str) -> AsyncEngine:
         )
     if not url.startswith("sqlite"):
         url, connect_args = libpq_parameters(url)
+        in_url = make_url(url).query  # asyncpg's own parameters, passed as they are
+        if "timeout" not in in_url:
+            connect_args.setdefault("timeout", connect_timeout)
+        if command_timeout is not None and "command_timeout" not in in_url:
+            connect_args["command_timeout"] = command_timeout
+        pool_timeout = float(connect_args.get("timeout") or in_url["timeout"])
         # At most 15 connections, as SQLAlchemy's default (5 kept + 10 overflow) allowed, but all 15 are kept:
         # overflow connections are closed as soon as they are returned, so under load the default pool opened a
         # new connection (TLS, authentication, codec set-up, an empty prepared-statement cache) every few requests.
         return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args, pool_size=POSTGRES_POOL_SIZE,
-                                   max_overflow=0)
+                                   max_overflow=0, pool_timeout=pool_timeout)
     # One connection: SQLite has one writer at a time anyway, and contention queued in asyncio costs microseconds,
     # while contention between connections is resolved by SQLite's busy handler, which sleeps (up to 100 ms a try).
     engine = create_async_engine(url, connect_args={"timeout": 5}, pool_size=1, max_overflow=0, pool_timeout=30)

@@ -11,10 +11,11 @@ import logging
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from bot.domain.errors import DomainError, Unavailable
+from bot.store.outage import is_outage
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,6 @@ _HTTP_CODES = {
     405: ("method_not_allowed", "This route does not accept that method."),
     413: ("body_too_large", f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB."),
 }
-
-
-def _is_outage(exc: DBAPIError) -> bool:
-    """A lost or refused connection (retrying helps), as opposed to a statement the database rejected."""
-    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)) or isinstance(
-        exc.orig, (ConnectionError, OSError)
-    ) or "connection" in str(exc.orig).lower()
 
 
 @web.middleware
@@ -60,8 +54,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         code, detail = _HTTP_CODES.get(exc.status, (exc.reason.lower().replace(" ", "_"), exc.reason))
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, detail, allow)
-    except (DBAPIError, PoolTimeout, ConnectionError, OSError) as exc:
-        if isinstance(exc, DBAPIError) and not _is_outage(exc):
+    except (DBAPIError, PoolTimeout, OSError) as exc:  # OSError: ConnectionError, TimeoutError (bot.store.outage)
+        if not is_outage(exc):
             log.exception("database refused a statement serving %s %s", request.method, request.path)
             return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
         log.error("database unavailable while serving %s %s: %s", request.method, request.path, type(exc).__name__)
