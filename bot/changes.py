@@ -34,6 +34,10 @@ class LocalChanges:
         for callback in self._subscribers:
             callback(request_id)
 
+    def waiting(self, request_id: str) -> int:
+        """How many long polls wait for a change of ``request_id`` now."""
+        return len(self._waiters.get(request_id, ()))
+
     async def wait(self, request_id: str, timeout: float) -> None:
         if self.closing:
             return
