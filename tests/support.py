@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import os
+import struct
 import tempfile
 import time
 import urllib.parse
@@ -184,6 +185,8 @@ class TcpProxy:
     - :meth:`blackhole`: connections stay open and new ones are accepted, but no byte gets through either way
       (packets dropped: the peer hears nothing, not even a reset). What is sent meanwhile is held, as TCP keeps
       unacknowledged data for retransmission; a connection whose sender closes it loses what it held;
+    - :meth:`restart`: open connections are reset and new ones are refused as PostgreSQL refuses them while it
+      starts up (an ErrorResponse with SQLSTATE 57P03, "the database system is starting up");
     - :meth:`restore`: bytes flow again, held ones first (new connections reach the server).
     """
 
@@ -191,6 +194,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.up = True
         self.silent = False
+        self.starting_up = False
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._held: dict[asyncio.StreamWriter, bytearray] = {}  # destination -> bytes the blackhole swallowed
@@ -210,6 +214,9 @@ class TcpProxy:
         relay.add_done_callback(self._relays.discard)
         if not self.up:
             writer.close()
+            return
+        if self.starting_up:
+            await _refuse_as_starting_up(reader, writer)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -253,9 +260,16 @@ class TcpProxy:
         self.silent = True
         self._flowing.clear()
 
+    def restart(self) -> None:
+        """Reset every open connection and answer new ones as a PostgreSQL that is starting up (see the class)."""
+        self.cut()
+        self.up = True
+        self.starting_up = True
+
     def restore(self) -> None:
         self.up = True
         self.silent = False
+        self.starting_up = False
         for dst, data in list(self._held.items()):
             if not dst.transport.is_closing():
                 dst.write(bytes(data))
@@ -268,6 +282,27 @@ class TcpProxy:
             self._server.close()
             await self._server.wait_closed()
         await asyncio.gather(*self._relays, return_exceptions=True)  # each ends once its connections are dropped
+
+
+SSL_REQUEST = 80877103  # PostgreSQL frontend/backend protocol: the code of an SSLRequest
+
+
+async def _refuse_as_starting_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer a client as PostgreSQL does while it starts up: 'N' to an SSLRequest, then, to the StartupMessage, an
+    ErrorResponse (FATAL, SQLSTATE 57P03) and the end of the connection (postgresql.org/docs/current/protocol-flow.html)."""
+    try:
+        length, code = struct.unpack("!ii", await reader.readexactly(8))
+        if (length, code) == (8, SSL_REQUEST):
+            writer.write(b"N")
+            length, _ = struct.unpack("!ii", await reader.readexactly(8))
+        await reader.readexactly(length - 8)  # the rest of the StartupMessage
+        fields = b"SFATAL\0VFATAL\0C57P03\0Mthe database system is starting up\0\0"
+        writer.write(b"E" + struct.pack("!i", 4 + len(fields)) + fields)
+        await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
 
 
 async def open_modal(sandbox, card: dict, action_id: str, user_id: str) -> dict:

@@ -229,3 +229,21 @@ async def test_the_sweep_and_the_outbox_ride_out_an_outage_and_catch_up(proxy, s
     await eventually(expired)
     assert (await get(grantbot, "/readyz"))[0] == 200
     assert_no_traceback(caplog, capfd)
+
+
+async def test_a_database_that_restarts_answers_503_and_recovers(proxy, start_grantbot, caplog, capfd):
+    """A restart resets the connections, and PostgreSQL refuses new ones with SQLSTATE 57P03 while it starts up."""
+    grantbot = await start_grantbot(database_url=proxy.url)
+    body = {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 60}
+    assert (await grantbot.api.request_access(body))[0] == 201
+
+    proxy.restart()
+    answer, _ = await timed(grantbot.api.exchange("POST", "/v1/access-requests", {**body, "ttl_seconds": 61}))
+    assert_unavailable(*answer)
+    assert (await get(grantbot, "/readyz"))[0] == 503
+
+    proxy.restore()
+    status, answer = await grantbot.api.request_access({**body, "ttl_seconds": 62})
+    assert status == 201, answer
+    assert (await get(grantbot, "/readyz"))[0] == 200
+    assert_no_traceback(caplog, capfd)
