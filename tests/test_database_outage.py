@@ -247,3 +247,19 @@ async def test_a_database_that_restarts_answers_503_and_recovers(proxy, start_gr
     assert status == 201, answer
     assert (await get(grantbot, "/readyz"))[0] == 200
     assert_no_traceback(caplog, capfd)
+
+
+async def test_a_slash_command_during_an_outage_is_told_so_without_a_traceback(proxy, start_grantbot, sandbox,
+                                                                                caplog, capfd):
+    await start_grantbot(database_url=proxy.url)
+
+    async def access_list() -> str:
+        before = len(sandbox.ephemerals)
+        assert await sandbox.slash_command("list", user_id="U0APPROVER") == 200
+        return (await eventually(lambda: sandbox.ephemerals[before:]))[0]["text"]
+
+    proxy.cut()
+    assert "cannot reach its database" in await access_list()
+    proxy.restore()
+    assert await access_list() == "No active grants."
+    assert_no_traceback(caplog, capfd)

@@ -23,6 +23,7 @@ from bot.domain.errors import DomainError, InvalidRequest
 from bot.domain.ids import is_uuid
 from bot.domain.usecases.revoke_by_person import clean_reason
 from bot.slack import command_blocks as cb
+from bot.store.outage import is_outage
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,16 @@ def register_commands(bolt: AsyncApp, deps: usecases.Deps) -> None:
             return
         try:
             message = await answer(deps, user, str(command.get("text") or ""))
-        except Exception:  # the person must hear something rather than see nothing happen
-            log.exception("/access %r failed", command.get("text"))
-            message = cb.notice_message("grantbot could not answer because of an internal error; try again.",
-                                        REFUSED)
+        except Exception as exc:  # the person must hear something rather than see nothing happen
+            if is_outage(exc):
+                log.warning("/access %r failed: the database is unavailable (%s)", command.get("text"),
+                            type(exc).__name__)
+                message = cb.notice_message("grantbot cannot reach its database right now; try again in a minute.",
+                                            REFUSED)
+            else:
+                log.exception("/access %r failed", command.get("text"))
+                message = cb.notice_message("grantbot could not answer because of an internal error; try again.",
+                                            REFUSED)
         await respond(message)
 
     async def on_revoke_all(ack: AsyncAck, body: dict, respond: AsyncRespond) -> None:
