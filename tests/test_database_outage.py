@@ -134,6 +134,8 @@ async def test_a_silent_database_answers_503_in_bounded_time_and_recovers(proxy,
     assert status == 503 and took < 2 * readiness, took
     (status, _, _), _ = await timed(get(grantbot, "/healthz"), limit=1)
     assert status == 200  # alive: restarting would not help
+    async with asyncio.timeout(NO_HANG_SECONDS), grantbot.api.http.get(grantbot.base_url + "/metrics") as resp:
+        assert resp.status == 200 and "grantbot_database_up 0.0" in await resp.text()  # the scrape still answers
 
     proxy.restore()
     assert {table: await grantbot.count(table) for table in tables} == before  # no 503 left anything written
