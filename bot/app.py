@@ -40,6 +40,7 @@ from bot.scheduler import CronSchedule, run_scheduler
 from bot.slack.directory import SlackApproverDirectory
 from bot.slack.listeners import build_bolt_app
 from bot.slack.notifier import SlackNotifier
+from bot.store.outage import close_pool
 from bot.store.engine import create_engine
 from bot.store.schema import check_current, upgrade
 from bot.store.repository import SqlStore
@@ -192,7 +193,7 @@ async def _database(store: SqlStore, migrate: bool, settings: Settings, _app: we
         await asyncio.sleep(0.2)
         raise
     yield
-    await store.engine.dispose()
+    await close_pool(store.engine, settings.readiness_timeout_seconds)
 
 
 async def _issuer_keys_client(cache: JwksCache, _app: web.Application) -> AsyncIterator[None]:

@@ -8,11 +8,15 @@ import asyncio
 import logging
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
+from aiohttp import web
 from sqlalchemy import text
 
+from bot.app import create_app
 from bot.web.keys import DEPS
-from tests.support import TcpProxy, cards, eventually
+from tests.conftest import make_settings
+from tests.support import BOT_TOKEN, SIGNING_SECRET, Api, TcpProxy, cards, eventually
 
 # A network outage needs a database over the network: PostgreSQL only.
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -265,3 +269,28 @@ async def test_a_slash_command_during_an_outage_is_told_so_without_a_traceback(p
     proxy.restore()
     assert await access_list() == "No active grants."
     assert_no_traceback(caplog, capfd)
+
+
+async def test_shutdown_while_the_database_is_silent_is_quick_and_quiet(proxy, database_url, tmp_path, clock, sandbox,
+                                                                        caplog, capfd):
+    """SIGTERM during a database failover: the pool's connections cannot be closed politely (nothing answers), and
+    closing them one by one at the statement limit each would outlast Kubernetes' 30 s grace period."""
+    settings = make_settings(proxy.url, tmp_path, slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET,
+                             slack_api_url=sandbox.api_url)
+    runner = web.AppRunner(create_app(settings, clock=clock, migrate=True), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base_url = "http://127.0.0.1:%d" % runner.addresses[0][1]
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, base_url, lambda: clock.now().timestamp())
+        # Enough at once that the pool keeps several connections open.
+        answers = await asyncio.gather(*(api.request_access(
+            {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 100 + n}) for n in range(12)))
+        assert {status for status, _ in answers} == {201}
+    proxy.blackhole()
+    # Before: each of the pool's connections took about twice the statement limit (1 s here) to fail closing,
+    # logged as an error with a traceback. Now: the readiness limit (0.5 s), the probe's own close, the workers.
+    await timed(runner.cleanup(), limit=8)
+    assert_no_traceback(caplog, capfd)
+    assert not [r for r in caplog.records if "closing connection" in r.getMessage()]
+    assert "its connections are left to close with the process" in caplog.text

@@ -1,10 +1,18 @@
 """Telling a database outage (retrying later helps: 503, a warning) from a statement the database refused (a bug:
-500, a logged traceback)."""
+500, a logged traceback); asking whether the database answers at all, in bounded time; closing the pool of one
+that does not."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = logging.getLogger(__name__)
 
 # SQLSTATEs of a database that is away or overloaded rather than of a wrong statement
 # (postgresql.org/docs/current/errcodes-appendix.html): class 08 connection exception, class 53 insufficient
@@ -34,3 +42,43 @@ def is_outage(exc: BaseException) -> bool:
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
     return sqlstate[:2] in OUTAGE_SQLSTATE_CLASSES or sqlstate in OUTAGE_SQLSTATES
+
+
+# Probes past their deadline that are still closing their connection (kept referenced until they end).
+_closing: set[asyncio.Task] = set()
+
+
+async def database_answers(engine: AsyncEngine, timeout: float) -> bool:
+    """True when the database answers ``SELECT 1`` within ``timeout`` seconds, else False, at the latest after
+    ``timeout``. The probe runs in a task of its own: cut off at its deadline, it goes on closing the connection
+    that stopped answering in the background (SQLAlchemy gives that up to 2 s), and the answer does not wait."""
+    probe = asyncio.create_task(_select_one(engine, timeout), name="database probe")
+    _closing.add(probe)
+    probe.add_done_callback(_closing.discard)
+    done, _ = await asyncio.wait({probe}, timeout=timeout)
+    return probe in done and probe.result()
+
+
+async def _select_one(engine: AsyncEngine, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except Exception:  # TimeoutError, refused or reset connections, a pool without a free connection
+        return False
+    return True
+
+
+async def close_pool(engine: AsyncEngine, timeout: float) -> None:
+    """Close the engine's connections at shutdown. When the database does not answer within ``timeout`` seconds
+    (a failover, a network partition), its connections are dropped with the process instead: closing them
+    politely waits on the database for each in turn (about the statement limit each, logged as an error), which
+    could outlast the orchestrator's grace period. At most ``timeout`` plus SQLAlchemy's 2 s for the probe's own
+    connection."""
+    if engine.dialect.name == "postgresql" and not await database_answers(engine, timeout):
+        log.warning("the database does not answer: its connections are left to close with the process")
+        for probe in list(_closing):
+            await asyncio.wait({probe})  # the probe's connection closes (terminated) before the pool is dropped
+        await engine.dispose(close=False)
+        return
+    await engine.dispose()

@@ -6,9 +6,8 @@ import asyncio
 import logging
 
 from aiohttp import web
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.store.outage import database_answers
 from bot.web.keys import DEPS, METRICS, SETTINGS, STORE
 
 log = logging.getLogger(__name__)
@@ -21,31 +20,6 @@ routes = web.RouteTableDef()
 async def healthz(_: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return web.json_response({"status": "ok"})
-
-
-# Probes past their deadline that are still closing their connection (kept referenced until they end).
-_closing: set[asyncio.Task] = set()
-
-
-async def database_answers(engine: AsyncEngine, timeout: float) -> bool:
-    """True when the database answers ``SELECT 1`` within ``timeout`` seconds, else False, at the latest after
-    ``timeout``. The probe runs in a task of its own: cut off at its deadline, it goes on closing the connection
-    that stopped answering in the background (SQLAlchemy gives that up to 2 s), and the answer does not wait."""
-    probe = asyncio.create_task(_select_one(engine, timeout), name="readiness probe")
-    _closing.add(probe)
-    probe.add_done_callback(_closing.discard)
-    done, _ = await asyncio.wait({probe}, timeout=timeout)
-    return probe in done and probe.result()
-
-
-async def _select_one(engine: AsyncEngine, timeout: float) -> bool:
-    try:
-        async with asyncio.timeout(timeout):
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-    except Exception:  # TimeoutError, refused or reset connections, a pool without a free connection
-        return False
-    return True
 
 
 @routes.get("/readyz")
