@@ -31,6 +31,7 @@ class Dev:
         self.env = {**env, "GRANTBOT_CLOCK_OFFSET_FILE": str(self.offset_file),
                     "GRANTBOT_SWEEP_INTERVAL_SECONDS": "0.2"}
         self.log_path = folder / "dev.log"
+        self.sandbox = f"http://127.0.0.1:{sandbox_port}"
         self.proc = subprocess.Popen(
             [*grantbot_command("dev"), "--port", str(port), "--sandbox-port", str(sandbox_port)],
             cwd=folder, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
@@ -55,7 +56,6 @@ async def dev(tmp_path):
     await eventually(lambda: "Stop with Ctrl-C." in started.printed() or started.proc.poll() is not None,
                      timeout=30, interval=0.1)
     assert started.proc.poll() is None, started.printed()
-    started.sandbox = f"http://127.0.0.1:{sandbox_port}"
     yield started
     started.proc.send_signal(signal.SIGINT)  # Ctrl-C, as the README says
     deadline = time.monotonic() + 15

@@ -271,6 +271,7 @@ BAD_DATABASES = [
     ("mysql://root@127.0.0.1/grantbot", "must be a SQLite or PostgreSQL URL"),
     ("postgres://postgres@127.0.0.1:5432/postgres?sslmode=sometimes", "sslmode='sometimes' is not one of disable"),
     ("postgres://postgres@127.0.0.1:5432/postgres?ssl_mode=require", "unknown parameter 'ssl_mode'"),
+    ("postgres://postgres@127.0.0.1:5432/postgres?connect_timeout=soon", "connect_timeout='soon' is not a number"),
     # This machine's PostgreSQL has no TLS: libpq's require refuses a server that will not speak it.
     ("postgres://postgres:hunter2@127.0.0.1:5432/postgres?sslmode=require", "cannot reach the database"),
 ]

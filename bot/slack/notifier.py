@@ -33,8 +33,9 @@ knows that every earlier attempt was refused (429 or an ``ok: false`` answer). A
 its item is marked sent, and an update or thread reply of a request waits for every earlier item of that
 request. An item can outwait its lease in its lane (pacing, a slow call before it) and be claimed by another
 worker meanwhile, which then finds nothing posted yet: so every post first renews the lease, fenced by the
-claim's attempt count (``renew_outbox_lease``), and a worker whose item was claimed again drops it. Updates (``chat.update``) are idempotent by nature. The client given must not retry on its own
-(``retry_handlers=[]``): a connection reset after Slack took a post would otherwise post it twice.
+claim's attempt count (``renew_outbox_lease``), and a worker whose item was claimed again drops it. Updates
+(``chat.update``) are idempotent by nature. The client given must not retry on its own (``retry_handlers=[]``):
+a connection reset after Slack took a post would otherwise post it twice.
 """
 
 from __future__ import annotations

@@ -58,7 +58,11 @@ def libpq_parameters(url: str) -> tuple[str, dict]:
     if "application_name" in query:
         connect_args["server_settings"] = {"application_name": query.pop("application_name")}
     if "connect_timeout" in query:
-        connect_args["timeout"] = float(query.pop("connect_timeout"))
+        value = query.pop("connect_timeout")
+        try:
+            connect_args["timeout"] = float(value)
+        except ValueError:
+            raise ValueError(f"GRANTBOT_DATABASE_URL: connect_timeout={value!r} is not a number of seconds") from None
     if unknown := sorted(set(query) - ASYNCPG_PARAMETERS):
         raise ValueError(f"GRANTBOT_DATABASE_URL: unknown parameter {unknown[0]!r}; grantbot understands "
                          f"sslmode, sslrootcert, sslcert, sslkey, application_name, connect_timeout and asyncpg's "
