@@ -330,10 +330,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _sign(secret: str, method: str, path_qs: str, body: bytes) -> dict[str, str]:
-    from bot.identity.hmac_auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+    """HMAC headers (DESIGN.md) with a fresh nonce, so that parallel jobs asking alike in one second differ."""
+    from bot.identity.hmac_auth import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
-    timestamp = str(int(time.time()))
-    return {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(secret.encode(), timestamp, method, path_qs, body)}
+    timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(24)  # 32 characters of [A-Za-z0-9_-]
+    return {TIMESTAMP_HEADER: timestamp, NONCE_HEADER: nonce,
+            SIGNATURE_HEADER: signature(secret.encode(), timestamp, method, path_qs, body, nonce)}
 
 
 async def _request(args: argparse.Namespace) -> int:

@@ -28,11 +28,14 @@ CHANNEL = "C0SANDBOX"
 
 
 def hmac_headers(identity: str, method: str, path_qs: str, body: bytes, *, secret: str | None = None,
-                 timestamp: int | None = None) -> dict[str, str]:
+                 timestamp: int | None = None, nonce: str | None = None) -> dict[str, str]:
+    """DESIGN.md's HMAC headers; with ``nonce`` it is sent as X-Grantbot-Nonce and signed after the timestamp."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    message = f"v1:{ts}:{method.upper()}:{path_qs}:".encode() + body
+    signed = f"{ts}:{nonce}" if nonce is not None else ts
+    message = f"v1:{signed}:{method.upper()}:{path_qs}:".encode() + body
     digest = hmac.new((secret or SECRETS[identity]).encode(), message, hashlib.sha256).hexdigest()
-    return {"X-Grantbot-Identity": identity, "X-Grantbot-Timestamp": ts, "X-Grantbot-Signature": f"v1={digest}"}
+    headers = {"X-Grantbot-Identity": identity, "X-Grantbot-Timestamp": ts, "X-Grantbot-Signature": f"v1={digest}"}
+    return headers if nonce is None else {**headers, "X-Grantbot-Nonce": nonce}
 
 
 def slack_signed(body: str, *, secret: str = SIGNING_SECRET, timestamp: int | None = None) -> dict[str, str]:
@@ -75,13 +78,16 @@ class Api:
 
     async def exchange(self, method: str, path: str, body: Any = None, *, identity: str = "deploy-bot",
                        raw: bytes | None = None, headers: dict[str, str] | None = None, sign: bool = True,
-                       timestamp: int | None = None, secret: str | None = None) -> tuple[int, Mapping[str, str], dict]:
-        """A call signed as ``identity`` (unless ``sign`` is False); returns (status, headers, JSON body)."""
+                       timestamp: int | None = None, secret: str | None = None,
+                       nonce: str | None = None) -> tuple[int, Mapping[str, str], dict]:
+        """A call signed as ``identity`` (unless ``sign`` is False), with ``nonce`` if given; returns (status,
+        headers, JSON body)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
         all_headers = {"Content-Type": "application/json"}
         if sign:
             timestamp = int(self.now()) if timestamp is None else timestamp
-            all_headers.update(hmac_headers(identity, method, path, data, secret=secret, timestamp=timestamp))
+            all_headers.update(hmac_headers(identity, method, path, data, secret=secret, timestamp=timestamp,
+                                            nonce=nonce))
         all_headers.update(headers or {})
         async with self.http.request(method, self.base_url + path, data=data, headers=all_headers) as resp:
             text = await resp.text()

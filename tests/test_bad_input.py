@@ -91,6 +91,39 @@ async def test_a_replayed_signature_is_refused(grantbot):
     assert await grantbot.count("grants") == 1
 
 
+async def test_identical_requests_in_one_second_with_different_nonces_are_not_replays(grantbot):
+    """Parallel CI jobs (a matrix build) sign the same request in the same second; a nonce tells them apart."""
+    raw = json.dumps({"environment": "staging", "scopes": ["db:read"]}).encode()
+    second = int(grantbot.api.now())
+    signed = [hmac_headers("deploy-bot", "POST", "/v1/access-requests", raw, timestamp=second, nonce=nonce)
+              for nonce in ("job-1-" + "a" * 16, "job-2-" + "b" * 16)]
+    answers = [await grantbot.api.request_access(None, raw=raw, sign=False, headers=h) for h in signed]
+    assert [status for status, _ in answers] == [201, 201], answers
+    assert answers[0][1]["id"] != answers[1][1]["id"]
+    # Replaying one of them, nonce and all, is still refused.
+    status, body = await grantbot.api.request_access(None, raw=raw, sign=False, headers=signed[1])
+    assert status == 401 and "already used" in body["detail"]
+    # The nonce is signed: another nonce under the same signature does not match.
+    status, body = await grantbot.api.request_access(None, raw=raw, sign=False,
+                                                     headers={**signed[0], "X-Grantbot-Nonce": "c" * 32})
+    assert status == 401 and "{timestamp}:{nonce}" in body["detail"], body
+    assert await grantbot.count("grants") == 2
+
+
+@pytest.mark.parametrize("nonce", ["", "short", "x" * 65, "has space in it 0123", "dot.is.not.allowed.here",
+                                   "\u00e9" * 16])
+async def test_a_malformed_nonce_is_refused_with_what_a_nonce_must_be(grantbot, nonce):
+    raw = json.dumps(GOOD).encode()
+    headers = hmac_headers("deploy-bot", "POST", "/v1/access-requests", raw, timestamp=int(grantbot.api.now()),
+                           nonce=nonce)
+    headers["X-Grantbot-Nonce"] = nonce.encode().decode("latin-1")
+    status, body = await grantbot.api.request_access(None, raw=raw, sign=False, headers=headers)
+    assert status == 401 and body["error"] == "unauthenticated", body
+    assert "X-Grantbot-Nonce must be 16 to 64 characters of A-Z, a-z, 0-9, '_' and '-'" in body["detail"]
+    for table in ("access_requests", "used_signatures"):
+        assert await grantbot.count(table) == 0, table
+
+
 async def test_the_signature_covers_the_query_string(grantbot):
     _, created = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
     path = f"/v1/access-requests/{created['id']}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,13 +18,14 @@ from pathlib import Path
 import aiohttp
 import jwt
 import pytest
+from aiohttp import web
 from sqlalchemy import text
 
 from bot.store.engine import create_engine
 from bot.store.schema import head_revision, upgrade
 from tests.conftest import POLICIES
 from tests.support import (BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, advance_clock_offset, buttons, cards,
-                           eventually, message_text, read_clock_offset, write_clock_offset)
+                           eventually, hmac_headers, message_text, read_clock_offset, write_clock_offset)
 
 
 def free_port() -> int:
@@ -285,3 +287,47 @@ def test_serve_says_clearly_when_it_cannot_reach_its_database(tmp_path, url, wor
     refused = subprocess.run(grantbot_command("serve"), env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and words in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr and "hunter2" not in refused.stderr
+
+
+async def test_grantbot_request_signs_with_a_fresh_nonce_so_parallel_jobs_all_get_access(grantbot, tmp_path):
+    """A matrix build: the same `grantbot request` run by several jobs in the same second. Each run sends its own
+    X-Grantbot-Nonce (checked at a recording server against DESIGN.md's signed string), and all get access."""
+    seen: list[tuple[dict, bytes, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((dict(request.headers), await request.read(), request.raw_path))
+        return web.json_response({"id": str(uuid.uuid4()), "status": "approved"}, status=201)
+
+    recorder = web.Application()
+    recorder.router.add_post("/v1/access-requests", record)
+    runner = web.AppRunner(recorder, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    recorder_url = "http://127.0.0.1:%d" % runner.addresses[0][1]
+    env = {**os.environ, "GRANTBOT_IDENTITY": "deploy-bot", "GRANTBOT_SECRET": SECRETS["deploy-bot"]}
+
+    async def run(url: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *grantbot_command("request"), "--url", url, "--environment", "staging", "--scope", "db:read",
+            env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, out.decode(), err.decode()
+
+    try:
+        assert [code for code, _, _ in await asyncio.gather(run(recorder_url), run(recorder_url))] == [0, 0]
+    finally:
+        await runner.cleanup()
+    nonces = []
+    for headers, body, path in seen:
+        nonce = headers.get("X-Grantbot-Nonce")
+        assert nonce is not None and re.fullmatch(r"[A-Za-z0-9_-]{16,64}", nonce), headers
+        expected = hmac_headers("deploy-bot", "POST", path, body, timestamp=int(headers["X-Grantbot-Timestamp"]),
+                                nonce=nonce)
+        assert headers["X-Grantbot-Signature"] == expected["X-Grantbot-Signature"]
+        nonces.append(nonce)
+    assert len(set(nonces)) == 2
+
+    # Against grantbot itself, four identical runs at once all get a grant (none is refused as a replay).
+    answers = await asyncio.gather(*(run(grantbot.base_url) for _ in range(4)))
+    assert [code for code, _, _ in answers] == [0] * 4, [err for _, _, err in answers]
+    assert await grantbot.count("grants") == 4

@@ -12,6 +12,7 @@ import base64
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from string import Template
 from types import SimpleNamespace
@@ -123,32 +124,55 @@ async def test_rules_match_on_the_tokens_claims(bot, issuers, clock):
 # -- keys ---------------------------------------------------------------------------------------------------------
 
 
-async def test_rotated_keys_are_refetched_for_a_new_kid_at_most_once_a_minute(bot, issuers, clock):
+async def test_a_rotated_key_is_accepted_within_seconds_and_waiting_requests_share_one_fetch(bot, issuers, clock):
     github = issuers.github
     old_kid = github.current_kid
     assert (await call(bot, "POST", "/v1/access-requests", github.mint(now(clock)), DEPLOY))[0] == 201
     github.rotate()  # the old key is withdrawn, a new one signs
 
-    # Keys were fetched moments ago: no refetch yet, and the refusal says so.
+    # Keys were fetched this very second: within the floor no refetch yet, and the refusal says so.
     status, body = await call(bot, "POST", "/v1/access-requests", github.mint(now(clock)), DEPLOY)
     assert status == 401 and "not among the keys" in body["detail"] and "refreshed" in body["detail"], body
     assert github.jwks_fetches == 1
 
-    clock.advance(61)
-    status, body = await call(bot, "POST", "/v1/access-requests", github.mint(now(clock)), DEPLOY)
-    assert status == 201, body
+    # Seconds later (not a minute) the new kid is fetched; eight jobs arriving together share that one fetch.
+    clock.advance(5)
+    answers = await asyncio.gather(*(call(bot, "POST", "/v1/access-requests", github.mint(now(clock)), DEPLOY)
+                                     for _ in range(8)))
+    assert [status for status, _ in answers] == [201] * 8, answers
     assert github.jwks_fetches == 2
 
     # The withdrawn key is no longer trusted; a kid nobody publishes is refused even after a refetch.
     status, body = await call(bot, "POST", "/v1/access-requests", github.mint(now(clock), kid=old_kid, key=new_key()),
                               DEPLOY)
     assert status == 401 and "not among the keys" in body["detail"]
-    clock.advance(61)
+    clock.advance(5)
     status, body = await call(bot, "POST", "/v1/access-requests",
                               github.mint(now(clock), kid="key-nobody", key=new_key()), DEPLOY)
     assert status == 401 and "not among the keys issuer 'github' publishes;" in body["detail"], body
     assert github.jwks_fetches == 3
-    assert await bot.count("access_requests") == 2
+    assert await bot.count("access_requests") == 9
+
+
+async def test_a_flood_of_made_up_kids_costs_the_issuer_one_fetch_per_floor(bot, issuers, clock):
+    github = issuers.github
+    assert (await call(bot, "POST", "/v1/access-requests", github.mint(now(clock)), DEPLOY))[0] == 201
+    fetches = github.jwks_fetches
+
+    async def made_up() -> int:
+        token = github.mint(now(clock), kid=f"key-{uuid.uuid4().hex[:8]}", key=new_key("EC"), alg="ES256")
+        return (await call(bot, "POST", "/v1/access-requests", token, DEPLOY))[0]
+
+    # 20 s of flood, 25 tokens a second (the first 25 at once), on the injected clock: at most one fetch per 5 s.
+    for second in range(20):
+        assert set(await asyncio.gather(*(made_up() for _ in range(25)))) == {401}
+        clock.advance(1)
+    assert 1 <= github.jwks_fetches - fetches <= 20 // 5
+    # The floor holds back only fetches: a real rotation during the flood is picked up within it.
+    github.rotate(keep_old=True)
+    clock.advance(5)
+    status, body = await call(bot, "POST", "/v1/access-requests", github.mint(now(clock)), DEPLOY)
+    assert status == 201, body
 
 
 async def test_when_the_jwks_fails_after_the_first_fetch_cached_keys_keep_working(bot, issuers, clock):

@@ -3,6 +3,11 @@
 The caller sends ``X-Grantbot-Identity``, ``X-Grantbot-Timestamp`` (unix seconds) and
 ``X-Grantbot-Signature: v1=<hex HMAC-SHA256(secret, "v1:{timestamp}:{METHOD}:{path and query}:{raw body}")>``.
 Timestamps more than 300 s from the server's clock are refused, and so is a signature already used.
+
+With the optional ``X-Grantbot-Nonce`` (16 to 64 of ``[A-Za-z0-9_-]``) the signed string is
+``v1:{timestamp}:{nonce}:{METHOD}:{path and query}:{raw body}``: identical requests signed in the same second (the
+jobs of a matrix build) then carry different signatures, so none is taken for a replay of another; a request
+replayed with its nonce carries a signature already used and is still refused.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
@@ -22,11 +28,15 @@ WINDOW_SECONDS = 300
 IDENTITY_HEADER = "X-Grantbot-Identity"
 TIMESTAMP_HEADER = "X-Grantbot-Timestamp"
 SIGNATURE_HEADER = "X-Grantbot-Signature"
+NONCE_HEADER = "X-Grantbot-Nonce"
+NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
-def signature(secret: bytes, timestamp: str, method: str, path_qs: str, body: bytes) -> str:
-    """``v1=<hex>`` over ``v1:{timestamp}:{METHOD}:{path_qs}:{body}``; what a caller sends and we recompute."""
-    message = b"v1:%s:%s:%s:" % (timestamp.encode(), method.upper().encode(), path_qs.encode()) + body
+def signature(secret: bytes, timestamp: str, method: str, path_qs: str, body: bytes, nonce: str | None = None) -> str:
+    """``v1=<hex>`` over ``v1:{timestamp}:{METHOD}:{path_qs}:{body}``, or with a ``nonce``
+    ``v1:{timestamp}:{nonce}:{METHOD}:{path_qs}:{body}`` (DESIGN.md); what a caller sends and we recompute."""
+    fields = (timestamp, *((nonce,) if nonce is not None else ()), method.upper(), path_qs)
+    message = b"v1:" + b"".join(field.encode() + b":" for field in fields) + body
     return "v1=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
@@ -71,6 +81,12 @@ class HmacAuthenticator:
                 f"Sign the request: send {IDENTITY_HEADER}, {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} "
                 "(or an OIDC bearer token)."
             )
+        nonce = headers.get(NONCE_HEADER)
+        if nonce is not None and not NONCE.fullmatch(nonce):
+            raise Unauthenticated(
+                f"{NONCE_HEADER} must be 16 to 64 characters of A-Z, a-z, 0-9, '_' and '-' (e.g. 32 random hex "
+                "digits, new for each request), or left out."
+            )
         try:
             signed_at = int(timestamp)
         except ValueError:
@@ -83,11 +99,12 @@ class HmacAuthenticator:
             )
         secret = self._secrets.get(identity)
         # Compare even for an unknown identity so the answer's timing does not tell which identities exist.
-        expected = signature(secret or b"\0unknown", timestamp, method, path_qs, body)
+        expected = signature(secret or b"\0unknown", timestamp, method, path_qs, body, nonce)
         # Bytes, so a non-ASCII header cannot make compare_digest raise.
         if not hmac.compare_digest(expected.encode(), sent.encode("utf-8", "backslashreplace")) or secret is None:
+            signed = "{timestamp}:{nonce}" if nonce is not None else "{timestamp}"
             raise Unauthenticated(
-                "The signature does not match: sign \"v1:{timestamp}:{METHOD}:{path and query}:{body}\" "
+                f"The signature does not match: sign \"v1:{signed}:{{METHOD}}:{{path and query}}:{{body}}\" "
                 "with the identity's secret (HMAC-SHA256, hex, prefixed v1=)."
             )
         digest = hashlib.sha256(sent.encode("utf-8", "backslashreplace")).hexdigest()

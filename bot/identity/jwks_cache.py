@@ -7,10 +7,12 @@ one algorithm (its ``alg``, else the one its ``kty``/``crv`` implies), as RFC 87
 algorithm is not in the verifier's allow-list (``kty: oct`` shared secrets, for one) are dropped.
 
 When the set is fetched again:
-- a token names a ``kid`` the cached set lacks (the issuer rotated its keys) — at most once per
-  :data:`REFETCH_SECONDS` per issuer, so tokens with made-up ``kid``s cannot make grantbot hammer the issuer;
+- a token names a ``kid`` the cached set lacks (the issuer rotated its keys) — at once, as go-oidc (behind
+  Vault's JWT auth) does, so a rotation costs pipelines nothing; requests waiting meanwhile share that one fetch,
+  and fetches are at least :data:`REFETCH_FLOOR_SECONDS` apart per issuer, so a flood of tokens with made-up
+  ``kid``s costs the issuer at most one fetch per floor;
 - the cached set is older than :data:`MAX_AGE_SECONDS`, so a key the issuer withdrew stops being trusted;
-- nothing was ever fetched — retried at most every :data:`RETRY_SECONDS` while the issuer is unreachable.
+- nothing was ever fetched — retried at most every :data:`REFETCH_FLOOR_SECONDS` while the issuer is unreachable.
 
 A failed fetch keeps the last good set. Times are measured on the injected clock; HTTP goes through one
 ``aiohttp.ClientSession`` (set by the application's ``cleanup_ctx``) with a :data:`FETCH_TIMEOUT_SECONDS` budget,
@@ -33,9 +35,8 @@ from bot.domain.ports import Clock
 
 log = logging.getLogger(__name__)
 
-REFETCH_SECONDS = 60  # at most one refetch per issuer per minute for an unknown kid
+REFETCH_FLOOR_SECONDS = 5  # fetches of one issuer's keys are at least this far apart (unknown kid, or retrying)
 MAX_AGE_SECONDS = 3600  # a key set older than this is refreshed on next use
-RETRY_SECONDS = 5  # while an issuer has never answered, try again at most this often
 FETCH_TIMEOUT_SECONDS = 5.0  # the whole fetch (connect, headers, body) of one document
 MAX_DOCUMENT_BYTES = 256 * 1024  # a JWKS or discovery document larger than this is refused
 
@@ -62,6 +63,8 @@ class _IssuerKeys:
     keys: dict[str, jwt.PyJWK] = field(default_factory=dict)  # by kid ("" for a key without one)
     fetched_at: datetime | None = None  # the last successful fetch
     attempted_at: datetime | None = None  # the last attempt, successful or not
+    attempt_ok: bool = False  # whether that attempt succeeded
+    attempts: int = 0  # how many fetches were attempted (tells a waiter whether one ran while it waited)
     jwks_uri: str | None = None  # discovered once, then reused
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -85,12 +88,17 @@ class JwksCache:
         found = self._pick(state, kid)
         if found is not None and not self._stale(state):
             return found
-        async with state.lock:  # one fetch per issuer at a time; waiters then see its result
+        seen = state.attempts
+        async with state.lock:  # one fetch per issuer at a time
             found = self._pick(state, kid)
-            refreshed = False
-            if (found is None or self._stale(state)) and self._may_fetch(state):
+            if state.attempts != seen:
+                # A fetch ran while this request waited for the lock: it was this request's fetch too.
+                refreshed = state.attempt_ok
+            elif (found is None or self._stale(state)) and self._may_fetch(state):
                 refreshed = await self._refresh(issuer, state)
                 found = self._pick(state, kid)
+            else:
+                refreshed = False
         if found is not None:
             return found
         if state.fetched_at is None:
@@ -109,12 +117,12 @@ class JwksCache:
     def _may_fetch(self, state: _IssuerKeys) -> bool:
         if state.attempted_at is None:
             return True
-        interval = REFETCH_SECONDS if state.fetched_at is not None else RETRY_SECONDS
-        return self._clock.now() - state.attempted_at >= timedelta(seconds=interval)
+        return self._clock.now() - state.attempted_at >= timedelta(seconds=REFETCH_FLOOR_SECONDS)
 
     async def _refresh(self, issuer: Issuer, state: _IssuerKeys) -> bool:
         """Fetch the key set; on success replace the cached one and return True, else keep it and return False."""
-        state.attempted_at = self._clock.now()
+        state.attempted_at, state.attempt_ok = self._clock.now(), False
+        state.attempts += 1
         try:
             jwks_uri = issuer.jwks_uri or state.jwks_uri or await self._discover(issuer)
             state.jwks_uri = None if issuer.jwks_uri else jwks_uri
@@ -124,7 +132,7 @@ class JwksCache:
             log.warning("could not fetch the signing keys of issuer %s: %s; keeping the last good set", issuer.name, exc)
             return False
         state.keys = keys
-        state.fetched_at = self._clock.now()
+        state.fetched_at, state.attempt_ok = self._clock.now(), True
         log.info("fetched %d signing key(s) of issuer %s", len(keys), issuer.name)
         return True
 

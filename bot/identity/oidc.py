@@ -137,7 +137,7 @@ class OidcAuthenticator:
             ) from None
         except UnknownKey as exc:
             named = f"kid {_quote(kid, 64)}" if kid is not None else "no kid"
-            hint = "" if exc.refreshed else " (they could not be refreshed just now; retry in a minute if the issuer rotated its keys)"
+            hint = "" if exc.refreshed else " (they could not be refreshed just now; retry in a few seconds if the issuer rotated its keys)"
             raise Unauthenticated(
                 f"The token's signing key ({named}) is not among the keys issuer {issuer.name!r} publishes{hint}; "
                 "use a token freshly issued by that issuer."

@@ -111,7 +111,10 @@ def document() -> dict:
                 "hmacIdentity": {"type": "apiKey", "in": "header", "name": "X-Grantbot-Identity"},
                 "hmacTimestamp": {"type": "apiKey", "in": "header", "name": "X-Grantbot-Timestamp"},
                 "hmacSignature": {"type": "apiKey", "in": "header", "name": "X-Grantbot-Signature",
-                                  "description": 'v1=hex HMAC-SHA256(secret, "v1:{timestamp}:{METHOD}:{path and query}:{body}")'},
+                                  "description": 'v1=hex HMAC-SHA256(secret, "v1:{timestamp}:{METHOD}:{path and query}:{body}"); '
+                                                 'with the optional header X-Grantbot-Nonce (16-64 of [A-Za-z0-9_-]) '
+                                                 'the signed string is "v1:{timestamp}:{nonce}:{METHOD}:{path and '
+                                                 'query}:{body}"'},
                 "ciOidc": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                            "description": "a CI OIDC identity token from an issuer listed in the policy file; "
                                           "used up by POST /v1/access-requests"},
