@@ -79,9 +79,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     (unreadable signing key, malformed ``GRANTBOT_INTROSPECTION_CLIENTS``) before anything starts.
     """
     clock = clock or default_clock(settings)
-    policy_path = settings.resolved_policy_file
+    policy_path = settings.policy_path
     policy = load_policy(policy_path)
     loaded_digest = policy_digest(policy_path.read_text())
+    log.info("policy %s loaded (sha256 %s): %d rules, default %s", policy_path.resolve(), loaded_digest[:16],
+             len(policy.rules), policy.default.value)
     identity_secrets = secrets_from_policy(policy)
     introspection_clients = settings.introspection_credentials()
     tokens = AccessTokenIssuer(load_or_create_signing_key(settings.signing_key_file), settings.issuer_url,

@@ -98,11 +98,11 @@ class Settings(BaseSettings):
         return self.issuer or f"http://{self.host}:{self.port}"
 
     @property
-    def resolved_policy_file(self) -> Path:
-        if self.policy_file is not None:
-            return self.policy_file
-        local = Path("policy.yaml")
-        return local if local.exists() else bundled_policy()
+    def policy_path(self) -> Path:
+        """``GRANTBOT_POLICY_FILE``, else ``policy.yaml`` in the working folder. There is no fallback to the bundled
+        example (which names example approvers and admins): a missing file stops `grantbot serve`, naming it;
+        `grantbot dev` passes the example explicitly."""
+        return self.policy_file if self.policy_file is not None else Path("policy.yaml")
 
     @property
     def slack_enabled(self) -> bool:

@@ -613,24 +613,45 @@ def _covers(wide: list[str] | None, narrow: list[str] | None) -> bool:
     )
 
 
-def _shadows(earlier: Rule, later: Rule) -> bool:
-    a, b = earlier.match, later.match
+def _match_covers(wide: Match, narrow: Match) -> bool:
+    """Every request ``narrow`` matches, ``wide`` matches too (identity, environment, scopes, audiences, claims)."""
     return (
-        earlier.decision is not Decision.DENY
-        and earlier.when is None  # a rule limited in time leaves the other hours to later rules
-        and _covers(a.identity, b.identity)
-        and _covers(a.environment, b.environment)
-        and _covers(a.scopes, b.scopes)
-        and _covers(a.audiences, b.audiences)
-        and all(key in b.claims and _covers([pattern], [b.claims[key]]) for key, pattern in a.claims.items())
+        _covers(wide.identity, narrow.identity)
+        and _covers(wide.environment, narrow.environment)
+        and _covers(wide.scopes, narrow.scopes)
+        and _covers(wide.audiences, narrow.audiences)
+        and all(key in narrow.claims and _covers([pattern], [narrow.claims[key]])
+                for key, pattern in wide.claims.items())
     )
 
 
+def _shadows(earlier: Rule, later: Rule) -> bool:
+    # a rule limited in time leaves the other hours to later rules
+    return earlier.decision is not Decision.DENY and earlier.when is None and _match_covers(earlier.match, later.match)
+
+
+def _hides(deny: Rule, rule: Rule) -> bool:
+    """``deny`` matches every request ``rule`` matches, so ``rule`` can never decide: a matching deny rule wins
+    wherever it stands. A deny rule matches when *any* requested scope is among its ``scopes``, and ``rule`` only
+    when *all* are among its own, so covering ``rule``'s scopes is enough."""
+    return deny.decision is Decision.DENY and deny.when is None and _match_covers(deny.match, rule.match)
+
+
 def lint(policy: Policy) -> list[str]:
-    """Warnings about a valid policy: rules that can never decide, auto-approval without a cap of its own."""
+    """Warnings about a valid policy: rules that can never decide (a rule before them, or a deny rule anywhere,
+    matches every request they match), auto-approval without a cap of its own."""
     warnings = []
     for index, rule in enumerate(policy.rules):
-        if rule.decision is not Decision.DENY:
+        hidden_by = next(((i, deny) for i, deny in enumerate(policy.rules) if i != index and _hides(deny, rule)),
+                         None) if rule.decision is not Decision.DENY else None
+        if hidden_by is not None:
+            deny_index, deny = hidden_by
+            where = "comes first and" if deny_index < index else "comes later but, as a deny rule, wins and"
+            warnings.append(
+                f"rules[{index}] ({rule.name}) can never decide: deny rule rules[{deny_index}] ({deny.name}) "
+                f"{where} matches every request it matches"
+            )
+        elif rule.decision is not Decision.DENY:
             for earlier_index, earlier in enumerate(policy.rules[:index]):
                 if _shadows(earlier, rule):
                     warnings.append(
