@@ -48,6 +48,7 @@ from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key, load_verification_key
 from bot.web import access_requests, health, oauth, openapi, slack_events
 from bot.web.errors import MAX_BODY_BYTES, error_middleware
+from bot.web.observability import observe
 from bot.web.keys import (
     AUTH,
     BOLT,
@@ -101,7 +102,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         default_channel=settings.slack_channel,
     )
 
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[observe, error_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[DEPS] = deps
     app[STORE] = store

@@ -41,8 +41,11 @@ class _QuietBadRequests(logging.Filter):
         return True
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, fmt: str | None = None) -> None:
+    """Logging for a command (``bot.logs``): JSON lines unless ``fmt`` or a terminal says text."""
+    from bot.logs import log_format, setup_logging
+
+    setup_logging(level, log_format(fmt))
     logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -121,7 +124,7 @@ def _run(coro) -> int:
 
 def cmd_serve(_: argparse.Namespace) -> int:
     settings = _load_settings()
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     return _run(_serve(settings))
 
 
@@ -144,7 +147,7 @@ async def _migrate(settings: Settings) -> None:
 
 def cmd_migrate(_: argparse.Namespace) -> int:
     settings = _load_settings()
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     return _run(_migrate(settings))
 
 
@@ -353,7 +356,8 @@ Stop with Ctrl-C.
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    _setup_logging(os.environ.get("GRANTBOT_LOG_LEVEL", "INFO"))
+    # A person reads `grantbot dev` in a terminal: text unless GRANTBOT_LOG_FORMAT says otherwise.
+    _setup_logging(os.environ.get("GRANTBOT_LOG_LEVEL", "INFO"), os.environ.get("GRANTBOT_LOG_FORMAT") or "text")
     return _run(_dev(args))
 
 

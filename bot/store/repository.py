@@ -40,6 +40,7 @@ from bot.domain.models import (
     VoteOutcome,
 )
 from bot.domain.policy import Usage
+from bot.logs import current_request_id
 from bot.store.engine import writer
 from bot.store.tables import (
     AccessRequestRow,
@@ -152,7 +153,10 @@ def _grant_from_row(row) -> Grant:
 
 def _audit_row(at: datetime, kind: str, actor: str, request_id: str | None, grant_id: str | None = None,
                **data) -> dict:
-    """Parameters of one ``audit_events`` row (always the same keys, so one compiled INSERT serves them all)."""
+    """Parameters of one ``audit_events`` row (always the same keys, so one compiled INSERT serves them all).
+    Written while an HTTP request is served, ``data`` names it (``http_request_id``, as in its log lines)."""
+    if (http_request_id := current_request_id()) is not None:
+        data["http_request_id"] = http_request_id
     return {"at": at, "kind": kind, "actor": actor, "request_id": request_id, "grant_id": grant_id, "data": data}
 
 

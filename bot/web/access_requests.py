@@ -13,7 +13,7 @@ from bot.domain import usecases
 from bot.domain.errors import InvalidRequest, NotFound
 from bot.domain.ids import is_uuid
 from bot.domain.models import AccessRequestInput, Caller, Grant, RequestStatus
-from bot.web.keys import AUTH, DEPS, METRICS
+from bot.web.keys import AUTH, CALLER_IDENTITY, DEPS, METRICS
 
 routes = web.RouteTableDef()
 
@@ -61,9 +61,11 @@ async def authenticate(request: web.Request, body: bytes, *, single_use: bool = 
     ``single_use``: a bearer token is used up by this request; only creating an access request does that, so a
     pipeline can long-poll and revoke with the token it created its request with (``bot.identity.oidc``).
     """
-    return await request.app[AUTH].authenticate(
+    caller = await request.app[AUTH].authenticate(
         request.headers, request.method, request.raw_path, body, single_use=single_use
     )
+    request[CALLER_IDENTITY] = caller.identity
+    return caller
 
 
 def _iso(moment: datetime | None) -> str | None:
