@@ -139,6 +139,7 @@ def _grant_from_row(row) -> Grant:
         identity=row.identity,
         scopes=tuple(row.scopes),
         audience=row.audience,
+        environment=row.environment,
         jti=row.jti,
         issued_at=row.issued_at,
         expires_at=row.expires_at,
@@ -158,7 +159,7 @@ def _audit_row(at: datetime, kind: str, actor: str, request_id: str | None, gran
 
 def _grant_issued_row(grant: Grant, actor: str) -> dict:
     return _audit_row(grant.issued_at, "grant.issued", actor, grant.request_id, grant.id, jti=grant.jti,
-                      scope=" ".join(grant.scopes), audience=grant.audience,
+                      scope=" ".join(grant.scopes), audience=grant.audience, environment=grant.environment,
                       expires_at=grant.expires_at.isoformat(), ttl_seconds=grant.ttl_seconds)
 
 
@@ -169,6 +170,7 @@ def _grant_values(grant: Grant) -> dict:
         "identity": grant.identity,
         "scopes": list(grant.scopes),
         "audience": grant.audience,
+        "environment": grant.environment,
         "jti": grant.jti,
         "issued_at": grant.issued_at,
         "expires_at": grant.expires_at,
