@@ -517,6 +517,28 @@ class SqlStore:
             await self._add_events(conn, list(events), now)
         return True
 
+    async def reissue_token(self, grant_id: str, jti: str, token_hash: str, now: datetime) -> Grant | None:
+        """See the port (``Store.reissue_token``). The row is locked first (``FOR UPDATE``; SQLite: ``BEGIN
+        IMMEDIATE``) so that concurrent re-issues take turns and each audit event names the ``jti`` it replaced."""
+        async with self._writer.begin() as conn:
+            row = (await conn.execute(select(G).where(G.c.id == grant_id).with_for_update())).first()
+            if (row is None or row.status != GrantStatus.ACTIVE.value or row.expires_at <= now
+                    or row.delivered_at is None):
+                return None
+            won = await conn.execute(
+                update(G)
+                .where(G.c.id == grant_id, G.c.jti == row.jti, G.c.status == GrantStatus.ACTIVE.value,
+                       G.c.expires_at > now)
+                .values(jti=jti, token_hash=token_hash)
+            )
+            if won.rowcount != 1:  # pragma: no cover - impossible while the row is locked
+                return None
+            await self._audit(conn, now, "token.reissued", row.identity, row.request_id, grant_id,
+                              old_jti=row.jti, new_jti=jti)
+        grant = _grant_from_row(row)
+        grant.jti, grant.token_hash = jti, token_hash
+        return grant
+
     async def _end_grant(
         self, conn: AsyncConnection, grant_id: str, status: GrantStatus, by: str, now: datetime
     ) -> bool:
