@@ -4,6 +4,10 @@ PyJWT against the JWKS, and through introspection."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+from pathlib import Path
+
 import jwt
 import pytest
 
@@ -83,3 +87,33 @@ async def test_an_environment_without_its_own_audience_gets_the_default_one(gran
     assert status == 201, body
     claims = jwt.decode(body["grant"]["access_token"], options={"verify_signature": False})
     assert (claims["aud"], claims["environment"]) == ("https://shared.acme.example", "dev")
+
+
+async def test_the_readme_s_resource_server_check_accepts_production_s_token_and_refuses_staging_s(grantbot, sandbox):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Access tokens and what a resource server checks"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)  # the README's example as written; then pointed at this grantbot
+    namespace["GRANTBOT"] = "https://grantbot.test"
+    namespace["jwks"] = jwt.PyJWKClient(grantbot.base_url + "/.well-known/jwks.json")
+
+    def check(token: str, scope: str = "db:write"):
+        return namespace["check"](token, PRODUCTION, "production", scope)
+
+    _, staging = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:write"]})
+    with pytest.raises(jwt.InvalidAudienceError):
+        await asyncio.to_thread(check, staging["grant"]["access_token"])
+    _, named = await grantbot.api.request_access(
+        {"environment": "staging", "scopes": ["db:write"], "audience": PRODUCTION, "reason": "names production's"})
+    with pytest.raises(jwt.InvalidTokenError, match="a token for staging, not production"):
+        await asyncio.to_thread(check, named["grant"]["access_token"])
+
+    _, pending = await grantbot.api.request_access({"environment": "production", "scopes": ["db:write"]})
+    card = await eventually(lambda: next((c for c in cards(sandbox) if pending["id"] in message_text(c)), None))
+    assert await grantbot.api.click(card, "approve", "U0APPROVER") == 200
+    _, approved = await grantbot.api.get_request(pending["id"], wait=10)
+    token = approved["grant"]["access_token"]
+    assert (await asyncio.to_thread(check, token))["environment"] == "production"
+    with pytest.raises(jwt.InvalidTokenError, match="does not carry db:admin"):
+        await asyncio.to_thread(check, token, "db:admin")

@@ -141,12 +141,16 @@ def test_policy_check_warns_of_tokens_that_would_pass_in_another_environment(nam
 
 
 def test_policy_check_command_on_the_issue_s_example_and_on_the_example_policy(tmp_path: Path):
-    issue = tmp_path / "policy.yaml"
+    issue = tmp_path / "shared-audience.yaml"
     issue.write_text(ISSUE_EXAMPLE)
-    checked = subprocess.run([*grantbot_command("policy"), "check", str(issue)], capture_output=True, text=True)
+    checked = subprocess.run([*grantbot_command("policy"), "check", issue.name], capture_output=True, text=True,
+                             cwd=tmp_path)
     assert checked.returncode == 0, checked.stderr
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for line in checked.stdout.splitlines():  # README "Check and explain" shows this real output
+        assert "    " + line in readme, line
     assert checked.stdout.startswith(
-        f"warning: {issue}: rules[0] (staging-db-write) auto-approves 'db:write' in 'staging' with its audience "
+        f"warning: {issue.name}: rules[0] (staging-db-write) auto-approves 'db:write' in 'staging' with its audience "
         "'https://api.acme.example', but rules[1] (prod-db-write) sends it to people in 'production': those tokens "
         "would pass there without approval; give each environment its own audience")
     assert checked.stdout.endswith("1 warning(s)\n")
