@@ -14,6 +14,7 @@ from bot.web.keys import STORE
 from tests.support import cards, eventually, message_text
 from tests.test_end_to_end import grantbot_command
 from tests.test_oauth_and_operations import form_post
+from tests.test_oidc import bot, call, issuers, now  # noqa: F401  (fixtures: a grantbot trusting two CI issuers)
 
 STAGING = {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 600}
 
@@ -134,3 +135,18 @@ async def test_concurrent_reissues_each_answer_and_the_last_committed_is_the_act
         assert after["old_jti"] == before["new_jti"]  # serialised: each replaced the one committed before it
     active = [jti for jti, token in tokens.items() if (await grantbot.api.introspect(token))[1]["active"]]
     assert active == [chain[-1]["new_jti"]]
+
+
+async def test_a_ci_job_reissues_with_any_valid_token_of_its_identity(bot, issuers, clock):
+    """OIDC callers, like HMAC ones: the token that created the request is used up, a later one of the same
+    identity (the same repository and environment) may re-issue; another identity's may not."""
+    status, created = await call(bot, "POST", "/v1/access-requests", issuers.github.mint(now(clock)),
+                                 {"environment": "production", "scopes": ["deploy:api"], "ttl_seconds": 300})
+    assert status == 201, created
+    path = f"/v1/grants/{created['grant']['id']}/reissue"
+    other = issuers.github.mint(now(clock), sub="repo:acme/web:ref:refs/heads/main")
+    assert (await call(bot, "POST", path, other))[0] == 404
+    status, answer = await call(bot, "POST", path, issuers.github.mint(now(clock)))
+    assert status == 200 and answer["expires_at"] == created["grant"]["expires_at"]
+    assert await bot.api.introspect(created["grant"]["access_token"]) == (200, {"active": False})
+    assert (await bot.api.introspect(answer["access_token"]))[1]["active"] is True
