@@ -113,11 +113,12 @@ def view_json(view: usecases.RequestView, now: datetime) -> dict:
         if (view.access_token is None and view.grant.delivered_at is not None
                 and view.grant.status is GrantStatus.ACTIVE and view.grant.expires_at > now):
             # The token went out with an earlier answer (e.g. the first try of an Idempotency-Key retry).
-            body["hint"] = reissue_hint(view.grant)
+            body["hint"] = _reissue_hint(view.grant)
     return body
 
 
-def reissue_hint(grant: Grant) -> str:
+def _reissue_hint(grant: Grant) -> str:
+    """How the holder of ``grant`` gets a token again when the answer that carried it was lost."""
     return (f"The token of grant {grant.id} was handed over in an earlier answer; if it was lost, "
             f"POST /v1/grants/{grant.id}/reissue for a new one (the lost one then stops working).")
 
