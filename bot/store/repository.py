@@ -877,13 +877,12 @@ class SqlStore:
 
     async def active_grants_with_environment(self, now: datetime, limit: int) -> tuple[list[tuple[Grant, str]], int]:
         """Grants active at ``now`` (status active, ``expires_at`` after ``now``), soonest to expire first, at most
-        ``limit``, each with its request's environment; and how many there are in all."""
+        ``limit``, each with its environment; and how many there are in all."""
         live = (G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at > now)
         async with self.engine.connect() as conn:
             total = (await conn.execute(select(func.count()).select_from(G).where(*live))).scalar_one()
             rows = (await conn.execute(
-                select(G, R.c.environment.label("environment")).join(R, R.c.id == G.c.request_id).where(*live)
-                .order_by(G.c.expires_at, G.c.id).limit(limit)
+                select(G).where(*live).order_by(G.c.expires_at, G.c.id).limit(limit)
             )).all()
         return [(_grant_from_row(row), row.environment) for row in rows], total
 
