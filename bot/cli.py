@@ -263,8 +263,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     policy = _policy_or_exit(args.file)
     claims = dict(args.claim or [])
     at = args.at or datetime.now(UTC)
+    audience = args.audience or policy.audience_for(args.environment)  # as a request naming none gets it
     outcome, rules = explain(policy, Caller(args.identity, claims), args.environment, tuple(args.scope),
-                             args.audience, reason=args.reason, at=at)
+                             audience, reason=args.reason, at=at)
     print(f"decision: {outcome.decision.value} ({outcome.reason})")
     if args.at or any(rule.when for rule in policy.rules):  # the time only matters to rules with a `when`
         print(f"  at {at.isoformat()}")

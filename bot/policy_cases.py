@@ -103,8 +103,10 @@ def run_cases(policy: Policy, cases: list[tuple[int | None, Case]]) -> list[Mism
     for index, (line, case) in enumerate(cases):
         at = case.at or datetime.now(UTC)
         at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        # As a request that names none gets its environment's audience, and rules see that one.
+        audience = case.audience or policy.audience_for(case.environment)
         outcome = decide(policy, Caller(case.identity, dict(case.claims)), case.environment, tuple(case.scopes),
-                         case.audience, reason=case.reason, at=at)
+                         audience, reason=case.reason, at=at)
         got_rule = outcome.rule.name if outcome.rule else "default"
         if outcome.decision is not case.expect or (case.rule is not None and case.rule != got_rule):
             mismatches.append(Mismatch(line, index, case, _outcome(case.expect, case.rule),

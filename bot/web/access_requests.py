@@ -1,4 +1,5 @@
-"""``/v1/*`` routes: create and read access requests, revoke one's own grant (DESIGN.md HTTP contract)."""
+"""``/v1/*`` routes: create and read access requests, revoke one's own grant or have its token re-issued
+(DESIGN.md HTTP contract)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from bot.domain import usecases
 from bot.domain.errors import InvalidRequest, NotFound
 from bot.domain.ids import is_uuid
-from bot.domain.models import AccessRequestInput, Caller, Grant, RequestStatus
+from bot.domain.models import AccessRequestInput, Caller, Grant, GrantStatus, RequestStatus
 from bot.web.keys import AUTH, CALLER_IDENTITY, DEPS, METRICS
 
 routes = web.RouteTableDef()
@@ -79,6 +80,7 @@ def grant_json(grant: Grant, now: datetime, token: str | None) -> dict:
         "token_type": "Bearer",
         "scope": " ".join(grant.scopes),
         "audience": grant.audience,
+        "environment": grant.environment,
         "issued_at": _iso(grant.issued_at),
         "expires_at": _iso(grant.expires_at),
         "expires_in": max(0, int((grant.expires_at - now).total_seconds())),
@@ -110,7 +112,17 @@ def view_json(view: usecases.RequestView, now: datetime) -> dict:
             body["denial_reason"] = req.denial_reason
     if view.grant is not None:
         body["grant"] = grant_json(view.grant, now, view.access_token)
+        if (view.access_token is None and view.grant.delivered_at is not None
+                and view.grant.status is GrantStatus.ACTIVE and view.grant.expires_at > now):
+            # The token went out with an earlier answer (e.g. the first try of an Idempotency-Key retry).
+            body["hint"] = _reissue_hint(view.grant)
     return body
+
+
+def _reissue_hint(grant: Grant) -> str:
+    """How the holder of ``grant`` gets a token again when the answer that carried it was lost."""
+    return (f"The token of grant {grant.id} was handed over in an earlier answer; if it was lost, "
+            f"POST /v1/grants/{grant.id}/reissue for a new one (the lost one then stops working).")
 
 
 @routes.post("/v1/access-requests")
@@ -192,3 +204,13 @@ async def revoke_grant(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     grant = await usecases.revoke_own_grant(deps, caller, _resource_id(request, "grant"))
     return web.json_response({"id": grant.id, "status": grant.status.value, "ended_at": _iso(grant.ended_at)})
+
+
+@routes.post("/v1/grants/{id}/reissue")
+async def reissue_token(request: web.Request) -> web.Response:
+    """The grant (as in a request's ``grant``) with its new ``access_token`` and its ``request_id``."""
+    caller = await authenticate(request, await request.read())
+    deps = request.app[DEPS]
+    view = await usecases.reissue(deps, caller, _resource_id(request, "grant"))
+    body = {**grant_json(view.grant, deps.clock.now(), view.access_token), "request_id": view.grant.request_id}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})  # RFC 6749 §5.1: a token answer
