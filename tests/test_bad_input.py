@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import pytest
 
@@ -206,6 +208,32 @@ async def test_a_body_that_cannot_be_decoded_is_400(grantbot):
     raw = b"this is not gzip"
     status, body = await grantbot.api.request_access(None, raw=raw, headers={"Content-Encoding": "gzip"})
     assert status == 400 and body["error"] == "unreadable_body"
+
+
+async def exchange_raw(base_url: str, request: bytes) -> bytes:
+    """Send raw bytes on a new connection and read until the server closes it (so it is done with them)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+async def test_a_gzip_body_that_is_not_gzip_without_credentials_is_400_and_at_most_a_log_line(grantbot, caplog):
+    caplog.set_level(logging.INFO)
+    body = b"this is not gzip at all" * 10
+    answer = await exchange_raw(grantbot.base_url, b"POST /v1/access-requests HTTP/1.1\r\nHost: grantbot\r\n"
+                                b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                                b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert json.loads(payload)["error"] == "unreadable_body"
+    logged = [r for r in caplog.records if not r.name.startswith(("aiosqlite", "sqlalchemy", "asyncio"))]
+    assert len(logged) <= 1 and "Traceback" not in caplog.text and not any(r.exc_info for r in logged), caplog.text
+    await assert_nothing_stored(grantbot)
 
 
 @pytest.mark.parametrize("authorization,content_type,body", [
