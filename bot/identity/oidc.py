@@ -60,6 +60,23 @@ def _quote(value: object, limit: int = 100) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
+def _unstorable(value: object) -> bool:
+    """True when a claim's value (nested lists and objects included) holds a character no database text column
+    takes: NUL (PostgreSQL's text) or an unpaired UTF-16 surrogate, which JSON's ``\\ud800`` escapes can carry
+    but UTF-8 cannot encode."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_unstorable(item) for item in value)
+    return False
+
+
 def _number(claims: dict, name: str) -> float | None:
     value = claims.get(name)
     if value is None:
@@ -144,6 +161,12 @@ class OidcAuthenticator:
             ) from None
 
         claims = self._verify(token, key, issuer.issuer, issuer.audience, issuer.name)
+        # Claims reach the database (the identity, the actor, the policy's reasons): refuse what it cannot hold.
+        if bad := next((name for name, value in claims.items() if _unstorable(name) or _unstorable(value)), None):
+            raise Unauthenticated(
+                f"The token's {_quote(bad, 40)[1:-1]} claim holds a character no CI platform puts in an identity "
+                "token (NUL or an unpaired UTF-16 surrogate); send the token as the CI platform issued it."
+            )
         now = self._clock.now()
         expires = self._check_times(claims, now.timestamp())
         sub = claims["sub"]
