@@ -133,15 +133,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     app.cleanup_ctx.append(partial(_database, store, migrate, settings))
     app.cleanup_ctx.append(partial(_issuer_keys_client, issuer_keys))
     if settings.slack_enabled:
-        client = AsyncWebClient(
-            token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10
-        )
         # Without a signing secret (Socket Mode only) a random one makes every HTTP delivery fail verification.
         signing_secret = (
             settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else secrets.token_hex(32)
         )
+        app[BOLT] = bolt = build_bolt_app(deps, settings.slack_bot_token.get_secret_value(), signing_secret,
+                                          settings.slack_api_url, timeout_seconds=10)
+        client = bolt.client
         deps.directory = SlackApproverDirectory(client, clock)  # approvers.usergroups, resolved on click
-        app[BOLT] = bolt = build_bolt_app(deps, client, signing_secret)
         app[SLACK_VERIFIER] = SignatureVerifier(signing_secret)
         if settings.slack_app_token is not None:
             app.cleanup_ctx.append(partial(_socket_mode, bolt, client, settings.slack_app_token.get_secret_value()))

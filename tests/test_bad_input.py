@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 
 import pytest
 
@@ -279,3 +280,30 @@ async def test_a_replay_record_refuses_until_stale_and_the_sweep_forgets_stale_o
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+MALFORMED_REQUESTS = [
+    # (name, raw request, status, error code)
+    ("a 10 KB header line", b"GET /healthz HTTP/1.1\r\nHost: grantbot\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n",
+     431, "headers_too_large"),
+    ("a 10 KB URL", b"GET /healthz?" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: grantbot\r\n\r\n", 431, "headers_too_large"),
+    ("200 headers", b"GET /healthz HTTP/1.1\r\nHost: grantbot\r\n"
+     + b"".join(b"X-H%d: 1\r\n" % i for i in range(200)) + b"\r\n", 431, "headers_too_large"),
+    ("a header without a colon", b"GET /healthz HTTP/1.1\r\nHost: grantbot\r\nno colon here\r\n\r\n",
+     400, "bad_request"),
+]
+
+
+@pytest.mark.parametrize("name, raw, status, code", MALFORMED_REQUESTS, ids=[m[0] for m in MALFORMED_REQUESTS])
+async def test_a_request_the_http_parser_refuses_gets_the_json_error_shape_and_one_log_line(grantbot, caplog, name,
+                                                                                             raw, status, code):
+    caplog.set_level(logging.INFO)
+    answer = await exchange_raw(grantbot.base_url, raw)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] %d " % status, head), answer[:300]
+    assert b"Content-Type: application/json" in head
+    body = json.loads(payload)
+    assert body["error"] == code and body["detail"].endswith("."), body
+    logged = [r for r in caplog.records if r.name.startswith(("aiohttp", "bot"))]
+    assert len(logged) == 1 and not logged[0].exc_info and "Traceback" not in caplog.text, caplog.text
+    assert "aaaa" not in caplog.text and "no colon" not in caplog.text  # the request's content is not logged
