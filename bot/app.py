@@ -43,6 +43,7 @@ from bot.slack.notifier import SlackNotifier
 from bot.store.outage import close_pool
 from bot.store.engine import create_engine
 from bot.store.schema import check_current, upgrade
+from bot.store.refusals import SqlRefusalLog
 from bot.store.repository import SqlStore
 from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key, load_verification_key
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     store = SqlStore(create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds,
                                    command_timeout=settings.database_command_timeout_seconds))
     changes = LocalChanges()
+    refusals = SqlRefusalLog(store.engine)
     deps = Deps(
         store=store,
         tokens=tokens,
@@ -97,6 +99,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         policy=policy,
         issuer=settings.issuer_url,
         default_channel=settings.slack_channel,
+        refusals=refusals,
     )
 
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
@@ -109,7 +112,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     issuer_keys = JwksCache(clock, ALLOWED_ALGORITHMS)
     hmac_auth = HmacAuthenticator(identity_secrets, clock, store.remember_signature)
     oidc_auth = OidcAuthenticator(policy, issuer_keys, clock, store.remember_signature)
-    app[AUTH] = CallerAuthenticator(hmac_auth, oidc_auth)
+    app[AUTH] = CallerAuthenticator(hmac_auth, oidc_auth, refusals, clock)
 
     def apply_policy(new: Policy) -> None:
         # Everything derived from the policy is computed first, so a failure leaves the old policy whole.

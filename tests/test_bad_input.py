@@ -8,6 +8,7 @@ import logging
 import re
 
 import pytest
+from sqlalchemy import text
 
 from tests.support import hmac_headers
 
@@ -47,8 +48,12 @@ async def test_a_bad_body_is_refused_with_a_reason_and_nothing_is_stored(grantbo
 
 
 async def assert_nothing_stored(grantbot) -> None:
-    for table in ("access_requests", "outbox", "audit_events", "used_signatures"):
+    """Nothing but the refusal's own audit event: no request, no message, no replay record."""
+    for table in ("access_requests", "outbox", "used_signatures", "grants"):
         assert await grantbot.count(table) == 0, table
+    async with grantbot.engine.connect() as conn:
+        kinds = set((await conn.execute(text("SELECT kind FROM audit_events"))).scalars())
+    assert kinds <= {"auth.refused"}, kinds
 
 
 async def test_an_unsigned_request_is_refused(grantbot):

@@ -19,10 +19,11 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from bot.store.engine import create_engine
-from bot.store.schema import head_revision, upgrade
+from bot.store.schema import alembic_config, head_revision, upgrade
 from tests.conftest import POLICIES
 from tests.support import (BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, advance_clock_offset, buttons, cards,
                            eventually, hmac_headers, message_text, read_clock_offset, write_clock_offset)
@@ -206,12 +207,13 @@ async def test_serve_refuses_a_database_behind_the_code_and_says_to_migrate(tmp_
     assert refused.returncode == 2
     assert "run `grantbot migrate` first" in refused.stderr and "Traceback" not in refused.stderr
     # A database one release behind: upgraded to the revision before the code's head.
+    previous = ScriptDirectory.from_config(alembic_config()).get_revision(head_revision()).down_revision
     engine = create_engine(database_url)
-    await upgrade(engine, str(int(head_revision()) - 1).zfill(4))
+    await upgrade(engine, previous)
     await engine.dispose()
     refused = subprocess.run(grantbot_command("serve"), env=proc.env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2, refused.stderr
-    assert f"is at schema revision {int(head_revision()) - 1:04d}, but this grantbot needs revision {head_revision()}: " \
+    assert f"is at schema revision {previous}, but this grantbot needs revision {head_revision()}: " \
            "run `grantbot migrate` first" in refused.stderr
     migrated = subprocess.run(grantbot_command("migrate"), env=proc.env, capture_output=True, text=True, timeout=60)
     assert migrated.returncode == 0

@@ -103,8 +103,29 @@ class OidcAuthenticator:
         """The caller ``<issuer name>:<sub>`` with the token's claims.
 
         ``single_use``: the token is used up by this request (creating an access request); a second use is
-        refused. Raises :class:`Unauthenticated` (401) or :class:`Unavailable` (503, issuer keys unreachable).
+        refused. Raises :class:`Unauthenticated` (401; its ``who`` is the identity the token claims, when its
+        issuer is trusted) or :class:`Unavailable` (503, issuer keys unreachable).
         """
+        try:
+            return await self._authenticate(token, single_use)
+        except Unauthenticated as exc:
+            exc.who = exc.who or self._claimed_identity(token)
+            raise
+
+    def _claimed_identity(self, token: str) -> str | None:
+        """``<issuer name>:<sub>`` as the (unverified) token claims it, for the audit trail; None when it names no
+        trusted issuer or no sub."""
+        if len(token) > MAX_TOKEN_BYTES:
+            return None
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return None
+        iss, sub = unverified.get("iss"), unverified.get("sub")
+        issuer = self._policy.issuer_named_by(iss) if isinstance(iss, str) else None
+        return f"{issuer.name}:{sub}" if issuer is not None and isinstance(sub, str) and sub else None
+
+    async def _authenticate(self, token: str, single_use: bool) -> Caller:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated(f"The bearer token is larger than {MAX_TOKEN_BYTES // 1024} KiB; send the CI "
                                   "platform's OIDC identity token itself.")
