@@ -60,8 +60,8 @@ async def _listen(app: web.Application, settings: Settings):
             why = "the address is already in use (another grantbot, or another program, listens there)"
         else:
             why = exc.strerror or str(exc)
-        raise PortUnavailable(f"cannot listen on {settings.host}:{settings.port}: {why}; stop that program or set "
-                              "PORT (and GRANTBOT_HOST) to a free address") from None
+        raise PortUnavailable(f"cannot listen on {settings.host}:{settings.port}: {why}; stop that program or choose "
+                              "another port (PORT and GRANTBOT_HOST; grantbot dev --port)") from None
 
 
 async def _until_signalled(app=None) -> None:
@@ -284,7 +284,12 @@ async def _dev(args: argparse.Namespace) -> None:
                          slack_api_url=sandbox.api_url, slack_channel="C0SANDBOX")
     settings = _load_settings(**overrides)
     app = create_app(settings, migrate=True)
-    listener = await _listen(app, settings)
+    try:
+        listener = await _listen(app, settings)
+    except BaseException:
+        if sandbox is not None:
+            await sandbox.stop()
+        raise
     base = f"http://{settings.host}:{settings.port}"
     if sandbox is not None:
         sandbox.events_url = f"{base}/slack/events"

@@ -347,7 +347,7 @@ async def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_non_zero(tmp
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.strip().splitlines()[-1] == (
         f"grantbot: cannot listen on 127.0.0.1:{port}: the address is already in use (another grantbot, or another "
-        "program, listens there); stop that program or set PORT (and GRANTBOT_HOST) to a free address")
+        "program, listens there); stop that program or choose another port (PORT and GRANTBOT_HOST; grantbot dev --port)")
     assert "Traceback" not in refused.stderr and " ERROR " not in refused.stderr and " WARNING " not in refused.stderr, \
         refused.stderr
     assert "As you gave `client`" not in refused.stderr
