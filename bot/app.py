@@ -43,6 +43,7 @@ from bot.slack.notifier import SlackNotifier
 from bot.store.outage import close_pool
 from bot.store.engine import create_engine
 from bot.store.schema import check_current, upgrade
+from bot.store.refusals import SqlRefusalLog
 from bot.store.repository import SqlStore
 from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key, load_verification_key
@@ -92,6 +93,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     store = SqlStore(create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds,
                                    command_timeout=settings.database_command_timeout_seconds))
     changes = LocalChanges()
+    refusals = SqlRefusalLog(store.engine)
     deps = Deps(
         store=store,
         tokens=tokens,
@@ -100,6 +102,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         policy=policy,
         issuer=settings.issuer_url,
         default_channel=settings.slack_channel,
+        refusals=refusals,
     )
 
     app = web.Application(middlewares=[observe, error_middleware], client_max_size=MAX_BODY_BYTES)
@@ -112,7 +115,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     issuer_keys = JwksCache(clock, ALLOWED_ALGORITHMS)
     hmac_auth = HmacAuthenticator(identity_secrets, clock, store.remember_signature)
     oidc_auth = OidcAuthenticator(policy, issuer_keys, clock, store.remember_signature)
-    app[AUTH] = CallerAuthenticator(hmac_auth, oidc_auth)
+    app[AUTH] = CallerAuthenticator(hmac_auth, oidc_auth, refusals, clock)
 
     def apply_policy(new: Policy) -> None:
         # Everything derived from the policy is computed first, so a failure leaves the old policy whole.
@@ -136,15 +139,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     app.cleanup_ctx.append(partial(_database, store, migrate, settings))
     app.cleanup_ctx.append(partial(_issuer_keys_client, issuer_keys))
     if settings.slack_enabled:
-        client = AsyncWebClient(
-            token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10
-        )
         # Without a signing secret (Socket Mode only) a random one makes every HTTP delivery fail verification.
         signing_secret = (
             settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else secrets.token_hex(32)
         )
+        app[BOLT] = bolt = build_bolt_app(deps, settings.slack_bot_token.get_secret_value(), signing_secret,
+                                          settings.slack_api_url, timeout_seconds=10)
+        client = bolt.client
         deps.directory = SlackApproverDirectory(client, clock)  # approvers.usergroups, resolved on click
-        app[BOLT] = bolt = build_bolt_app(deps, client, signing_secret)
         app[SLACK_VERIFIER] = SignatureVerifier(signing_secret)
         if settings.slack_app_token is not None:
             app.cleanup_ctx.append(partial(_socket_mode, bolt, client, settings.slack_app_token.get_secret_value()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -27,26 +28,11 @@ DEFAULT_URL = "http://127.0.0.1:8080"  # where `grantbot dev` listens and `grant
 DEV_APPROVER = "U0APPROVER"
 
 
-class _QuietBadRequests(logging.Filter):
-    """aiohttp logs requests its parser refuses (answered 400) with a traceback quoting the request line or a
-    header's value; keep one line without either."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from aiohttp.http_exceptions import HttpProcessingError
-
-        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
-            record.msg, record.args = "refused a malformed HTTP request: %s", (type(record.exc_info[1]).__name__,)
-            record.exc_info = record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
 def _setup_logging(level: str, fmt: str | None = None) -> None:
     """Logging for a command (``bot.logs``): JSON lines unless ``fmt`` or a terminal says text."""
     from bot.logs import log_format, setup_logging
 
     setup_logging(level, log_format(fmt))
-    logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # APScheduler warns on every skipped run while a long sweep is still going; failures are ERRORs and stay.
@@ -61,12 +47,24 @@ def _load_settings(**overrides: object) -> Settings:
         raise SystemExit(f"grantbot: invalid settings: {errors}") from None
 
 
-async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
-    # shutdown_timeout: how long in-flight requests may finish after SIGTERM (long polls answer at once).
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=15)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+class PortUnavailable(Exception):
+    """The address to listen on cannot be bound; the message says which and what to do."""
+
+
+async def _listen(app: web.Application, settings: Settings):
+    """Serve ``app`` where the settings say (``bot.web.serving.listen``); :class:`PortUnavailable` when the
+    address cannot be bound, raised before the application has started anything."""
+    from bot.web.serving import listen
+
+    try:
+        return await listen(app, settings.host, settings.port, header_timeout_seconds=settings.header_timeout_seconds)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "the address is already in use (another grantbot, or another program, listens there)"
+        else:
+            why = exc.strerror or str(exc)
+        raise PortUnavailable(f"cannot listen on {settings.host}:{settings.port}: {why}; stop that program or choose "
+                              "another port (PORT and GRANTBOT_HOST; grantbot dev --port)") from None
 
 
 async def _until_signalled(app=None) -> None:
@@ -86,13 +84,13 @@ async def _serve(settings: Settings) -> None:
     from bot.app import create_app
 
     app = create_app(settings)
-    runner = await _start_site(app, settings.host, settings.port)
+    listener = await _listen(app, settings)
     logging.getLogger("bot").info("grantbot listening on http://%s:%s", settings.host, settings.port)
     try:
         await _until_signalled(app)
     finally:
         logging.getLogger("bot").info("draining: no new connections; finishing what is in flight")
-        await runner.cleanup()
+        await listener.close()
         logging.getLogger("bot").info("stopped")
 
 
@@ -103,7 +101,7 @@ def _run(coro) -> int:
 
     try:
         asyncio.run(coro)
-    except (SchemaBehind, DatabaseUnreachable) as exc:
+    except (SchemaBehind, DatabaseUnreachable, PortUnavailable) as exc:
         print(f"grantbot: {exc}", file=sys.stderr)
         return 2
     except SQLAlchemyError as exc:
@@ -318,7 +316,12 @@ async def _dev(args: argparse.Namespace) -> None:
                          slack_api_url=sandbox.api_url, slack_channel="C0SANDBOX")
     settings = _load_settings(**overrides)
     app = create_app(settings, migrate=True)
-    runner = await _start_site(app, settings.host, settings.port)
+    try:
+        listener = await _listen(app, settings)
+    except BaseException:
+        if sandbox is not None:
+            await sandbox.stop()
+        raise
     base = f"http://{settings.host}:{settings.port}"
     if sandbox is not None:
         sandbox.events_url = f"{base}/slack/events"
@@ -351,7 +354,7 @@ Stop with Ctrl-C.
     try:
         await _until_signalled(app)
     finally:
-        await runner.cleanup()
+        await listener.close()
         if sandbox is not None:
             await sandbox.stop()
 

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # How long GET /readyz waits for the database before answering 503 (below the readiness probe's timeoutSeconds).
     readiness_timeout_seconds: float = Field(2.0, gt=0, validation_alias=_env("GRANTBOT_READINESS_TIMEOUT_SECONDS"))
     sweep_interval_seconds: float = Field(1.0, gt=0, validation_alias=_env("GRANTBOT_SWEEP_INTERVAL_SECONDS"))
+    # A connection whose request line and headers are not complete this long after it opened is closed (slowloris).
+    header_timeout_seconds: float = Field(10.0, gt=0, validation_alias=_env("GRANTBOT_HEADER_TIMEOUT_SECONDS"))
     # Slack writes (posts, updates, thread replies) per channel per second, per process (Slack: ~1/s per channel).
     slack_posts_per_second: float = Field(1.0, gt=0, validation_alias=_env("GRANTBOT_SLACK_POSTS_PER_SECOND"))
     log_level: str = Field("INFO", validation_alias=_env("GRANTBOT_LOG_LEVEL"))

@@ -22,6 +22,7 @@ from bot.config import Settings
 from bot.domain.clock import FakeClock
 from bot.slack.sandbox import SlackSandbox
 from bot.store.engine import create_engine
+from bot.web.serving import Listener, listen
 from tests.support import BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, assert_no_secrets
 
 POLICIES = Path(__file__).parent / "policies"
@@ -142,7 +143,7 @@ def make_settings(database_url: str, tmp_path: Path, **overrides) -> Settings:
 @pytest.fixture
 async def start_grantbot(database_url, tmp_path, clock, sandbox):
     """Start grantbot (any number of times, e.g. to restart it) against the sandbox; returns a :class:`Running`."""
-    runners: list[web.AppRunner] = []
+    listeners: list[Listener] = []
     sessions: list[aiohttp.ClientSession] = []
 
     async def start(**overrides) -> Running:
@@ -151,11 +152,9 @@ async def start_grantbot(database_url, tmp_path, clock, sandbox):
         overrides.setdefault("slack_api_url", sandbox.api_url)
         settings = make_settings(overrides.pop("database_url", database_url), tmp_path, **overrides)
         app = create_app(settings, clock=clock, migrate=True)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        base_url = "http://127.0.0.1:%d" % runner.addresses[0][1]
+        listener = await listen(app, "127.0.0.1", 0, header_timeout_seconds=settings.header_timeout_seconds)
+        listeners.append(listener)
+        base_url = "http://127.0.0.1:%d" % listener.port
         sandbox.events_url = base_url + "/slack/events"
         http = aiohttp.ClientSession()
         sessions.append(http)
@@ -164,8 +163,8 @@ async def start_grantbot(database_url, tmp_path, clock, sandbox):
     yield start
     for http in sessions:
         await http.close()
-    for runner in reversed(runners):
-        await runner.cleanup()
+    for listener in reversed(listeners):
+        await listener.close()
 
 
 @pytest.fixture

@@ -79,9 +79,9 @@ async def test_two_distinct_approvers_are_needed_and_the_pipelines_own_person_is
     async with grantbot.engine.connect() as conn:
         trail = (await conn.execute(text("SELECT kind, actor FROM audit_events WHERE request_id = :id ORDER BY id"),
                                     {"id": created["id"]})).all()
-    assert [tuple(row) for row in trail][2:5] == [
-        ("request.approval_recorded", "U0SECOND"), ("request.approval_recorded", "U0THIRD"),
-        ("request.approved", "U0THIRD")]
+    assert [tuple(row) for row in trail][2:7] == [  # the refused clicks are audited too
+        ("approval.refused", "U0APPROVER"), ("request.approval_recorded", "U0SECOND"),
+        ("approval.refused", "U0SECOND"), ("request.approval_recorded", "U0THIRD"), ("request.approved", "U0THIRD")]
 
 
 async def test_a_user_group_member_may_approve_and_a_non_member_may_not(grantbot, sandbox):

@@ -4,15 +4,21 @@ them as JSON lines."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
+import re
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from tests.support import cards, eventually, message_text
+from bot.web.keys import STORE
+from tests.conftest import POLICIES
+from tests.oidc_issuer import LocalIssuer, new_key
+from tests.support import SECRETS, buttons, cards, eventually, hmac_headers, message_text
 from tests.test_end_to_end import grantbot_command
+from tests.test_oidc import write_policy
 
 
 async def test_an_approved_request_leaves_a_complete_ordered_trail(grantbot, sandbox, clock, tmp_path):
@@ -88,3 +94,140 @@ async def test_the_database_refuses_to_change_or_remove_an_audit_event(grantbot)
     async with grantbot.engine.connect() as conn:
         actors = set((await conn.execute(text("SELECT actor FROM audit_events"))).scalars())
     assert "someone-else" not in actors
+
+
+async def export_events(database_url: str, *args: str) -> tuple[list[dict], str]:
+    """Run the real `grantbot audit export` (while grantbot serves in this process): its events and raw output."""
+    env = {**os.environ, "GRANTBOT_DATABASE_URL": database_url}
+    proc = await asyncio.create_subprocess_exec(*grantbot_command("audit"), "export", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return [json.loads(line) for line in out.decode().splitlines()], out.decode()
+
+
+def refusals(events: list[dict], kind: str) -> list[tuple[str, str, int]]:
+    return [(e["actor"], e["data"]["reason"], e["data"]["count"]) for e in events if e["kind"] == kind]
+
+
+async def test_refused_clicks_revokes_and_signatures_are_audited_with_who_and_why(start_grantbot, sandbox, clock):
+    sandbox.users.update({"U0THIRD": "kim"})
+    grantbot = await start_grantbot(policy_file=POLICIES / "quorum.yaml")  # 2 of 3; octocat is U0APPROVER
+    api = grantbot.api
+    _, created = await api.request_access({"environment": "production", "scopes": ["db:write"], "ttl_seconds": 600,
+                                           "context": {"actor": "octocat"}})
+    card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
+    stale = copy.deepcopy(card)  # as an approver's Slack may still show it after the decision
+    assert await api.click(card, "approve", "U0APPROVER") == 200  # triggered the pipeline: refused
+    assert await api.click(card, "approve", "U0OTHER") == 200  # not an approver: refused
+    assert await api.click(card, "approve", "U0SECOND") == 200
+    assert await api.click(card, "approve", "U0SECOND") == 200  # approved already: refused
+    assert await api.click(card, "approve", "U0THIRD") == 200
+    _, approved = await api.get_request(created["id"], wait=10)
+    token = approved["grant"]["access_token"]
+    await eventually(lambda: buttons(card) == ["revoke_grant"])
+    assert await api.click(stale, "approve", "U0THIRD") == 200  # decided already: refused
+    assert await sandbox.click(channel=card["channel"], ts=card["ts"], action_id="revoke_grant",
+                               user_id="U0OTHER") == 200  # not an approver: refused
+    assert await sandbox.slash_command(f"revoke {created['id']} curious", user_id="U0OTHER") == 200  # refused
+    await eventually(lambda: len([e for e in sandbox.ephemerals if e["user"] == "U0OTHER"]) == 3)
+
+    body = {"environment": "production", "scopes": ["db:write"]}
+    raw = json.dumps(body).encode()
+    now = int(api.now())
+    assert (await api.request_access(body, secret="guessed-secret"))[0] == 401
+    assert (await api.request_access(body, timestamp=now - 400))[0] == 401
+    assert (await api.request_access(body, identity="nobody", secret="whatever"))[0] == 401
+    replayed = hmac_headers("deploy-bot", "POST", "/v1/access-requests", raw, timestamp=now)
+    assert (await api.request_access(None, raw=raw, sign=False, headers=replayed))[0] == 202
+    assert (await api.request_access(None, raw=raw, sign=False, headers=replayed))[0] == 401
+    assert (await api.request_access(body, sign=False))[0] == 401
+
+    events, output = await export_events(grantbot.settings.database_url)
+    assert refusals(events, "approval.refused") == [
+        ("U0APPROVER", "You triggered this pipeline (as octocat), so you can't approve or deny its access request; "
+                       "another approver has to.", 1),
+        ("U0OTHER", "Only the approvers of rule 'prod-db-two-of-three' can decide this request; you are not one of "
+                    "them.", 1),
+        ("U0SECOND", "You already approved this request; it is waiting for 1 more approval.", 1),
+        ("U0THIRD", "This request was already approved by U0THIRD.", 1),
+    ]
+    assert all(e["request_id"] == created["id"] for e in events if e["kind"] in ("approval.refused", "revoke.refused"))
+    revoke = refusals(events, "revoke.refused")
+    assert [who for who, _, _ in revoke] == ["U0OTHER", "U0OTHER"], revoke
+    assert "Only the approvers of rule 'prod-db-two-of-three' or grantbot admins can revoke" in revoke[0][1]
+    assert "Only approvers of rule prod-db-two-of-three or grantbot admins can revoke this grant" in revoke[1][1]
+    auth = refusals(events, "auth.refused")
+    assert [(who, reason.split(":")[0].split(";")[0]) for who, reason, _ in auth] == [
+        ("deploy-bot", "The signature does not match"),
+        ("deploy-bot", "The request timestamp is more than 300 s away from the server's clock"),
+        ("nobody", "The identity is not one of the policy's identities."),
+        ("deploy-bot", "This signature was already used"),
+        ("(none)", "Sign the request"),
+    ], auth
+    assert all(e["data"]["scheme"] == "hmac" for e in events if e["kind"] == "auth.refused")
+    # Never a secret, a signature or a token; and the refusals changed nothing.
+    for secret in ("guessed-secret", "whatever", replayed["X-Grantbot-Signature"][3:], token, SECRETS["deploy-bot"]):
+        assert secret not in output
+    assert (await api.introspect(token))[1]["active"] is True
+
+
+async def test_a_flood_of_bad_signatures_leaves_a_handful_of_events_that_count_it(grantbot, clock):
+    body = {"environment": "staging", "scopes": ["db:read"]}
+
+    async def flood(identity: str) -> None:
+        status, _ = await grantbot.api.request_access(body, identity=identity, secret="guessed-secret")
+        assert status == 401
+
+    for start in range(0, 200, 20):  # 200 bad signatures of deploy-bot, 20 at a time
+        await asyncio.gather(*(flood("deploy-bot") for _ in range(20)))
+    for start in range(0, 200, 20):  # and 200 more, each naming another made-up identity
+        await asyncio.gather(*(flood(f"made-up-{start + i}") for i in range(20)))
+    events, _ = await export_events(grantbot.settings.database_url)
+    assert [(e["actor"], e["data"]["count"]) for e in events if e["actor"] == "deploy-bot"] == [("deploy-bot", 1)]
+
+    clock.advance(61)  # the minute is over: the sweep audits what it counted
+
+    async def summaries() -> list[dict]:
+        return [e for e in await grantbot.app[STORE].audit_events() if e["data"].get("repeated")]
+
+    await eventually(lambda: summaries(), timeout=10)
+    events, output = await export_events(grantbot.settings.database_url)
+    refused = [e for e in events if e["kind"] == "auth.refused"]
+    assert len(refused) <= 25, len(refused)
+    assert sum(e["data"]["count"] for e in refused) == 400
+    mine = [e for e in refused if e["actor"] == "deploy-bot"]
+    assert [e["data"]["count"] for e in mine] == [1, 199]
+    assert mine[1]["data"]["repeated"] is True and mine[1]["data"]["reason"] == mine[0]["data"]["reason"]
+    assert mine[1]["data"]["since"] < mine[1]["data"]["until"] <= mine[1]["at"]
+    lumped = [e for e in refused if e["actor"] == "*"]
+    assert lumped and "more than 20 different callers or reasons in a minute" in lumped[0]["data"]["reason"]
+    assert "guessed-secret" not in output and not re.search(r"[0-9a-f]{64}", output)  # no signature
+    for table in ("access_requests", "used_signatures", "outbox"):
+        assert await grantbot.count(table) == 0, table
+    assert await grantbot.count("refusal_counts") == 0  # nothing left counting
+
+
+async def test_a_bad_ci_token_is_audited_with_the_identity_it_claims_and_never_the_token(start_grantbot, clock,
+                                                                                        tmp_path):
+    github = LocalIssuer("RSA")
+    await github.start()
+    try:
+        grantbot = await start_grantbot(policy_file=write_policy(tmp_path, github.url, "https://gitlab.example"))
+        t = clock.now().timestamp()
+        tokens = [github.mint(t, aud="https://other.example"), github.mint(t, key=new_key()), "not-a-jwt"]
+        for token in tokens:
+            status, _ = await grantbot.api.request_access(
+                {"environment": "production", "scopes": ["deploy:api"]}, sign=False,
+                headers={"Authorization": f"Bearer {token}"})
+            assert status == 401
+        events, output = await export_events(grantbot.settings.database_url)
+    finally:
+        await github.stop()
+    auth = [(e["actor"], e["data"]["reason"], e["data"]["scheme"]) for e in events if e["kind"] == "auth.refused"]
+    who = "github:repo:acme/api:environment:production"
+    assert [a[0] for a in auth] == [who, who, "(none)"] and {a[2] for a in auth} == {"oidc"}
+    assert "meant for another audience" in auth[0][1] and "signature does not verify" in auth[1][1]
+    assert "not a well-formed JWT" in auth[2][1]
+    for token in tokens:
+        assert token not in output and token.split(".")[-1] not in output

@@ -19,10 +19,11 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from bot.store.engine import create_engine
-from bot.store.schema import head_revision, upgrade
+from bot.store.schema import alembic_config, head_revision, upgrade
 from tests.conftest import POLICIES
 from tests.support import (BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, advance_clock_offset, buttons, cards,
                            assert_no_secrets, eventually, hmac_headers, message_text, read_clock_offset,
@@ -102,9 +103,10 @@ class Process:
         return self.proc.returncode
 
     def check_log(self) -> None:
-        """No tracebacks, and no secret or token, in what the process logged."""
+        """No tracebacks, no warning from Bolt about its set-up, and no secret or token, in what the process logged."""
         log = self.log_path.read_text()
         assert "Traceback" not in log, log[-3000:]
+        assert "As you gave `client`" not in log, log[-3000:]
         assert_no_secrets(log)
 
 
@@ -205,12 +207,13 @@ async def test_serve_refuses_a_database_behind_the_code_and_says_to_migrate(tmp_
     assert refused.returncode == 2
     assert "run `grantbot migrate` first" in refused.stderr and "Traceback" not in refused.stderr
     # A database one release behind: upgraded to the revision before the code's head.
+    previous = ScriptDirectory.from_config(alembic_config()).get_revision(head_revision()).down_revision
     engine = create_engine(database_url)
-    await upgrade(engine, str(int(head_revision()) - 1).zfill(4))
+    await upgrade(engine, previous)
     await engine.dispose()
     refused = subprocess.run(grantbot_command("serve"), env=proc.env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2, refused.stderr
-    assert f"is at schema revision {int(head_revision()) - 1:04d}, but this grantbot needs revision {head_revision()}: " \
+    assert f"is at schema revision {previous}, but this grantbot needs revision {head_revision()}: " \
            "run `grantbot migrate` first" in refused.stderr
     migrated = subprocess.run(grantbot_command("migrate"), env=proc.env, capture_output=True, text=True, timeout=60)
     assert migrated.returncode == 0
@@ -331,3 +334,56 @@ async def test_grantbot_request_signs_with_a_fresh_nonce_so_parallel_jobs_all_ge
     answers = await asyncio.gather(*(run(grantbot.base_url) for _ in range(4)))
     assert [code for code, _, _ in answers] == [0] * 4, [err for _, _, err in answers]
     assert await grantbot.count("grants") == 4
+
+
+async def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_non_zero(tmp_path, sandbox):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = Process(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'grantbot.db'}", sandbox)
+        port = proc.env["PORT"] = str(taken.getsockname()[1])
+        migrate(proc)
+        refused = subprocess.run(grantbot_command("serve"), env=proc.env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"grantbot: cannot listen on 127.0.0.1:{port}: the address is already in use (another grantbot, or another "
+        "program, listens there); stop that program or choose another port (PORT and GRANTBOT_HOST; grantbot dev --port)")
+    assert "Traceback" not in refused.stderr and " ERROR " not in refused.stderr and " WARNING " not in refused.stderr, \
+        refused.stderr
+    assert "As you gave `client`" not in refused.stderr
+
+
+async def test_a_client_that_never_finishes_its_headers_is_disconnected_within_the_header_timeout(tmp_path, sandbox):
+    proc = Process(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'grantbot.db'}", sandbox)
+    proc.env["GRANTBOT_HEADER_TIMEOUT_SECONDS"] = "1"
+    migrate(proc)
+    await proc.start()
+    try:
+        async def half_a_request() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: grantbot\r\nX-Slow: ")
+            await writer.drain()
+            try:  # the server closes it (EOF, or a reset); before, it waited for ever
+                return await asyncio.wait_for(reader.read(), 20)
+            except ConnectionResetError:
+                return b""
+            finally:
+                writer.close()
+
+        assert await asyncio.gather(*(half_a_request() for _ in range(50))) == [b""] * 50
+
+        # Headers that arrive in pieces within the limit, and a long poll lasting longer than it, are served.
+        reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: grantbot\r\n")
+        await asyncio.sleep(0.3)
+        writer.write(b"Connection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 20)).startswith(b"HTTP/1.1 200 ")
+        writer.close()
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, proc.base_url, proc.now)
+            _, created = await api.request_access({"environment": "production", "scopes": ["db:write"]})
+            status, polled = await api.get_request(created["id"], wait=2)
+            assert status == 200 and polled["status"] == "pending"
+    finally:
+        assert await proc.kill(signal.SIGTERM) == 0
+    proc.check_log()

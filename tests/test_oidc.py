@@ -293,6 +293,28 @@ async def test_bad_tokens_are_refused_with_their_reason_and_nothing_is_stored(bo
     assert status == 201, body
 
 
+UNSTORABLE_CLAIMS = [
+    # (claim overrides, request): each would reach a database column (identity, actor, a decision reason)
+    ({"sub": "repo:acme/api:ref:refs/heads/main\x00"}, {**READ, "environment": "staging"}),
+    ({"actor": "octo\x00cat"}, DEPLOY),
+    ({"repository": "acme/\x00api"}, DEPLOY),  # quoted in the policy's reasons, which are stored
+    ({"sub": "repo:acme/api:\ud800"}, {**READ, "environment": "staging"}),  # an unpaired surrogate: not UTF-8
+    ({"environment": ["prod", {"nested": "\x00"}]}, DEPLOY),
+]
+
+
+@pytest.mark.parametrize("overrides, request_body", UNSTORABLE_CLAIMS, ids=[str(list(o)) for o, _ in UNSTORABLE_CLAIMS])
+async def test_a_trusted_token_with_a_claim_no_database_text_can_hold_is_refused_as_a_bad_token(
+        bot, issuers, clock, overrides, request_body):
+    """PostgreSQL's text holds neither NUL nor unpaired surrogates: such a claim was a 500 with tracebacks."""
+    status, body = await call(bot, "POST", "/v1/access-requests", issuers.github.mint(now(clock), **overrides),
+                              request_body)
+    assert status == 401 and body["error"] == "unauthenticated", body
+    claim = next(iter(overrides))
+    assert f"The token's {claim} claim holds a character" in body["detail"], body
+    assert await bot.count("access_requests") == 0
+
+
 async def test_a_token_creates_one_request_only(bot, issuers, clock):
     for overrides in ({}, {"jti": None}):  # without a jti the token's hash is remembered instead
         token = issuers.github.mint(now(clock), **overrides)

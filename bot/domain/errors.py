@@ -59,10 +59,19 @@ class NotFound(DomainError):
 
 
 class Unauthenticated(DomainError):
-    """The caller could not be authenticated (bad signature, stale timestamp, replay, unknown identity)."""
+    """The caller could not be authenticated (bad signature, stale timestamp, replay, unknown identity).
+
+    For the audit trail: ``who`` is the identity the caller claimed (None when it named none), ``audit_reason``
+    why, in words that may say more than ``detail`` (an unknown identity gets a wrong signature's answer).
+    """
 
     code = "unauthenticated"
     status = 401
+
+    def __init__(self, detail: str, *, who: str | None = None, audit_reason: str | None = None) -> None:
+        super().__init__(detail)
+        self.who = who
+        self.audit_reason = audit_reason or detail
 
 
 class NotAnApprover(DomainError):

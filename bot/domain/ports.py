@@ -18,6 +18,7 @@ from bot.domain.models import (
     Vote,
 )
 from bot.domain.policy import Usage
+from bot.domain.refusals import Refusal
 
 
 class Clock(Protocol):
@@ -181,3 +182,15 @@ class HomeReads(Protocol):
 
     async def recent_decisions(self, limit: int) -> list[tuple[AccessRequest, Grant | None]]:
         """The last decided requests that went to people, newest first, with their grants."""
+
+
+class RefusalLog(Protocol):
+    """Refusals in the audit trail, rate-limited (implemented in ``bot.store.refusals``)."""
+
+    async def record(self, refusal: Refusal, now: datetime) -> bool:
+        """Audit ``refusal``: the first of its kind, who and reason in a minute becomes an audit event at once; the
+        repeats are only counted. True when an audit event was written."""
+
+    async def close_windows(self, now: datetime, limit: int) -> int:
+        """Audit the counted repeats of every minute over at ``now`` (one event each, with the count) and forget
+        them; at most ``limit`` minutes' counts. Returns how many were closed."""

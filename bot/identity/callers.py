@@ -9,16 +9,24 @@ from collections.abc import Mapping
 
 from bot.domain.errors import Unauthenticated
 from bot.domain.models import Caller
+from bot.domain.ports import Clock, RefusalLog
+from bot.domain.refusals import AUTH_REFUSED, Refusal
 from bot.identity.hmac_auth import HmacAuthenticator
 from bot.identity.oidc import OidcAuthenticator
 
+ANONYMOUS = "(none)"  # the audit trail's who for a caller that named no identity
+
 
 class CallerAuthenticator:
-    """Picks the scheme from the request's headers and delegates to it."""
+    """Picks the scheme from the request's headers and delegates to it; a refusal is audited (``auth.refused``,
+    with the identity as claimed and why, never the signature or token) through ``refusals`` when given."""
 
-    def __init__(self, hmac: HmacAuthenticator, oidc: OidcAuthenticator) -> None:
+    def __init__(self, hmac: HmacAuthenticator, oidc: OidcAuthenticator, refusals: RefusalLog | None = None,
+                 clock: Clock | None = None) -> None:
         self.hmac = hmac
         self.oidc = oidc
+        self._refusals = refusals
+        self._clock = clock
 
     async def authenticate(
         self, headers: Mapping[str, str], method: str, path_qs: str, body: bytes, *, single_use: bool = False
@@ -26,12 +34,19 @@ class CallerAuthenticator:
         """The caller, or :class:`Unauthenticated`. ``single_use``: a bearer token is used up by this request
         (creating an access request); HMAC signatures are always single-use."""
         authorization = headers.get("Authorization")
-        if authorization is None:
-            return await self.hmac.authenticate(headers, method, path_qs, body)
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated(
-                "Send a CI identity token as 'Authorization: Bearer <token>', or sign the request with the "
-                "X-Grantbot-* HMAC headers (without an Authorization header)."
-            )
-        return await self.oidc.authenticate(token.strip(), single_use=single_use)
+        scheme = "hmac" if authorization is None else "oidc"
+        try:
+            if authorization is None:
+                return await self.hmac.authenticate(headers, method, path_qs, body)
+            kind, _, token = authorization.strip().partition(" ")
+            if kind.lower() != "bearer" or not token.strip():
+                raise Unauthenticated(
+                    "Send a CI identity token as 'Authorization: Bearer <token>', or sign the request with the "
+                    "X-Grantbot-* HMAC headers (without an Authorization header)."
+                )
+            return await self.oidc.authenticate(token.strip(), single_use=single_use)
+        except Unauthenticated as exc:
+            if self._refusals is not None and self._clock is not None:
+                refusal = Refusal(AUTH_REFUSED, exc.who or ANONYMOUS, exc.audit_reason, data={"scheme": scheme})
+                await self._refusals.record(refusal, self._clock.now())
+            raise

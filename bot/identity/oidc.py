@@ -60,6 +60,23 @@ def _quote(value: object, limit: int = 100) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
+def _unstorable(value: object) -> bool:
+    """True when a claim's value (nested lists and objects included) holds a character no database text column
+    takes: NUL (PostgreSQL's text) or an unpaired UTF-16 surrogate, which JSON's ``\\ud800`` escapes can carry
+    but UTF-8 cannot encode."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_unstorable(item) for item in value)
+    return False
+
+
 def _number(claims: dict, name: str) -> float | None:
     value = claims.get(name)
     if value is None:
@@ -86,8 +103,29 @@ class OidcAuthenticator:
         """The caller ``<issuer name>:<sub>`` with the token's claims.
 
         ``single_use``: the token is used up by this request (creating an access request); a second use is
-        refused. Raises :class:`Unauthenticated` (401) or :class:`Unavailable` (503, issuer keys unreachable).
+        refused. Raises :class:`Unauthenticated` (401; its ``who`` is the identity the token claims, when its
+        issuer is trusted) or :class:`Unavailable` (503, issuer keys unreachable).
         """
+        try:
+            return await self._authenticate(token, single_use)
+        except Unauthenticated as exc:
+            exc.who = exc.who or self._claimed_identity(token)
+            raise
+
+    def _claimed_identity(self, token: str) -> str | None:
+        """``<issuer name>:<sub>`` as the (unverified) token claims it, for the audit trail; None when it names no
+        trusted issuer or no sub."""
+        if len(token) > MAX_TOKEN_BYTES:
+            return None
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return None
+        iss, sub = unverified.get("iss"), unverified.get("sub")
+        issuer = self._policy.issuer_named_by(iss) if isinstance(iss, str) else None
+        return f"{issuer.name}:{sub}" if issuer is not None and isinstance(sub, str) and sub else None
+
+    async def _authenticate(self, token: str, single_use: bool) -> Caller:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated(f"The bearer token is larger than {MAX_TOKEN_BYTES // 1024} KiB; send the CI "
                                   "platform's OIDC identity token itself.")
@@ -144,6 +182,12 @@ class OidcAuthenticator:
             ) from None
 
         claims = self._verify(token, key, issuer.issuer, issuer.audience, issuer.name)
+        # Claims reach the database (the identity, the actor, the policy's reasons): refuse what it cannot hold.
+        if bad := next((name for name, value in claims.items() if _unstorable(name) or _unstorable(value)), None):
+            raise Unauthenticated(
+                f"The token's {_quote(bad, 40)[1:-1]} claim holds a character no CI platform puts in an identity "
+                "token (NUL or an unpaired UTF-16 surrogate); send the token as the CI platform issued it."
+            )
         now = self._clock.now()
         expires = self._check_times(claims, now.timestamp())
         sub = claims["sub"]

@@ -24,12 +24,18 @@ from bot.slack.modals import register_modals
 log = logging.getLogger(__name__)
 
 
-def build_bolt_app(deps: usecases.Deps, client: AsyncWebClient, signing_secret: str) -> AsyncApp:
-    """A Bolt ``AsyncApp`` with grantbot's listeners, using ``client`` for every Web API call."""
+def build_bolt_app(deps: usecases.Deps, token: str, signing_secret: str, api_url: str,
+                   timeout_seconds: int = 10) -> AsyncApp:
+    """A Bolt ``AsyncApp`` with grantbot's listeners for the bot ``token``; its Web API client (``bolt.client``,
+    and the per-request clients Bolt copies from it) calls ``api_url`` (``SLACK_API_URL``) with that timeout."""
+    # Bolt is given the token, not a client of ours: Bolt also reads SLACK_BOT_TOKEN from the environment, and with
+    # both a client and a token it warns on every start that the token is unused. Its own client is pointed where
+    # ours would have been instead.
     # raise_error_for_unhandled_request: an unknown action_id or callback_id (an old card, a newer replica's
     # button) reaches on_error below instead of Bolt answering Slack 404.
-    bolt = AsyncApp(client=client, signing_secret=signing_secret, process_before_response=False, logger=log,
+    bolt = AsyncApp(token=token, signing_secret=signing_secret, process_before_response=False, logger=log,
                     raise_error_for_unhandled_request=True)
+    bolt.client.base_url, bolt.client.timeout = api_url, timeout_seconds
 
     async def on_decision(ack: AsyncAck, body: dict, client: AsyncWebClient) -> None:
         """Slack block_actions payload of the Approve button: ``actions[0].value`` is the request id, ``user.id``

@@ -180,3 +180,21 @@ class AuditEventRow(SQLModel, table=True):
     grant_id: str | None = Field(default=None, max_length=36)
     actor: str = Field(max_length=255)
     data: dict = _json()
+
+
+class RefusalCountRow(SQLModel, table=True):
+    """Refusals of one kind, by one who, for one reason, in one minute (``window_start``): the first is audited at
+    once, the repeats are counted here and audited as one event when the minute is over (``bot.store.refusals``).
+    The audit trail itself is append-only, so the count lives here until then."""
+
+    __tablename__ = "refusal_counts"
+    __table_args__ = (Index("ix_refusal_counts_kind_window_start", "kind", "window_start"),)
+
+    key: str = Field(primary_key=True, max_length=64)  # sha256 of kind, who, reason and window_start
+    kind: str = Field(max_length=32)
+    who: str = Field(max_length=255)
+    reason: str
+    window_start: datetime = _time(nullable=False, index=True)
+    count: int = 1
+    request_id: str | None = Field(default=None, max_length=36)  # of the first refusal of the window
+    data: dict = _json()  # the first refusal's details (e.g. the authentication scheme)

@@ -46,8 +46,14 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
             headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status, exc.code, exc.detail, headers)
     except (RequestPayloadError, HttpProcessingError):
-        return error_response(400, "unreadable_body", "The request body could not be read (check Content-Encoding "
-                              "and Content-Type).")
+        # The body cannot be read (e.g. ``Content-Encoding: gzip`` over bytes that are not gzip). After the answer
+        # aiohttp would read on to drain it, meet the same error and log it with a traceback: end the body here,
+        # and the connection after the answer (what follows on it cannot be parsed anyway).
+        request.content.feed_eof()
+        response = error_response(400, "unreadable_body", "The request body could not be read (check "
+                                  "Content-Encoding and Content-Type).")
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise

@@ -19,17 +19,28 @@ from bot.domain.errors import (
     NotFound,
 )
 from bot.domain.models import AccessRequest, EventKind, OutboxEvent, RequestStatus, Verdict, Vote, VoteOutcome
+from bot.domain.refusals import APPROVAL_REFUSED
 from bot.domain.usecases.deps import Deps
+from bot.domain.usecases.refusals import record_refusal
 from bot.domain.usecases.request_access import new_grant
 
 
 async def may_decide(deps: Deps, request_id: str, approver: str) -> AccessRequest:
-    """The pending request ``approver`` may decide now, or the error a verdict would raise (nothing is recorded).
+    """The pending request ``approver`` may decide now, or the error a verdict would raise (no verdict is
+    recorded; a refusal is audited as ``approval.refused``).
 
     For opening a modal (deny reason, approve with changes) only for someone whose submission could count;
     the submission checks again. Raises :class:`NotFound`, :class:`CannotApproveOwnRequest`,
     :class:`AlreadyDecided`, :class:`NotAnApprover`, ``ApproverDirectoryUnavailable``.
     """
+    try:
+        return await _may_decide(deps, request_id, approver)
+    except (NotAnApprover, AlreadyDecided) as exc:  # CannotApproveOwnRequest is a NotAnApprover
+        await record_refusal(deps, APPROVAL_REFUSED, approver, exc, request_id)
+        raise
+
+
+async def _may_decide(deps: Deps, request_id: str, approver: str) -> AccessRequest:
     request = await deps.store.get_request(request_id)
     if request is None:
         raise NotFound(f"There is no access request {request_id!r}.")
@@ -93,10 +104,10 @@ async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict, 
         resolved_events=[OutboxEvent(EventKind.REQUEST_DECIDED, request_id)],
     )
     current = await deps.store.get_request(request_id) or request
-    if vote.outcome is VoteOutcome.NOT_PENDING:
-        raise _already(current)
-    if vote.outcome is VoteOutcome.REPEATED:
-        raise _repeated(current, vote)
+    if vote.outcome in (VoteOutcome.NOT_PENDING, VoteOutcome.REPEATED):
+        refusal = _already(current) if vote.outcome is VoteOutcome.NOT_PENDING else _repeated(current, vote)
+        await record_refusal(deps, APPROVAL_REFUSED, approver, refusal, request_id)
+        raise refusal
     deps.changes.notify(request_id)
     return current
 

@@ -1,5 +1,6 @@
 """Use case: the sweep ends what is due — grants past ``expires_at``, pending requests past their deadline — and
-reminds the approvers of pending requests whose ``remind_at`` has come; it also forgets stale replay records."""
+reminds the approvers of pending requests whose ``remind_at`` has come; it also forgets stale replay records and
+audits the counted repeats of refusals."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ async def expire_due(deps: Deps) -> SweepResult:
     # Stale replay records refuse nothing (a new signature takes one over); deleting them keeps the table small.
     while await deps.store.forget_stale_signatures(now, BATCH * 10) == BATCH * 10:
         pass
+    # Repeated refusals of minutes now over get their one audit event with the count (bot.domain.refusals).
+    if deps.refusals is not None:
+        while await deps.refusals.close_windows(now, BATCH) == BATCH:
+            pass
     return SweepResult(grants, requests, reminders)
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from bot.domain.errors import AlreadyDecided, NotAnApprover, NotFound
 from bot.domain.models import Caller, EventKind, Grant, GrantStatus, OutboxEvent
 from bot.domain.permissions import may_revoke
+from bot.domain.refusals import REVOKE_REFUSED
 from bot.domain.usecases.deps import Deps
+from bot.domain.usecases.refusals import record_refusal
 
 
 def revocation_events(grant: Grant) -> list[OutboxEvent]:
@@ -37,8 +39,18 @@ async def revoke_as_approver(deps: Deps, request_id: str, user: str) -> Grant:
     :func:`~bot.domain.permissions.may_revoke` allows (an approver or a policy admin) may revoke, including the
     person who triggered the pipeline (ending access is always safe). Raises :class:`NotFound` (no such request, or it has no grant),
     :class:`NotAnApprover`, :class:`AlreadyDecided` (the grant already expired or was revoked: nothing changes)
-    and ``ApproverDirectoryUnavailable``.
+    and ``ApproverDirectoryUnavailable``. A refusal (not allowed, already ended) is audited as ``revoke.refused``.
     """
+    try:
+        grant = await _revoke_as_approver(deps, request_id, user)
+    except (NotAnApprover, AlreadyDecided) as exc:
+        await record_refusal(deps, REVOKE_REFUSED, user, exc, request_id)
+        raise
+    deps.changes.notify(request_id)
+    return await deps.store.get_grant(grant.id) or grant
+
+
+async def _revoke_as_approver(deps: Deps, request_id: str, user: str) -> Grant:
     request = await deps.store.get_request(request_id)
     grant = await deps.store.grant_for_request(request_id) if request is not None else None
     if request is None or grant is None:
@@ -52,8 +64,7 @@ async def revoke_as_approver(deps: Deps, request_id: str, user: str) -> Grant:
         )
     if not await deps.store.revoke_grant(grant.id, user, deps.clock.now(), revocation_events(grant)):
         raise _ended(await deps.store.get_grant(grant.id) or grant)  # lost a race with expiry or another click
-    deps.changes.notify(request_id)
-    return await deps.store.get_grant(grant.id) or grant
+    return grant
 
 
 def _ended(grant: Grant) -> AlreadyDecided:

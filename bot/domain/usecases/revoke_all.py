@@ -16,7 +16,9 @@ from fnmatch import fnmatchcase
 from bot.domain.errors import InvalidRequest, NotAllowed
 from bot.domain.models import Grant
 from bot.domain.permissions import is_admin
+from bot.domain.refusals import REVOKE_REFUSED
 from bot.domain.usecases.deps import Deps
+from bot.domain.usecases.refusals import record_refusal
 from bot.domain.usecases.revoke_by_person import clean_reason, person_revocation_events
 
 MAX_GLOB = 200
@@ -40,7 +42,9 @@ def check_glob(glob: str) -> str:
 
 async def _require_admin(deps: Deps, user: str) -> None:
     if not await is_admin(deps.policy, deps.directory, user):
-        raise NotAllowed("Only grantbot admins (the policy's admins:) can use revoke-all; nothing changed.")
+        refusal = NotAllowed("Only grantbot admins (the policy's admins:) can use revoke-all; nothing changed.")
+        await record_refusal(deps, REVOKE_REFUSED, user, refusal)
+        raise refusal
 
 
 async def _matching(deps: Deps, glob: str, now: datetime, as_of: datetime) -> list[Grant]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from bot.domain.errors import GrantNotActive, NotAllowed, NotFound
 from bot.domain.models import AccessRequest, EventKind, Grant, GrantStatus, OutboxEvent
 from bot.domain.permissions import may_revoke
+from bot.domain.refusals import REVOKE_REFUSED
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.look_up import find_access
+from bot.domain.usecases.refusals import record_refusal
 
 # Bounds what a reason adds to an audit row and an outbox payload (a Slack command's text is at most ~4,000).
 MAX_REASON = 500
@@ -46,11 +48,20 @@ async def revoke_by_person(deps: Deps, some_id: str, user: str, reason: str | No
     Returns the request and the grant as revoked. Raises :class:`NotFound` (no such request or grant, or the
     request has no grant), :class:`NotAllowed` (neither an approver of the rule nor an admin; nothing changes),
     :class:`GrantNotActive` (already expired or revoked; nothing changes) and ``ApproverDirectoryUnavailable``.
+    Refusals (NotAllowed, GrantNotActive) are audited as ``revoke.refused``.
     """
     found = await find_access(deps, some_id)
     request, grant = found.request, found.grant
     if grant is None:
         raise NotFound(f"Request {request.id} has no grant to revoke (it is {request.status.value}).")
+    try:
+        return request, await _revoke(deps, request, grant, user, reason)
+    except (NotAllowed, GrantNotActive) as exc:
+        await record_refusal(deps, REVOKE_REFUSED, user, exc, request.id)
+        raise
+
+
+async def _revoke(deps: Deps, request: AccessRequest, grant: Grant, user: str, reason: str | None) -> Grant:
     if not await may_revoke(deps.policy, deps.directory, request, user):
         rule = request.rule or "default"
         raise NotAllowed(
@@ -67,4 +78,4 @@ async def revoke_by_person(deps: Deps, some_id: str, user: str, reason: str | No
         current = await deps.store.get_grant(grant.id) or grant
         raise not_active(current, now) or GrantNotActive(f"Grant {grant.id} is no longer active.", "revoked")
     deps.changes.notify(request.id)
-    return request, await deps.store.get_grant(grant.id) or grant
+    return await deps.store.get_grant(grant.id) or grant
