@@ -40,6 +40,12 @@ async def test_every_line_is_json_and_each_request_has_its_access_line_and_id(pr
     assert created_line["method"] == "POST" and created_line["identity"] == "deploy-bot"
     assert created_line["duration_ms"] >= 0
     assert refused_line["status"] == 401 and "identity" not in refused_line
+    # The request's life: its decision, and the refusal of the unsigned one, each once, with the request's id.
+    decided = [line for line in lines if line["logger"] == "bot.domain.usecases.request_access"]
+    assert [line["request_id"] for line in decided] == [approved_id]
+    assert decided[0]["access_request"] == created["id"] and decided[0]["status"] == "approved"
+    refusals = [line for line in lines if line.get("refusal") == "auth.refused"]
+    assert [line["request_id"] for line in refusals] == [refused_id]
 
     exported = subprocess.run(grantbot_command("audit") + ["export"], env=process.env, capture_output=True,
                               text=True, timeout=60)

@@ -17,6 +17,7 @@ the same row. An attacker varying who or why (made-up identities) would open a r
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain.refusals import Refusal
 from bot.store.engine import writer
+from bot.store.repository import _audit_row
 from bot.store.tables import AuditEventRow, RefusalCountRow
 
 C = RefusalCountRow.__table__
@@ -39,6 +41,7 @@ MAX_REASON = 1000
 
 _COUNT_ONE_MORE = update(C).where(C.c.key == bindparam("k")).values(count=C.c.count + 1)
 _INSERT_AUDIT = insert(E)
+log = logging.getLogger(__name__)
 
 
 def _text(value: str, limit: int) -> str:
@@ -92,10 +95,11 @@ class SqlRefusalLog:
             if opened.rowcount != 1:  # another replica opened it a moment ago
                 await self._count(conn, key)
                 return False
-            await conn.execute(_INSERT_AUDIT, {
-                "at": now, "kind": refusal.kind, "actor": who, "request_id": refusal.request_id, "grant_id": None,
-                "data": {"reason": reason, "count": 1, **refusal.data},
-            })
+            await conn.execute(_INSERT_AUDIT, _audit_row(now, refusal.kind, who, refusal.request_id, None,
+                                                         reason=reason, count=1, **refusal.data))
+        # Once a minute per kind, who and reason, like the audit event: a flood of bad requests is one line.
+        log.info("refused (%s) %s: %s", refusal.kind, who, reason,
+                 extra={"refusal": refusal.kind, "who": who, "reason": reason})
         return True
 
     @staticmethod

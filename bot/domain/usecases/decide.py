@@ -6,6 +6,7 @@ request is resolved by the verdict that reaches the quorum (or, for denials, per
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 from bot.domain.approvals import eligible_count, is_approver, resolution, waiting_for
@@ -23,6 +24,8 @@ from bot.domain.refusals import APPROVAL_REFUSED
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.refusals import record_refusal
 from bot.domain.usecases.request_access import new_grant
+
+log = logging.getLogger(__name__)
 
 
 async def may_decide(deps: Deps, request_id: str, approver: str) -> AccessRequest:
@@ -109,6 +112,11 @@ async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict, 
         await record_refusal(deps, APPROVAL_REFUSED, approver, refusal, request_id)
         raise refusal
     deps.changes.notify(request_id)
+    outcome = current.status.value if vote.outcome is VoteOutcome.RESOLVED else f"{verdict.value} counted, still pending"
+    log.info("access request %s: %s by %s (%d approval(s), %d denial(s))", request_id, outcome, approver,
+             vote.tally.approvals, vote.tally.denials,
+             extra={"access_request": request_id, "approver": approver, "verdict": verdict.value,
+                    "status": current.status.value})
     return current
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import uuid
 from dataclasses import asdict, replace
@@ -32,6 +33,7 @@ from bot.domain.policy import PolicyDecision, apply_guard_rails, decide, granted
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.read_request import RequestView, hand_over
 
+log = logging.getLogger(__name__)
 _SCOPE = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token: no spaces, quotes or backslashes
 
 
@@ -182,6 +184,10 @@ async def _store(
             raise InvalidRequest("The Idempotency-Key conflicted with a request that no longer exists; retry.")
         return await _replay(deps, earlier, body_hash)
     deps.changes.notify(request.id)
+    log.info("access request %s of %s for %s in %s: %s (%s)", request.id, request.identity, " ".join(request.scopes),
+             request.environment, request.status.value, request.decision_reason,
+             extra={"access_request": request.id, "identity": request.identity, "decision": request.decision.value,
+                    "status": request.status.value, "rule": request.rule})
     return RequestView(request, grant, token)
 
 
