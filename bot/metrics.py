@@ -43,6 +43,25 @@ class Metrics:
             ["method", "route", "status"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
         )
+        self.auth_failures = Counter(
+            "grantbot_auth_failures",
+            "Callers refused authentication, by scheme (hmac, oidc, basic for introspection clients) and reason "
+            "(unsigned, bad_signature, unknown_identity, stale_timestamp, replay, bad_nonce, expired, unknown_key, "
+            "untrusted_issuer, wrong_audience, malformed, bad_client, invalid)",
+            ["scheme", "reason"], registry=self.registry,
+        )
+        self.decisions = Counter(
+            "grantbot_decisions",
+            "Access requests decided, by deciding rule (\"default\" when none matched), decision (approved, "
+            "denied, expired: nobody decided in time) and who decided (policy, people, timeout)",
+            ["rule", "decision", "by"], registry=self.registry,
+        )
+        self.decision_seconds = Histogram(
+            "grantbot_decision_seconds",
+            "Seconds from an access request to its decision by people (or its timeout)",
+            ["decision"], registry=self.registry,
+            buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 86400),
+        )
         self.database_up = Gauge(
             "grantbot_database_up", "1 if the database answered this scrape's reads, else 0", registry=self.registry
         )

@@ -66,3 +66,16 @@ async def test_text_format_on_request(tmp_path, database_url, sandbox):
         assert not first.startswith("{") and " INFO bot.app: policy " in first
     finally:
         await proc.kill(15)
+
+
+async def test_metrics_count_refused_callers_by_scheme_and_reason(grantbot):
+    await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]}, sign=False)
+    await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]}, secret="wrong")
+    await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]}, identity="nobody",
+                                      secret="wrong")
+    await grantbot.api.introspect("x", client=("rs", "wrong"))
+    async with grantbot.api.http.get(grantbot.base_url + "/metrics") as resp:
+        text = await resp.text()
+    for scheme, reason in (("hmac", "unsigned"), ("hmac", "bad_signature"), ("hmac", "unknown_identity"),
+                           ("basic", "bad_client")):
+        assert f'grantbot_auth_failures_total{{reason="{reason}",scheme="{scheme}"}} 1.0' in text, text

@@ -62,16 +62,19 @@ class Unauthenticated(DomainError):
     """The caller could not be authenticated (bad signature, stale timestamp, replay, unknown identity).
 
     For the audit trail: ``who`` is the identity the caller claimed (None when it named none), ``audit_reason``
-    why, in words that may say more than ``detail`` (an unknown identity gets a wrong signature's answer).
+    why, in words that may say more than ``detail`` (an unknown identity gets a wrong signature's answer);
+    ``reason``: one of a few words, a bounded label for metrics.
     """
 
     code = "unauthenticated"
     status = 401
 
-    def __init__(self, detail: str, *, who: str | None = None, audit_reason: str | None = None) -> None:
+    def __init__(self, detail: str, *, who: str | None = None, audit_reason: str | None = None,
+                 reason: str = "invalid") -> None:
         super().__init__(detail)
         self.who = who
         self.audit_reason = audit_reason or detail
+        self.reason = reason  # a short word for metrics (grantbot_auth_failures_total), e.g. "replay"
 
 
 class NotAnApprover(DomainError):

@@ -42,7 +42,7 @@ class CallerAuthenticator:
             if kind.lower() != "bearer" or not token.strip():
                 raise Unauthenticated(
                     "Send a CI identity token as 'Authorization: Bearer <token>', or sign the request with the "
-                    "X-Grantbot-* HMAC headers (without an Authorization header)."
+                    "X-Grantbot-* HMAC headers (without an Authorization header).", reason="malformed"
                 )
             return await self.oidc.authenticate(token.strip(), single_use=single_use)
         except Unauthenticated as exc:

@@ -79,23 +79,25 @@ class HmacAuthenticator:
         if not identity or not timestamp or not sent:
             raise Unauthenticated(
                 f"Sign the request: send {IDENTITY_HEADER}, {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} "
-                "(or an OIDC bearer token).", who=identity or None
+                "(or an OIDC bearer token).", who=identity or None, reason="unsigned"
             )
         nonce = headers.get(NONCE_HEADER)
         if nonce is not None and not NONCE.fullmatch(nonce):
             raise Unauthenticated(
                 f"{NONCE_HEADER} must be 16 to 64 characters of A-Z, a-z, 0-9, '_' and '-' (e.g. 32 random hex "
-                "digits, new for each request), or left out.", who=identity
+                "digits, new for each request), or left out.", who=identity, reason="bad_nonce"
             )
         try:
             signed_at = int(timestamp)
         except ValueError:
-            raise Unauthenticated(f"{TIMESTAMP_HEADER} must be unix seconds, e.g. 1764400000.", who=identity) from None
+            raise Unauthenticated(f"{TIMESTAMP_HEADER} must be unix seconds, e.g. 1764400000.", who=identity,
+                                  reason="bad_timestamp") from None
         now = self._clock.now()
         if abs(now.timestamp() - signed_at) > WINDOW_SECONDS:
             raise Unauthenticated(
                 f"The request timestamp is more than {WINDOW_SECONDS} s away from the server's clock; "
-                "sign it again with the current time (and check the caller's clock).", who=identity
+                "sign it again with the current time (and check the caller's clock).", who=identity,
+                reason="stale_timestamp",
             )
         secret = self._secrets.get(identity)
         # Compare even for an unknown identity so the answer's timing does not tell which identities exist.
@@ -107,9 +109,10 @@ class HmacAuthenticator:
                 f"The signature does not match: sign \"v1:{signed}:{{METHOD}}:{{path and query}}:{{body}}\" "
                 "with the identity's secret (HMAC-SHA256, hex, prefixed v1=).", who=identity,
                 audit_reason=None if secret is not None else "The identity is not one of the policy's identities.",
+                reason="bad_signature" if secret is not None else "unknown_identity",
             )
         digest = hashlib.sha256(sent.encode("utf-8", "backslashreplace")).hexdigest()
         if not await self._remember(digest, now + timedelta(seconds=2 * WINDOW_SECONDS), now):
             raise Unauthenticated("This signature was already used; a retrying client must sign the request again.",
-                                  who=identity)
+                                  who=identity, reason="replay")
         return Caller(identity=identity)

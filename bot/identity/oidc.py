@@ -160,7 +160,8 @@ class OidcAuthenticator:
         if issuer is None:
             raise Unauthenticated(
                 f"The token's issuer {_quote(iss)} is not trusted by this grantbot; use a token from an issuer "
-                "listed under issuers: in the policy file, or ask its owners to add yours."
+                "listed under issuers: in the policy file, or ask its owners to add yours.",
+                reason="untrusted_issuer",
             )
 
         kid = header.get("kid")
@@ -178,7 +179,7 @@ class OidcAuthenticator:
             hint = "" if exc.refreshed else " (they could not be refreshed just now; retry in a few seconds if the issuer rotated its keys)"
             raise Unauthenticated(
                 f"The token's signing key ({named}) is not among the keys issuer {issuer.name!r} publishes{hint}; "
-                "use a token freshly issued by that issuer."
+                "use a token freshly issued by that issuer.", reason="unknown_key"
             ) from None
 
         claims = self._verify(token, key, issuer.issuer, issuer.audience, issuer.name)
@@ -203,7 +204,7 @@ class OidcAuthenticator:
             if not await self._remember(digest, until, now):
                 raise Unauthenticated(
                     "This CI token was already used to create an access request; fetch a fresh identity token "
-                    "from the CI platform for each request (polling with the same token is fine)."
+                    "from the CI platform for each request (polling with the same token is fine).", reason="replay"
                 )
         return Caller(identity=f"{issuer.name}:{sub}", claims=dict(claims))
 
@@ -234,7 +235,7 @@ class OidcAuthenticator:
         except jwt.InvalidAudienceError:
             raise Unauthenticated(
                 f"The token is meant for another audience; request the CI identity token with audience "
-                f"{audience!r} for issuer {name!r}."
+                f"{audience!r} for issuer {name!r}.", reason="wrong_audience"
             ) from None
         except jwt.InvalidAlgorithmError:
             raise Unauthenticated(
@@ -244,7 +245,7 @@ class OidcAuthenticator:
         except jwt.InvalidSignatureError:
             raise Unauthenticated(
                 f"The token's signature does not verify with issuer {name!r}'s published keys; it was altered or "
-                "not signed by that issuer."
+                "not signed by that issuer.", reason="bad_signature"
             ) from None
         except jwt.PyJWTError:
             raise Unauthenticated(
@@ -259,7 +260,7 @@ class OidcAuthenticator:
         if exp <= now - LEEWAY_SECONDS:
             raise Unauthenticated(
                 f"The token expired {int(now - exp)} s ago; fetch a fresh identity token from the CI platform "
-                "just before calling grantbot."
+                "just before calling grantbot.", reason="expired"
             )
         if nbf is not None and nbf > now + LEEWAY_SECONDS:
             raise Unauthenticated(

@@ -14,8 +14,9 @@ from aiohttp.web_protocol import RequestPayloadError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from bot.domain.errors import DomainError, Unavailable
+from bot.domain.errors import DomainError, Unauthenticated, Unavailable
 from bot.store.outage import is_outage
+from bot.web.keys import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         if exc.status == 401:
             # Both schemes a caller may use (DESIGN.md "Caller authentication"); RFC 9110 §11.6.1 allows a list.
             headers = {"WWW-Authenticate": 'GrantbotHMAC realm="grantbot", Bearer realm="grantbot"'}
+            if isinstance(exc, Unauthenticated):
+                scheme = "oidc" if "Authorization" in request.headers else "hmac"
+                request.app[METRICS].auth_failures.labels(scheme=scheme, reason=exc.reason).inc()
         elif isinstance(exc, Unavailable):
             headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status, exc.code, exc.detail, headers)

@@ -52,7 +52,8 @@ def _client_id(request: web.Request) -> str | None:
     return client_id
 
 
-def _unauthorized() -> web.Response:
+def _unauthorized(request: web.Request) -> web.Response:
+    request.app[METRICS].auth_failures.labels(scheme="basic", reason="bad_client").inc()
     return error_response(
         401,
         "invalid_client",
@@ -76,7 +77,7 @@ async def _token_field(request: web.Request) -> str | web.Response:
 async def introspect(request: web.Request) -> web.Response:
     """RFC 7662 §2: form ``token=…``; an unknown, expired or revoked token is 200 ``{"active": false}``."""
     if _client_id(request) is None:
-        return _unauthorized()
+        return _unauthorized(request)
     token = await _token_field(request)
     if isinstance(token, web.Response):
         return token
@@ -90,7 +91,7 @@ async def revoke(request: web.Request) -> web.Response:
     """RFC 7009 §2: form ``token=…``; 200 with an empty body whether or not the token was known or active."""
     client_id = _client_id(request)
     if client_id is None:
-        return _unauthorized()
+        return _unauthorized(request)
     token = await _token_field(request)
     if isinstance(token, web.Response):
         return token
