@@ -62,6 +62,16 @@ class Metrics:
             ["decision"], registry=self.registry,
             buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 86400),
         )
+        self.sweep_duration = Histogram(
+            "grantbot_sweep_duration_seconds", "How long each expiry sweep of this process took",
+            registry=self.registry, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.sweep_lag = Gauge(
+            "grantbot_sweep_lag_seconds",
+            "Seconds the longest-overdue grant has stayed active past its expires_at (0 when none): alert when it "
+            "grows beyond a few seconds, the sweep is falling behind or failing",
+            registry=self.registry,
+        )
         self.database_up = Gauge(
             "grantbot_database_up", "1 if the database answered this scrape's reads, else 0", registry=self.registry
         )
@@ -79,6 +89,9 @@ class Metrics:
             registry=self.registry,
         )
 
+    def observe_sweep(self, seconds: float) -> None:
+        self.sweep_duration.observe(seconds)
+
     def observe_backlog(self, backlog: Backlog | None, now: datetime) -> None:
         """Set the database gauges from ``backlog``, or mark the database down (``None``) keeping the last values."""
         if backlog is None:
@@ -90,6 +103,8 @@ class Metrics:
         self.outbox_unsent.set(backlog.outbox_unsent)
         oldest = backlog.outbox_oldest
         self.outbox_oldest_age.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
+        overdue = backlog.oldest_overdue_grant
+        self.sweep_lag.set(max((now - overdue).total_seconds(), 0.0) if overdue else 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -42,6 +43,7 @@ class Sweeper:
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)
+        started = time.perf_counter()
         try:
             result = await usecases.expire_due(self._deps)
         except Exception as exc:  # the database may be away; the next sweep catches up
@@ -50,6 +52,7 @@ class Sweeper:
             return
         finally:
             self._running.discard(task)
+        self._metrics.observe_sweep(time.perf_counter() - started)
         self._metrics.grants_expired.inc(result.grants_expired)
         self._metrics.requests_timed_out.inc(result.requests_expired)
         if result.grants_expired or result.requests_expired:

@@ -59,6 +59,7 @@ class Backlog(NamedTuple):
     active_grants: int
     outbox_unsent: int
     outbox_oldest: datetime | None
+    oldest_overdue_grant: datetime | None = None  # the earliest expires_at of a grant still active past it
 
 
 R = AccessRequestRow.__table__
@@ -837,7 +838,8 @@ class SqlStore:
 
     async def backlog(self, now: datetime) -> Backlog:
         """What waits right now, across all replicas: pending requests, grants active at ``now``, and outbox items
-        not yet sent with the ``created_at`` of the oldest (None when there is none). Four aggregate reads."""
+        not yet sent with the ``created_at`` of the oldest (None when there is none), and the ``expires_at`` of the
+        grant that has waited longest for the sweep (active, yet past it). Five aggregate reads, on indexes."""
         async with self.engine.connect() as conn:
             async def scalar(statement):
                 return (await conn.execute(statement)).scalar_one()
@@ -849,6 +851,8 @@ class SqlStore:
                     G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at > now)),
                 outbox_unsent=await scalar(select(func.count()).select_from(O).where(O.c.sent_at.is_(None))),
                 outbox_oldest=await scalar(select(func.min(O.c.created_at)).where(O.c.sent_at.is_(None))),
+                oldest_overdue_grant=await scalar(select(func.min(G.c.expires_at)).where(
+                    G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at <= now)),
             )
 
 
