@@ -97,13 +97,18 @@ class CredentialStore(Protocol):
     async def requeue_revocations(self, now: datetime, *, grant_id: str | None = None, failed: bool = False,
                                   provider: str | None = None, username: str | None = None) -> int:
         """Make revocations due now again, their attempts counted afresh: of ``grant_id`` (any finished state),
-        every ``failed`` one, or the one of ``provider``/``username``; returns how many."""
+        with ``failed`` every failed one and every pending one waiting for its next retry, or the finished one of
+        ``provider``/``username``; returns how many."""
 
     async def record_orphan(self, account: Account, now: datetime) -> bool:
         """Queue the revocation of an account found in a provider with no record of it here (a crash between
         making it and recording it); False when it is recorded already."""
 
     async def credential_by_username(self, provider: str, username: str) -> CredentialState | None: ...
+
+    async def note_credentials_unavailable(self, request_id: str, approver: str, provider: str | None, detail: str,
+                                           now: datetime) -> None:
+        """Audit that an approval could not make its grant's credentials, with a thread reply under the card."""
 
     async def failed_revocations(self, limit: int) -> list[tuple[str, CredentialState]]:
         """Revocations that failed, newest first, each with its grant id."""

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.domain.credentials import Account, CredentialState, RevocationJob, RevocationStatus
-from bot.domain.models import GrantStatus, OutboxEvent
+from bot.domain.models import EventKind, GrantStatus, OutboxEvent
 from bot.store.tables import CredentialRow, GrantRow
 
 C = CredentialRow.__table__
@@ -81,7 +81,7 @@ class CredentialQueries:
         await conn.execute(_INSERT_CREDENTIAL, [credential_values(a, now, i) for i, a in enumerate(accounts)])
         for account in accounts:
             await self._audit(conn, now, "credentials.issued", actor, account.request_id, account.grant_id,
-                              provider=account.provider, kind=account.kind, username=account.username,
+                              provider=account.provider, provider_kind=account.kind, username=account.username,
                               params=account.params)
 
     @staticmethod
@@ -89,6 +89,16 @@ class CredentialQueries:
         """Queue the revocation of every account of ``grant_ids``, in the transaction that ends those grants."""
         if grant_ids:
             await conn.execute(_QUEUE, [{"g_id": grant_id, "now": now} for grant_id in grant_ids])
+
+    async def note_credentials_unavailable(self, request_id: str, approver: str, provider: str | None, detail: str,
+                                           now: datetime) -> None:
+        """An approval could not make its grant's credentials (it was not recorded): audit it, and queue a thread
+        reply under the card saying why."""
+        async with self._writer.begin() as conn:
+            await self._audit(conn, now, "credentials.unavailable", approver, request_id, provider=provider,
+                              detail=detail[:500])
+            await self._add_events(conn, [OutboxEvent(EventKind.CREDENTIALS_UNAVAILABLE, request_id, payload={
+                "by_user": approver, "provider": provider, "detail": detail[:500]})], now)
 
     # -- reads ------------------------------------------------------------------------------------------------
 
@@ -205,8 +215,9 @@ class CredentialQueries:
         finished = C.c.revocation.in_([RevocationStatus.VERIFIED.value, RevocationStatus.FAILED.value])
         if grant_id is not None:
             where = [C.c.grant_id == grant_id, finished]
-        elif failed:
-            where = [C.c.revocation == RevocationStatus.FAILED.value]
+        elif failed:  # by hand: the failed ones, and those waiting for their next retry
+            where = [or_(C.c.revocation == RevocationStatus.FAILED.value,
+                         and_(C.c.revocation == RevocationStatus.PENDING.value, C.c.not_before > now))]
         elif provider is not None and username is not None:
             where = [C.c.provider == provider, C.c.username == username, finished]
         else:

@@ -70,7 +70,9 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
-def grant_json(grant: Grant, now: datetime, token: str | None) -> dict:
+def grant_json(grant: Grant, now: datetime, token: str | None, credentials=(), revocation=None) -> dict:
+    """The API's grant (DESIGN.md HTTP contract): the token and ``credentials`` only on the hand-over, and once
+    the grant ended with credentials, ``revocation`` ``{"status", "detail"}``."""
     body = {
         "id": grant.id,
         "status": grant.status.value,
@@ -83,6 +85,10 @@ def grant_json(grant: Grant, now: datetime, token: str | None) -> dict:
     }
     if token is not None:
         body["access_token"] = token
+    if credentials:
+        body["credentials"] = [credential.as_json() for credential in credentials]
+    if revocation is not None:
+        body["revocation"] = revocation.as_json()
     return body
 
 
@@ -107,7 +113,7 @@ def view_json(view: usecases.RequestView, now: datetime) -> dict:
         if req.denial_reason is not None:  # the approver's words from the deny modal
             body["denial_reason"] = req.denial_reason
     if view.grant is not None:
-        body["grant"] = grant_json(view.grant, now, view.access_token)
+        body["grant"] = grant_json(view.grant, now, view.access_token, view.credentials, view.revocation)
     return body
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.domain.policy import Policy
-from bot.domain.ports import ApproverDirectory, Changes, Clock, Store, TokenMinter
+from bot.domain.ports import ApproverDirectory, Changes, Clock, CredentialProviders, Store, TokenMinter
 
 
 @dataclass
@@ -18,3 +18,4 @@ class Deps:
     issuer: str  # the ``iss`` of issued tokens, also the audience of last resort
     default_channel: str | None = None  # GRANTBOT_SLACK_CHANNEL; wins over the policy's defaults.channel
     directory: ApproverDirectory | None = None  # Slack user groups; None (no Slack): groups have no members
+    credentials: CredentialProviders | None = None  # real credentials (bot.providers); None: rules may not use any
