@@ -244,6 +244,9 @@ class HomeReads(Protocol):
     async def recent_decisions(self, limit: int) -> list[tuple[AccessRequest, Grant | None]]:
         """The last decided requests that went to people, newest first, with their grants."""
 
+    async def failed_revocations(self, limit: int) -> list[tuple[str, CredentialState]]:
+        """Credential revocations that failed every retry, newest first, each with its grant id."""
+
 
 class CredentialProvider(Protocol):
     """One configured provider (a database, a cache, a broker, an SSH CA, a webhook) that makes temporary accounts.
