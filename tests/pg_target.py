@@ -38,9 +38,11 @@ class Target:
         return await asyncpg.connect(f"{BASE}/{database or self.database}")
 
     async def login(self, credential: dict, **kw) -> asyncpg.Connection:
-        """Connect as a pipeline does, with the handed-over credential's fields (the server trusts 127.0.0.1, so
-        the password's correctness is checked separately, against the SCRAM verifier the server stores)."""
-        return await asyncpg.connect(host=credential["host"], port=credential["port"], user=credential["username"],
+        """Connect as a pipeline does, with the handed-over credential's user, password and database, straight to
+        the server (tests that put a relay in front of the provider's admin connection must not cut the pipeline
+        off too; the credential's host and port are checked separately). The server trusts 127.0.0.1, so the
+        password's correctness is checked against the SCRAM verifier the server stores."""
+        return await asyncpg.connect(host="127.0.0.1", port=5432, user=credential["username"],
                                      password=credential["password"], database=credential["database"], **kw)
 
     async def role(self, name: str) -> asyncpg.Record | None:

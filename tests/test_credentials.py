@@ -34,11 +34,16 @@ def verifier_matches(stored: str, password: str) -> bool:
 
 
 async def session_ended(conn: asyncpg.Connection) -> bool:
-    """True once the server ended ``conn`` (a statement on it fails because the connection is gone)."""
+    """True once the server ended ``conn`` (a statement on it fails because the connection is gone). asyncpg may
+    also refuse the statement itself, having read the server's FATAL "terminating connection due to
+    administrator command" while the connection was idle (InternalClientError: "another operation is in
+    progress")."""
+    if conn.is_closed():
+        return True
     try:
         await conn.fetchval("SELECT 1")
     except (asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.ConnectionDoesNotExistError,
-            asyncpg.exceptions.InterfaceError, ConnectionError):
+            asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError, ConnectionError):
         return True
     return False
 

@@ -50,8 +50,9 @@ async def reconcile_credentials(deps: Deps, *, retry_failed: bool = False) -> Re
     if deps.credentials is None:
         return Reconciliation(requeued_failed=requeued)
     for spec in deps.policy.providers:
+        provider = deps.credentials.provider(spec)
         try:
-            made = await deps.credentials.provider(spec).accounts()
+            made = await provider.accounts()
         except CredentialsUnavailable as exc:
             problems.append(exc.detail)
             continue
@@ -62,7 +63,8 @@ async def reconcile_credentials(deps: Deps, *, retry_failed: bool = False) -> Re
                 continue  # active, or past its expiry and about to be swept (which queues its revocation)
             state = await deps.store.credential_by_username(spec.name, account.username)
             if state is not None:
-                if state.revocation is RevocationStatus.VERIFIED:
+                # Verified since the listing (a revocation finishing meanwhile), or really back? Look again.
+                if state.revocation is RevocationStatus.VERIFIED and not await _gone(provider, account.username):
                     queued += await deps.store.requeue_revocations(now, provider=state.provider,
                                                                    username=account.username)
                 continue
@@ -72,3 +74,10 @@ async def reconcile_credentials(deps: Deps, *, retry_failed: bool = False) -> Re
                              grant.request_id if grant is not None else None)
             queued += await deps.store.record_orphan(orphan, now)
     return Reconciliation(checked, queued, requeued, tuple(problems))
+
+
+async def _gone(provider, username: str) -> bool:
+    try:
+        return (await provider.verify_revoked(username)).gone
+    except CredentialsUnavailable:
+        return True  # cannot tell now: the next reconciliation looks again
