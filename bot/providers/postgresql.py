@@ -89,6 +89,12 @@ def scram_verifier(password: str) -> str:
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing. The provider leaves no session state behind (no SET, LISTEN,
+    advisory lock or open transaction: every statement is an implicit transaction of its own), so asyncpg's
+    default reset would cost a round trip per release for nothing."""
+
+
 def _identifier(value: str) -> str:
     if not value or len(value.encode()) > MAX_IDENTIFIER or "\x00" in value:
         raise ValueError(f"{value!r} is not a PostgreSQL role name (1 to {MAX_IDENTIFIER} bytes)")
@@ -229,6 +235,7 @@ class PostgresProvider:
                     self._url, database=database, min_size=0, max_size=self.options.pool_size,
                     timeout=self.options.connect_timeout, command_timeout=self.options.statement_timeout,
                     max_inactive_connection_lifetime=60, server_settings={"application_name": "grantbot"},
+                    reset=_keep_session,
                 )
                 self._pools[database] = pool
             return pool
@@ -319,11 +326,11 @@ class PostgresProvider:
         password = secrets.token_urlsafe(PASSWORD_BYTES)
         verifier = await asyncio.to_thread(scram_verifier, password)
         async with self._connection(f"setting the password of role {account.username}") as conn:
-            row = await self._look_up(conn, account.username)
-            if row is None:
+            try:  # a new grant's role, made in one round trip; one made at approval (or by a crashed try) exists
                 await conn.execute(self._create_statement(account, now, verifier))
-            else:
-                self._check_ours(account.username, row["marker"], account.grant_id)
+            except asyncpg.DuplicateObjectError:
+                row = await self._look_up(conn, account.username)
+                self._check_ours(account.username, row["marker"] if row else None, account.grant_id)
                 await conn.execute(
                     f"ALTER ROLE {quote_ident(account.username)} LOGIN PASSWORD {_literal(verifier)} "
                     f"VALID UNTIL {_literal(account.expires_at.isoformat())}")
@@ -343,6 +350,7 @@ class PostgresProvider:
 
     async def revoke(self, username: str) -> RevocationReport:
         role = quote_ident(username)
+        owned: Counter[str] = Counter()
         async with self._connection(f"revoking role {username}") as conn:
             row = await self._look_up(conn, username)
             if row is None:
@@ -354,29 +362,22 @@ class PostgresProvider:
                 # so it may grant it to itself (CREATEROLE, or ADMIN OPTION on PostgreSQL 16+).
                 await conn.execute(f"GRANT {role} TO CURRENT_USER")
             # Separate statements, each committed: no new session once NOLOGIN is in, then the open ones end
-            # (a single transaction could not do both: vault PR #8668).
+            # (one transaction could not do both: vault PR #8668). pg_shdepend lists the databases where the role
+            # owns objects or holds privileges (dbid 0: shared objects, handled from this database).
             await conn.execute(f"ALTER ROLE {role} NOLOGIN")
-            ended = await conn.fetchval(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, $2)) FROM pg_stat_activity "
-                "WHERE usesysid = $1 AND pid <> pg_backend_pid()", oid, TERMINATE_WAIT_MS)
-            databases = await conn.fetch(
-                "SELECT DISTINCT coalesce(d.datname, current_database()) AS datname FROM pg_shdepend s "
-                "LEFT JOIN pg_database d ON d.oid = s.dbid "
-                "WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = $1", oid)
-        owned: Counter[str] = Counter()
-        for database in [r["datname"] for r in databases]:
-            async with self._connection(f"handing on what role {username} owns in database {database}",
-                                        database) as conn:
-                for (description,) in await conn.fetch(
-                    "SELECT pg_describe_object(classid, objid, objsubid) FROM pg_shdepend "
-                    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                    "AND refclassid = 'pg_authid'::regclass AND refobjid = $1 AND deptype = 'o' "
-                    "AND classid <> 'pg_default_acl'::regclass", oid):
-                    owned[_object_kind(description)] += 1
-                # One implicit transaction: what it owns goes to the owner, then what is left (its privileges,
-                # default privileges) goes.
-                await conn.execute(f"REASSIGN OWNED BY {role} TO {quote_ident(self._owner)}; DROP OWNED BY {role}")
-        async with self._connection(f"dropping role {username}") as conn:
+            ended, databases = await conn.fetchrow(
+                "SELECT (SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, $2)) FROM pg_stat_activity "
+                "        WHERE usesysid = $1 AND pid <> pg_backend_pid()), "
+                "       array(SELECT DISTINCT coalesce(d.datname, current_database()) FROM pg_shdepend s "
+                "             LEFT JOIN pg_database d ON d.oid = s.dbid "
+                "             WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = $1)", oid, TERMINATE_WAIT_MS)
+            for database in databases:
+                if database == self._database:
+                    await self._hand_on(conn, role, oid, owned)
+                else:
+                    async with self._connection(f"handing on what role {username} owns in database {database}",
+                                                database) as elsewhere:
+                        await self._hand_on(elsewhere, role, oid, owned)
             await conn.execute(f"DROP ROLE IF EXISTS {role}")
         parts = [f"role {username} dropped", _plural(ended, "session") + " ended"]
         if owned:
@@ -384,17 +385,27 @@ class PostgresProvider:
             parts.append(f"{kinds} reassigned to {self._owner}")
         return RevocationReport(", ".join(parts), {
             "role": username, "existed": True, "oid": oid, "sessions_ended": ended,
-            "reassigned": dict(owned), "reassigned_to": self._owner if owned else None,
-            "databases": [r["datname"] for r in databases],
+            "reassigned": dict(owned), "reassigned_to": self._owner if owned else None, "databases": list(databases),
         })
+
+    async def _hand_on(self, conn: asyncpg.Connection, role: str, oid: int, owned: Counter[str]) -> None:
+        """In ``conn``'s database: count what the role owns, give it to the owner role, drop what is left (its
+        privileges and default privileges), as one implicit transaction."""
+        for (description,) in await conn.fetch(
+            "SELECT pg_describe_object(classid, objid, objsubid) FROM pg_shdepend "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND refclassid = 'pg_authid'::regclass AND refobjid = $1 AND deptype = 'o' "
+            "AND classid <> 'pg_default_acl'::regclass", oid):
+            owned[_object_kind(description)] += 1
+        await conn.execute(f"REASSIGN OWNED BY {role} TO {quote_ident(self._owner)}; DROP OWNED BY {role}")
 
     async def verify_revoked(self, username: str, report: RevocationReport | None = None) -> RevocationCheck:
         oid = (report.facts.get("oid") if report else None) or 0
         async with self._connection(f"checking that role {username} is gone") as conn:
-            roles = await conn.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", username)
-            # By name, and by the role's id: a session outliving its role shows no name any more.
-            sessions = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 OR usesysid = $2", username, oid)
+            # Sessions by name, and by the role's id: a session outliving its role shows no name any more.
+            roles, sessions = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = $1), "
+                "       (SELECT count(*) FROM pg_stat_activity WHERE usename = $1 OR usesysid = $2)", username, oid)
         facts = {"role_exists": bool(roles), "open_sessions": sessions}
         if roles or sessions:
             left = [f"role {username} still exists" if roles else "", f"{sessions} of its sessions still open"
