@@ -69,7 +69,7 @@ async def test_an_early_revoke_from_each_path_ends_the_session_within_seconds(
 
 
 async def test_an_auto_approval_whose_database_is_down_is_a_503_with_nothing_stored(
-        target, start_grantbot, tmp_path, monkeypatch):
+        target, start_grantbot, tmp_path, monkeypatch, caplog):
     relay = TcpProxy("127.0.0.1", 5432)
     await relay.start()
     monkeypatch.setenv(target.url_env, f"postgresql://postgres:s3cret-admin-pw@127.0.0.1:{relay.port}/"
@@ -87,6 +87,34 @@ async def test_an_auto_approval_whose_database_is_down_is_a_503_with_nothing_sto
         relay.restore()  # the same request, retried, goes through
         status, answer = await grantbot.api.request_access({**STAGING_READ, "ttl_seconds": 61})
         assert status == 201 and len(answer["grant"]["credentials"]) == 1
+        assert "s3cret-admin-pw" not in caplog.text
+    finally:
+        await relay.stop()
+
+
+async def test_a_hand_over_whose_database_is_down_is_a_503_and_the_next_poll_gets_token_and_password(
+        target, start_grantbot, tmp_path, monkeypatch, sandbox, clock):
+    relay = TcpProxy("127.0.0.1", 5432)
+    await relay.start()
+    monkeypatch.setenv(target.url_env, f"postgresql://postgres@127.0.0.1:{relay.port}/{target.database}")
+    try:
+        grantbot = await start_grantbot(policy_file=target.policy(tmp_path))
+        _, created = await grantbot.api.request_access(PROD_WRITE)
+        card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
+        assert await grantbot.api.click(card, "approve", APPROVER) == 200
+        await eventually(lambda: buttons(card) == ["revoke_grant"])
+        relay.cut()
+        status, headers, answer = await grantbot.api.exchange("GET", f"/v1/access-requests/{created['id']}")
+        assert status == 503 and answer["error"] == "credentials_unavailable", answer
+        assert int(headers["Retry-After"]) > 0
+        relay.restore()
+        clock.advance(1)
+        _, again = await grantbot.api.get_request(created["id"])
+        [credential] = again["grant"]["credentials"]
+        assert again["grant"]["access_token"]
+        session = await target.login(credential)
+        assert await session.fetchval("SELECT count(*) FROM orders") == 2
+        await session.close()
     finally:
         await relay.stop()
 
