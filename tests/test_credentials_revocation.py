@@ -9,9 +9,7 @@ import asyncio
 import base64
 import os
 import subprocess
-from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 
 from bot.web.keys import STORE
