@@ -95,6 +95,11 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     default reset would cost a round trip per release for nothing."""
 
 
+def _new_secret() -> tuple[str, str]:
+    password = secrets.token_urlsafe(PASSWORD_BYTES)
+    return password, scram_verifier(password)
+
+
 def _identifier(value: str) -> str:
     if not value or len(value.encode()) > MAX_IDENTIFIER or "\x00" in value:
         raise ValueError(f"{value!r} is not a PostgreSQL role name (1 to {MAX_IDENTIFIER} bytes)")
@@ -212,6 +217,7 @@ class PostgresProvider:
         self._pools_lock = asyncio.Lock()
         self._superuser: bool | None = None
         self._owner = spec.owner_role or self._admin
+        self._next_secret: asyncio.Task[tuple[str, str]] | None = None
 
     # -- connections ----------------------------------------------------------------------------------------
 
@@ -272,6 +278,9 @@ class PostgresProvider:
         return CredentialsUnavailable(f"provider {self.spec.name}: {what} failed: {self._safe(exc)}", self.spec.name)
 
     async def close(self) -> None:
+        if self._next_secret is not None:
+            self._next_secret.cancel()
+            self._next_secret = None
         pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             try:
@@ -322,9 +331,16 @@ class PostgresProvider:
             else:
                 self._check_ours(account.username, row["marker"], account.grant_id)
 
+    async def _fresh_secret(self) -> tuple[str, str]:
+        """A new password and its SCRAM verifier, each used once. Hashing costs milliseconds of CPU by design
+        (4096 iterations), so the next one is made ahead in a thread while this one is being set: it overlaps the
+        round trips instead of adding to them. (The one made ahead stays in this process's memory until used.)"""
+        this = self._next_secret or asyncio.ensure_future(asyncio.to_thread(_new_secret))
+        self._next_secret = asyncio.ensure_future(asyncio.to_thread(_new_secret))
+        return await this
+
     async def issue(self, account: Account, now: datetime) -> Credential:
-        password = secrets.token_urlsafe(PASSWORD_BYTES)
-        verifier = await asyncio.to_thread(scram_verifier, password)
+        password, verifier = await self._fresh_secret()
         async with self._connection(f"setting the password of role {account.username}") as conn:
             try:  # a new grant's role, made in one round trip; one made at approval (or by a crashed try) exists
                 await conn.execute(self._create_statement(account, now, verifier))
