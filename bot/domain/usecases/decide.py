@@ -11,15 +11,18 @@ from functools import partial
 from bot.domain.approvals import eligible_count, is_approver, resolution, waiting_for
 from bot.domain.errors import (
     AlreadyDecided,
-    CredentialsUnavailable,
     AlreadyVoted,
     CannotApproveOwnRequest,
+    CredentialsUnavailable,
     InvalidChanges,
     InvalidRequest,
     NotAnApprover,
     NotFound,
 )
-from bot.domain.models import AccessRequest, EventKind, OutboxEvent, RequestStatus, Verdict, Vote, VoteOutcome
+from bot.domain.credentials import Account
+from bot.domain.models import (
+    AccessRequest, EventKind, Grant, OutboxEvent, RequestStatus, Verdict, Vote, VoteOutcome,
+)
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.issue_credentials import accounts_for, create_credentials, discard_credentials, may_resolve
 from bot.domain.usecases.request_access import new_grant
@@ -110,7 +113,8 @@ async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict, 
     return current
 
 
-async def _make_credentials(deps: Deps, request: AccessRequest, approver: str, grant) -> tuple[tuple, tuple]:
+async def _make_credentials(deps: Deps, request: AccessRequest, approver: str,
+                            grant: Grant) -> tuple[tuple[Account, ...], tuple[Account, ...]]:
     """The accounts of the grant this approval would issue, and those made now (without secrets): all of them when
     it may resolve the request, so that a provider that is down or lacks a right shows now: the approval is not
     recorded, the approver is told, and the card's thread says why. (An approval that resolves it unforeseen, in a
