@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import traceback
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from bot.domain.clock import OffsetFileClock, SystemClock
 from bot.domain.policy import Policy
 from bot.policy_file import load_policy
 from bot.policy_reload import PolicyReloader
+from bot.providers.pool import ProviderPool
 from bot.policy_reload import digest as policy_digest
 from bot.slack import blocks
 from bot.domain.ports import Clock
@@ -82,7 +84,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     """
     clock = clock or default_clock(settings)
     policy_path = settings.policy_path
-    policy = load_policy(policy_path)
+    policy = load_policy(policy_path, os.environ)
     loaded_digest = policy_digest(policy_path.read_text())
     log.info("policy %s loaded (sha256 %s): %d rules, default %s", policy_path.resolve(), loaded_digest[:16],
              len(policy.rules), policy.default.value)
@@ -94,6 +96,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
                                    command_timeout=settings.database_command_timeout_seconds))
     changes = LocalChanges()
     refusals = SqlRefusalLog(store.engine)
+    providers = ProviderPool()
     deps = Deps(
         store=store,
         tokens=tokens,
@@ -103,6 +106,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         issuer=settings.issuer_url,
         default_channel=settings.slack_channel,
         refusals=refusals,
+        credentials=providers,
     )
 
     app = web.Application(middlewares=[observe, error_middleware], client_max_size=MAX_BODY_BYTES)
@@ -137,6 +141,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         app.add_routes(module.routes)
 
     app.cleanup_ctx.append(partial(_database, store, migrate, settings))
+    app.cleanup_ctx.append(partial(_providers, providers))  # closed after the scheduler's last revocation round
     app.cleanup_ctx.append(partial(_issuer_keys_client, issuer_keys))
     if settings.slack_enabled:
         # Without a signing secret (Socket Mode only) a random one makes every HTTP delivery fail verification.
@@ -168,7 +173,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         CronSchedule(settings.summary_cron, settings.timezone) if settings.summary_cron != "off" else None
     )
     app.cleanup_ctx.append(
-        lambda _app: run_scheduler(deps, metrics, settings.sweep_interval_seconds, summary_schedule)
+        lambda _app: run_scheduler(deps, metrics, settings.sweep_interval_seconds, summary_schedule,
+                                   settings.revocation_retries, settings.reconcile_interval_seconds)
     )
     app.cleanup_ctx.append(partial(_background, reloader.run, reloader.stop, "policy reloader"))
 
@@ -199,6 +205,12 @@ async def _database(store: SqlStore, migrate: bool, settings: Settings, _app: we
         raise
     yield
     await close_pool(store.engine, settings.readiness_timeout_seconds)
+
+
+async def _providers(providers: ProviderPool, _app: web.Application) -> AsyncIterator[None]:
+    """The credential providers' admin connections, opened as needed and closed at shutdown."""
+    yield
+    await providers.close()
 
 
 async def _issuer_keys_client(cache: JwksCache, _app: web.Application) -> AsyncIterator[None]:

@@ -182,6 +182,62 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return _run(_audit_export(settings, since, sys.stdout))
 
 
+async def _credentials_reconcile(settings: Settings, out) -> int:
+    """Queue again every failed revocation (and bring forward those waiting for a retry), reconcile every
+    provider's accounts with the grants, and work through the due revocations now; prints what happened. Exit
+    status 1 when something is still not removed (a revocation failed again, a provider could not be asked)."""
+    from bot.changes import LocalChanges
+    from bot.domain.usecases import Deps
+    from bot.domain.usecases.reconcile_credentials import reconcile_credentials
+    from bot.domain.usecases.revoke_credentials import revoke_due_credentials
+    from bot.policy_file import load_policy
+    from bot.providers.pool import ProviderPool
+    from bot.store.engine import create_engine
+    from bot.store.repository import SqlStore
+    from bot.store.schema import check_current
+    from bot.app import default_clock
+
+    policy = load_policy(settings.policy_path, os.environ)
+    store = SqlStore(create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds,
+                                   command_timeout=settings.database_command_timeout_seconds))
+    providers = ProviderPool()
+    # No token is minted here: reconciliation and revocation need the store, the clock and the providers.
+    deps = Deps(store=store, tokens=None, clock=default_clock(settings), changes=LocalChanges(),  # type: ignore[arg-type]
+                policy=policy, issuer=settings.issuer_url, credentials=providers)
+    try:
+        await check_current(store.engine)
+        found = await reconcile_credentials(deps, retry_failed=True)
+        for problem in found.problems:
+            print(f"grantbot: {problem}", file=sys.stderr)
+        print(f"reconcile: {found.checked} account(s) grantbot made checked in {len(policy.providers)} provider(s); "
+              f"{found.queued} revocation(s) queued for accounts whose grant is not active; "
+              f"{found.requeued_failed} failed or waiting revocation(s) queued again", file=out)
+        verified = retried = failed = 0
+        while (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
+            verified, retried, failed = verified + done.verified, retried + done.retried, failed + done.failed
+        print(f"revocations: {verified} verified, {retried} failed and will be retried, {failed} failed for good",
+              file=out)
+        counts = await store.backlog(deps.clock.now())
+        if counts.revocations_failed or counts.revocations_pending:
+            print(f"still not removed: {counts.revocations_failed} failed, {counts.revocations_pending} pending "
+                  "(`/access show <grant id>` says why)", file=out)
+        return 1 if found.problems or counts.revocations_failed or retried else 0
+    finally:
+        await providers.close()
+        await store.engine.dispose()
+
+
+def cmd_credentials_reconcile(_: argparse.Namespace) -> int:
+    settings = _load_settings()
+    _setup_logging(settings.log_level)
+    outcome: list[int] = []
+
+    async def run() -> None:
+        outcome.append(await _credentials_reconcile(settings, sys.stdout))
+
+    return _run(run()) or (outcome[0] if outcome else 2)
+
+
 def _policy_or_exit(path: Path):
     """The policy at ``path``; a bad file ends the command with its message and exit status 2."""
     from bot.policy_file import load_policy
@@ -215,7 +271,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     warnings = lint(policy)
     for warning in warnings:
         print(f"warning: {path}: {warning}")
-    print(f"{path}: valid; {len(policy.rules)} rules, {len(policy.identities)} identities, "
+    providers = f", {len(policy.providers)} providers" if policy.providers else ""
+    print(f"{path}: valid; {len(policy.rules)} rules, {len(policy.identities)} identities{providers}, "
           f"default {policy.default.value}; {len(warnings)} warning(s)")
     return 0
 
@@ -257,6 +314,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 
     from bot.domain.models import Caller
     from bot.domain.policy import explain
+    from bot.providers.kinds import explain_credentials
 
     policy = _policy_or_exit(args.file)
     claims = dict(args.claim or [])
@@ -272,6 +330,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         print(f"  rules[{index}] {rule.name} ({rule.decision.value}): {verdict}")
     if outcome.rule is None:
         print(f"  default: {policy.default.value}")
+    if outcome.decision.value != "deny":
+        for line in explain_credentials(policy, outcome.rule):
+            print(f"  credentials: {line}")
     if outcome.rule is not None and outcome.decision.value == "auto_approve" and policy.sends_to_people(outcome.rule):
         guards = [name for name, on in (("auto_approve_limit", outcome.rule.auto_approve_limit is not None),
                                         ("first_use", policy.first_use(outcome.rule) == "require_approval")) if on]
@@ -300,11 +361,20 @@ async def _dev(args: argparse.Namespace) -> None:
     identity = _dev_identity()
     os.environ["GRANTBOT_SECRET_DEPLOY_BOT"] = identity["secret"]
     introspection = f"demo:{secrets.token_hex(8)}"
+    policy_file = args.policy or bundled_policy()
+    demo = None
+    if args.postgres:
+        from bot.providers import demo as pg_demo
+
+        demo_url, demo = await pg_demo.set_up(args.postgres)
+        os.environ[pg_demo.URL_ENV] = demo_url
+        if args.policy is None:
+            policy_file = pg_demo.demo_policy(bundled_policy(), demo, DEV_STATE_DIR / "dev-policy.yaml")
     overrides: dict[str, object] = {
         "host": args.host,
         "port": args.port,
         "introspection_clients": introspection,
-        "policy_file": args.policy or bundled_policy(),
+        "policy_file": policy_file,
     }
     sandbox = None
     if not _load_settings().slack_enabled:
@@ -346,7 +416,7 @@ Try it, in a second terminal in this folder:
   3. 60 s after the approval the grant expires: a thread reply under the card says so.
   Staging is auto-approved:  .venv/bin/grantbot request{url} --environment staging --scope db:read --ttl 30
   Check a token (RFC 7662):  curl -s -u {client_id}:{secret} -d token=TOKEN {base}/oauth/introspect
-
+{_demo_hint(demo, url)}
 Stop with Ctrl-C.
 """,
         flush=True,
@@ -357,6 +427,18 @@ Stop with Ctrl-C.
         await listener.close()
         if sandbox is not None:
             await sandbox.stop()
+
+
+def _demo_hint(demo: dict | None, url: str) -> str:
+    if demo is None:
+        return ""
+    return f"""
+A real database grant (database {demo['database']}: table orders; grants are temporary roles {demo['prefix']}…):
+  4. Ask, approve in the sandbox, and get PostgreSQL credentials as PG* variables for psql:
+       eval "$(.venv/bin/grantbot request{url} --environment production --scope db:write --ttl 60 --reason "fix order 3" --wait 300 --output env)"
+  5. Use them:  psql -c 'SELECT * FROM orders'   (and keep a session open: psql)
+  6. 60 s after the approval the session ends, the role is dropped, and the card's thread says what was removed.
+"""
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -414,13 +496,30 @@ async def _request(args: argparse.Namespace) -> int:
                     status = resp.status
                     if status != 200:
                         break
-    print(json.dumps(answer, indent=2))
+    if args.output == "env" and answer.get("status") == "approved":
+        print(_env_lines(answer))
+    else:
+        print(json.dumps(answer, indent=2))
     summary = answer.get("status") or answer.get("error") or "error"
     detail = answer.get("detail")
     print(f"{summary} (HTTP {status})" + (f": {detail}" if detail else ""), file=sys.stderr)
     if status >= 400 or answer.get("status") not in ("approved", "pending"):
         return 1
     return 0
+
+
+def _env_lines(answer: dict) -> str:
+    """``export`` lines for a shell: the token, and the first PostgreSQL credential as libpq's PG* variables (what
+    psql and libpq clients read). Values are quoted for a POSIX shell."""
+    import shlex
+
+    grant = answer.get("grant") or {}
+    values = {"GRANTBOT_TOKEN": grant.get("access_token"), "GRANTBOT_GRANT_ID": grant.get("id")}
+    postgres = next((c for c in grant.get("credentials") or [] if c.get("kind") == "postgresql"), None)
+    if postgres:
+        values.update(PGHOST=postgres["host"], PGPORT=postgres["port"], PGDATABASE=postgres["database"],
+                      PGUSER=postgres["username"], PGPASSWORD=postgres["password"])
+    return "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in values.items() if v is not None)
 
 
 def cmd_request(args: argparse.Namespace) -> int:
@@ -480,11 +579,22 @@ def build_parser() -> argparse.ArgumentParser:
                              help="decide as at this ISO 8601 time (for `when`); default: now")
     explain_cmd.set_defaults(func=cmd_policy_explain)
 
+    credentials = sub.add_parser("credentials", help="real credentials (providers' temporary accounts)")
+    credentials_sub = credentials.add_subparsers(dest="credentials_command", required=True)
+    reconcile = credentials_sub.add_parser(
+        "reconcile", help="retry failed revocations now and revoke every account grantbot made whose grant is not "
+                          "active (settings and policy from the environment, as for serve)")
+    reconcile.set_defaults(func=cmd_credentials_reconcile)
+
     dev = sub.add_parser("dev", help="run grantbot with the local Slack sandbox and the example policy")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
     dev.add_argument("--sandbox-port", type=int, default=8081)
     dev.add_argument("--policy", type=Path, default=None, help="policy file (default: the bundled example)")
+    dev.add_argument("--postgres", metavar="URL", default=None,
+                     help="hand out real PostgreSQL roles: a URL of a role that may create databases and roles "
+                          "(e.g. postgresql://postgres@127.0.0.1:5432/postgres); makes a demo database "
+                          "grantbot_demo (or the URL's database) with an orders table")
     dev.set_defaults(func=cmd_dev)
 
     req = sub.add_parser("request", help="ask a grantbot for access, signed with an HMAC identity")
@@ -498,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--audience")
     req.add_argument("--context", action="append", type=_key_value, metavar="KEY=VALUE", help="pipeline context, e.g. run_url=…")
     req.add_argument("--wait", type=int, default=0, metavar="SECONDS", help="wait this long for an approval")
+    req.add_argument("--output", choices=["json", "env"], default="json",
+                     help="json: the answer; env: export lines (GRANTBOT_TOKEN, and PGHOST, PGPORT, PGDATABASE, "
+                          "PGUSER, PGPASSWORD for a PostgreSQL credential) for eval in a shell")
     req.set_defaults(func=cmd_request)
     return parser
 

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     # json or text; None: json unless standard error is a terminal (bot.logs.log_format)
     log_format: Literal["json", "text"] | None = Field(None, validation_alias=_env("GRANTBOT_LOG_FORMAT"))
     policy_watch_seconds: float = Field(2.0, ge=0, validation_alias=_env("GRANTBOT_POLICY_WATCH_SECONDS"))
+    # Real credentials: seconds before each retry of a revocation that failed (then it is marked failed: an alert,
+    # the grantbot_revocations_failed gauge), and how often every provider's accounts are reconciled.
+    revocation_retry_seconds: str = Field("5,15,30,60,120,300,600,900,1200",
+                                          validation_alias=_env("GRANTBOT_REVOCATION_RETRY_SECONDS"))
+    reconcile_interval_seconds: float = Field(300.0, gt=0, validation_alias=_env("GRANTBOT_RECONCILE_INTERVAL_SECONDS"))
     # Testing aid: a file holding seconds to add to the wall clock, so tests of a real process move time.
     clock_offset_file: Path | None = Field(None, validation_alias=_env("GRANTBOT_CLOCK_OFFSET_FILE"))
 
@@ -88,6 +93,22 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not a crontab expression ({exc}); e.g. '0 9 * * *' is 09:00 every day") from None
         return value
+
+    @field_validator("revocation_retry_seconds")
+    @classmethod
+    def _retry_list(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            delays = []
+        if not delays or any(not 0 < d <= 86400 for d in delays):
+            raise ValueError("a comma-separated list of seconds, each above 0, e.g. '5,15,30,60'")
+        return value
+
+    @property
+    def revocation_retries(self) -> tuple[float, ...]:
+        """``GRANTBOT_REVOCATION_RETRY_SECONDS`` as seconds: the wait before each retry."""
+        return tuple(float(part) for part in self.revocation_retry_seconds.split(",") if part.strip())
 
     @field_validator("slack_api_url")
     @classmethod

@@ -89,6 +89,21 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.revocations = Counter(
+            "grantbot_revocations", "Credential revocation attempts this process finished, by result: verified, "
+            "retried (will be tried again) or failed (no more retries)", ["result"], registry=self.registry,
+        )
+        self.revocations_pending = Gauge(
+            "grantbot_revocations_pending", "Credential revocations queued or waiting for a retry",
+            registry=self.registry,
+        )
+        self.revocations_failed = Gauge(
+            "grantbot_revocations_failed",
+            "Credential revocations that failed every retry: accounts that may still work. Alert on > 0; "
+            "`grantbot credentials reconcile` retries them",
+            registry=self.registry,
+        )
+
     def observe_sweep(self, seconds: float) -> None:
         self.sweep_duration.observe(seconds)
 
@@ -101,6 +116,8 @@ class Metrics:
         self.pending_requests.set(backlog.pending_requests)
         self.active_grants.set(backlog.active_grants)
         self.outbox_unsent.set(backlog.outbox_unsent)
+        self.revocations_pending.set(backlog.revocations_pending)
+        self.revocations_failed.set(backlog.revocations_failed)
         oldest = backlog.outbox_oldest
         self.outbox_oldest_age.set(max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
         overdue = backlog.oldest_overdue_grant

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import yaml
 
 from bot.domain.errors import PolicyError
 from bot.domain.policy import Policy, validate_policy
+from bot.providers.kinds import provider_problems
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
+def parse_policy(text: str, source: str = "<policy>", environ: Mapping[str, str] | None = None) -> Policy:
     """Parse and validate a policy document; :class:`PolicyError` names ``source``, the line, the key and the
-    problem (e.g. ``policy.yaml:14: rules[2].when.timezone: unknown timezone 'Europe/Berln'``)."""
+    problem (e.g. ``policy.yaml:14: rules[2].when.timezone: unknown timezone 'Europe/Berln'``).
+
+    ``environ``: also refuse a provider whose admin URL variable is unset there (what ``serve`` and a reload
+    check; ``policy check`` leaves it out)."""
     if not text.strip():
         raise PolicyError(f"{source}: the policy file is empty; it needs at least rules (or a default)")
     try:
@@ -22,7 +28,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise PolicyError(f"{source}: not valid YAML: {exc}") from None
     if data is None:  # only comments: as good as empty
         raise PolicyError(f"{source}: the policy file is empty; it needs at least rules (or a default)")
-    return validate_policy(data, source, locator(tree))
+    return validate_policy(data, source, locator(tree), checks=(partial(provider_problems, environ=environ),))
 
 
 def locator(tree: yaml.Node | None):
@@ -46,8 +52,9 @@ def locator(tree: yaml.Node | None):
     return locate if tree is not None else None
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate the policy file at ``path``; raises :class:`PolicyError`."""
+def load_policy(path: str | Path, environ: Mapping[str, str] | None = None) -> Policy:
+    """Read and validate the policy file at ``path`` (``environ``: see :func:`parse_policy`); raises
+    :class:`PolicyError`."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -60,4 +67,4 @@ def load_policy(path: str | Path) -> Policy:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise PolicyError(f"{path}: cannot read the policy file: {reason}") from None
-    return parse_policy(text, str(path))
+    return parse_policy(text, str(path), environ)

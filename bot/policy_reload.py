@@ -1,9 +1,10 @@
 """Reloading the policy while grantbot runs: on SIGHUP, and when the file's content changes (polled, so it works
 for Kubernetes ConfigMaps, which are swapped through symlinks that file-change events often miss).
 
-A new file that does not load (bad YAML, an unknown key, an identity whose secret is not set) is refused: the
-policy in force stays, the refusal is logged and posted once to the default channel (once per file content,
-across all replicas, through the outbox).
+A new file that does not load (bad YAML, an unknown key, an identity whose secret or a provider whose admin URL is
+not set) is refused: the policy in force stays, the refusal is logged and posted once to the default channel (once
+per file content, across all replicas, through the outbox). Providers need nothing more: each is built from its
+spec when first used, and a revocation keeps the spec it was issued under.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -84,7 +86,7 @@ class PolicyReloader:
         if again != text:
             return "unchanged"
         try:
-            policy = parse_policy(text, str(self._path))
+            policy = parse_policy(text, str(self._path), os.environ)
             self._apply(policy)
         except PolicyError as exc:
             return await self._refused(str(exc), current)

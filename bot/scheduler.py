@@ -21,6 +21,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from bot.domain import usecases
+from bot.domain.usecases.reconcile_credentials import reconcile_credentials
+from bot.domain.usecases.revoke_credentials import RETRY_SECONDS, revoke_due_credentials
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,41 @@ class Sweeper:
                 await task
 
 
+class CredentialJobs:
+    """The credential revocation worker's rounds and reconciliation, as scheduler jobs (run under the sweeper's
+    shutdown rule). A round that fails (the database away) is logged and the next one catches up; what a provider
+    fails is retried per revocation (``bot.domain.usecases.revoke_credentials``)."""
+
+    def __init__(self, deps: usecases.Deps, metrics: Metrics, retry_seconds: tuple[float, ...]) -> None:
+        self._deps = deps
+        self._metrics = metrics
+        self._retry_seconds = retry_seconds
+
+    async def revoke(self) -> None:
+        try:
+            done = await revoke_due_credentials(self._deps, self._retry_seconds)
+        except Exception as exc:
+            log.warning("credential revocation round failed: %s: %s", type(exc).__name__,
+                        getattr(exc, "orig", None) or exc)
+            return
+        for result in ("verified", "retried", "failed"):
+            if count := getattr(done, result):
+                self._metrics.revocations.labels(result=result).inc(count)
+
+    async def reconcile(self) -> None:
+        try:
+            found = await reconcile_credentials(self._deps)
+        except Exception as exc:
+            log.warning("credential reconciliation failed: %s: %s", type(exc).__name__,
+                        getattr(exc, "orig", None) or exc)
+            return
+        for problem in found.problems:
+            log.warning("credential reconciliation: %s", problem)
+        if found.queued:
+            log.warning("credential reconciliation queued %d revocation(s) of accounts whose grant is not active",
+                        found.queued)
+
+
 class CronSchedule:
     """A crontab expression read on the wall clock of an IANA time zone (APScheduler's ``CronTrigger``, which
     follows the zone's DST rules), asked with the injected clock's time instead of firing on the real one."""
@@ -123,9 +160,13 @@ class SummaryJob:
 
 
 async def run_scheduler(
-    deps: usecases.Deps, metrics: Metrics, interval_seconds: float, summary: CronSchedule | None = None
+    deps: usecases.Deps, metrics: Metrics, interval_seconds: float, summary: CronSchedule | None = None,
+    revocation_retry_seconds: tuple[float, ...] = RETRY_SECONDS, reconcile_seconds: float | None = None,
 ) -> AsyncIterator[AsyncIOScheduler]:
-    """Start the scheduler inside the running loop; yields it; shuts it down (for aiohttp ``cleanup_ctx``)."""
+    """Start the scheduler inside the running loop; yields it; shuts it down (for aiohttp ``cleanup_ctx``).
+
+    Jobs: the sweep and the credential revocation rounds every ``interval_seconds``, reconciliation of providers'
+    accounts at start and every ``reconcile_seconds`` (None: never), the daily summary when ``summary`` is set."""
     sweeper = Sweeper(deps, metrics)
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
@@ -142,6 +183,14 @@ async def run_scheduler(
         scheduler.add_job(sweeper.tracked, "interval", args=[SummaryJob(deps, summary).run], seconds=interval_seconds,
                           next_run_time=datetime.now(UTC), id="daily-summary", coalesce=True, max_instances=1,
                           misfire_grace_time=None)
+    credentials = CredentialJobs(deps, metrics, revocation_retry_seconds)
+    scheduler.add_job(sweeper.tracked, "interval", args=[credentials.revoke], seconds=interval_seconds,
+                      next_run_time=datetime.now(UTC), id="credential-revocations", coalesce=True, max_instances=1,
+                      misfire_grace_time=None)
+    if reconcile_seconds is not None:
+        scheduler.add_job(sweeper.tracked, "interval", args=[credentials.reconcile], seconds=reconcile_seconds,
+                          next_run_time=datetime.now(UTC), id="credential-reconcile", coalesce=True,
+                          max_instances=1, misfire_grace_time=None)
     scheduler.start()
     try:
         yield scheduler

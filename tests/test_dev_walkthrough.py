@@ -23,7 +23,7 @@ from tests.test_end_to_end import free_port, grantbot_command
 class Dev:
     """``grantbot dev`` started in ``folder``, with what it printed."""
 
-    def __init__(self, folder, port: int, sandbox_port: int) -> None:
+    def __init__(self, folder, port: int, sandbox_port: int, *options: str) -> None:
         self.folder = folder
         self.offset_file = folder / "clock-offset"
         write_clock_offset(self.offset_file, 0)
@@ -33,7 +33,7 @@ class Dev:
         self.log_path = folder / "dev.log"
         self.sandbox = f"http://127.0.0.1:{sandbox_port}"
         self.proc = subprocess.Popen(
-            [*grantbot_command("dev"), "--port", str(port), "--sandbox-port", str(sandbox_port)],
+            [*grantbot_command("dev"), "--port", str(port), "--sandbox-port", str(sandbox_port), *options],
             cwd=folder, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
 
     def printed(self) -> str:

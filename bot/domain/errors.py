@@ -163,3 +163,21 @@ class NotHandedOver(DomainError):
 
     code = "not_handed_over"
     status = 409
+
+
+class CredentialsUnavailable(Unavailable):
+    """A provider could not make, hand over or reset a grant's credentials now (its admin connection is down, it
+    lacks a right, the account name is taken by someone else). Nothing half-made is left and no token is handed
+    over without its credentials; the detail names the provider and what went wrong (never a password or URL)."""
+
+    code = "credentials_unavailable"
+    retry_after = 10
+
+    def __init__(self, detail: str, provider: str | None = None) -> None:
+        super().__init__(detail)
+        self.provider = provider
+
+
+class CredentialsRefused(Exception):
+    """A provider will not act on an account: it exists but grantbot did not make it (no marker of grantbot's,
+    or another grant's). Never retried: such an account is never altered or dropped."""

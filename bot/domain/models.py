@@ -178,6 +178,12 @@ class EventKind(StrEnum):
     REQUEST_DECIDED = "request.decided"
     TOKEN_HANDED_OVER = "token.handed_over"
     NOTICE = "notice"  # a plain message to a channel, e.g. a refused policy reload; payload {channel, text}
+    # Real credentials (payloads name the provider and the account, never a secret): a verified revocation (thread
+    # reply, or a channel message for an auto-approved grant), a revocation that failed every retry (an alert in the
+    # channel), and an approval that could not make its credentials (thread reply; the request stays pending).
+    CREDENTIALS_REVOKED = "credentials.revoked"
+    CREDENTIALS_FAILED = "credentials.failed"
+    CREDENTIALS_UNAVAILABLE = "credentials.unavailable"
 
 
 @dataclass(frozen=True)

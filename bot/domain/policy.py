@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot.domain.credentials import CredentialSpec, ProviderSpec
 from bot.domain.errors import PolicyError, TTLTooLong
 from bot.domain.models import Caller, Decision
 from bot.domain.zones import check_zone
@@ -287,6 +288,9 @@ class Rule(_Strict):
     reason_pattern: str | None = None
     auto_approve_limit: AutoApproveLimit | None = None
     first_use: FirstUse | None = None
+    credentials: list[CredentialSpec] = Field(
+        default_factory=list, description="real credentials a grant under this rule gets (DESIGN.md)"
+    )
 
     @field_validator("reason_pattern")
     @classmethod
@@ -318,6 +322,9 @@ class Policy(_Strict):
         default_factory=dict, description="CI login (GitHub actor, GitLab user_login) -> Slack user ID"
     )
     admins: Admins = Field(default_factory=Admins, description="may revoke any grant, incl. /access revoke-all")
+    providers: list[ProviderSpec] = Field(
+        default_factory=list, description="systems grantbot makes temporary accounts in (DESIGN.md Real credentials)"
+    )
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Policy:
@@ -349,6 +356,36 @@ class Policy(_Strict):
         if self.default is Decision.REQUIRE_APPROVAL and (problem := self.approvers_for(None).problem()):
             raise ValueError(f"default: require_approval {problem.replace('approvers.', 'defaults.approvers.')}")
         return self
+
+    def provider_named(self, name: str) -> ProviderSpec | None:
+        return next((provider for provider in self.providers if provider.name == name), None)
+
+    def rule_named(self, name: str | None) -> Rule | None:
+        return next((rule for rule in self.rules if rule.name == name), None) if name else None
+
+    def credential_problems(self) -> list[tuple[tuple, str]]:
+        """Where ``providers:`` and rules' ``credentials:`` contradict each other, as (key path, problem): a
+        provider named twice, a rule naming an unknown provider or one provider twice, a deny rule with
+        credentials. (What each kind accepts is checked by ``bot.providers``.)"""
+        problems: list[tuple[tuple, str]] = []
+        seen: set[str] = set()
+        for index, provider in enumerate(self.providers):
+            if provider.name in seen:
+                problems.append((("providers", index, "name"), f"provider {provider.name!r} is listed more than once"))
+            seen.add(provider.name)
+        for index, rule in enumerate(self.rules):
+            named: set[str] = set()
+            for position, spec in enumerate(rule.credentials):
+                where = ("rules", index, "credentials", position, "provider")
+                if spec.provider not in seen:
+                    known = ", ".join(sorted(seen)) or "none is defined under providers:"
+                    problems.append((where, f"unknown provider {spec.provider!r} (known: {known})"))
+                elif spec.provider in named:
+                    problems.append((where, f"provider {spec.provider!r} is named twice in this rule"))
+                named.add(spec.provider)
+            if rule.credentials and rule.decision is Decision.DENY:
+                problems.append((("rules", index, "credentials"), "a deny rule grants nothing: remove credentials"))
+        return problems
 
     def first_use(self, rule: Rule | None) -> FirstUse:
         return (rule.first_use if rule and rule.first_use else None) or self.defaults.first_use
@@ -599,16 +636,21 @@ Locate = Callable[[tuple[Any, ...]], int | None]
 _RULE_PREFIX = re.compile(r"^rules\[(\d+)\]")
 
 
-def validate_policy(data: object, source: str = "<policy>", locate: Locate | None = None) -> Policy:
+Check = Callable[["Policy"], list[tuple[tuple, str]]]
+
+
+def validate_policy(data: object, source: str = "<policy>", locate: Locate | None = None,
+                    checks: tuple[Check, ...] = ()) -> Policy:
     """Validate a parsed policy document; raise :class:`PolicyError` naming ``source``, the line (when
     ``locate`` maps a key path such as ``("rules", 2, "when", "timezone")`` to a 1-based line), the key and the
-    problem."""
+    problem. ``checks``: more checks of the valid model, each returning (key path, problem) pairs (e.g. what
+    ``bot.providers`` knows of each kind of provider); all their problems are listed together."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: the top level must be a mapping of keys (defaults, identities, rules, ...)")
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -624,6 +666,24 @@ def validate_policy(data: object, source: str = "<policy>", locate: Locate | Non
                 loc, message = loc[:-2], f"name {loc[-2]!r}: {message}"
             problems.append(f"{where}: {_format_location(loc)}: {message}")
         raise PolicyError("invalid policy file:\n  " + "\n  ".join(problems)) from None
+    problems = policy.credential_problems()
+    for check in checks:
+        problems += check(policy)
+    raise_problems(problems, source, locate)
+    return policy
+
+
+def raise_problems(problems: list[tuple[tuple, str]], source: str = "<policy>", locate: Locate | None = None) -> None:
+    """Raise :class:`PolicyError` listing ``problems`` ((key path, sentence) pairs) as :func:`validate_policy`
+    does, with the file and line of each key; nothing when there is none."""
+    if not problems:
+        return
+    lines = []
+    for loc, message in problems:
+        line = locate(loc) if locate else None
+        where = f"{source}:{line}" if line else source
+        lines.append(f"{where}: {_format_location(loc)}: {message}")
+    raise PolicyError("invalid policy file:\n  " + "\n  ".join(lines))
 
 
 # -- explain and check --------------------------------------------------------------------------------------------

@@ -6,6 +6,16 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
+from bot.domain.credentials import (
+    Account,
+    Credential,
+    CredentialState,
+    MadeAccount,
+    ProviderSpec,
+    RevocationCheck,
+    RevocationJob,
+    RevocationReport,
+)
 from bot.domain.models import (
     AccessRequest,
     Approval,
@@ -51,7 +61,61 @@ class Changes(Protocol):
         """Return when ``notify(request_id)`` is called or ``timeout`` seconds pass."""
 
 
-class Store(Protocol):
+class CredentialStore(Protocol):
+    """What the credential lifecycle keeps (implemented by ``bot.store.repository.SqlStore``): the accounts made
+    for each grant (never a secret) and their revocation, a durable job leased like the outbox."""
+
+    async def credential_accounts(self, grant_id: str) -> list[Account]:
+        """The accounts recorded for ``grant_id``, in the rule's order."""
+
+    async def credential_states(self, grant_id: str) -> list[CredentialState]:
+        """Each account of ``grant_id`` and its revocation (None while the grant is active)."""
+
+    async def claim_hand_over(self, grant_id: str, now: datetime, until: datetime, *, undelivered: bool) -> bool:
+        """Lease the grant's credentials for setting their secrets until ``until``: only while the grant is active
+        (and, with ``undelivered``, its token not handed over), and nobody else holds the lease; False otherwise.
+        Revocations of the grant wait while it is held, so a secret is never set on an account being removed."""
+
+    async def release_hand_over(self, grant_id: str) -> None: ...
+
+    async def claim_revocations(self, now: datetime, lease_seconds: float, limit: int) -> list[RevocationJob]:
+        """Lease up to ``limit`` due pending revocations (counting an attempt each), oldest first; rows another
+        worker holds, or whose grant's hand-over lease is held, are left alone."""
+
+    async def finish_revocation(self, job: RevocationJob, now: datetime, detail: dict,
+                                events: list[OutboxEvent]) -> bool:
+        """Mark ``job`` verified with ``detail`` (the report and the check), audited and with ``events``, if this
+        claim still holds it (its attempt count); False otherwise."""
+
+    async def retry_revocation(self, job: RevocationJob, not_before: datetime, error: str) -> bool:
+        """Give ``job`` back, due again at ``not_before``, remembering ``error``; fenced like
+        :meth:`finish_revocation`."""
+
+    async def fail_revocation(self, job: RevocationJob, now: datetime, error: str, events: list[OutboxEvent]) -> bool:
+        """Mark ``job`` failed (no more automatic retries) with ``error``, audited and with ``events`` (the alert),
+        once; fenced like :meth:`finish_revocation`."""
+
+    async def requeue_revocations(self, now: datetime, *, grant_id: str | None = None, failed: bool = False,
+                                  provider: str | None = None, username: str | None = None) -> int:
+        """Make revocations due now again, their attempts counted afresh: of ``grant_id`` (any finished state),
+        with ``failed`` every failed one and every pending one waiting for its next retry, or the finished one of
+        ``provider``/``username``; returns how many."""
+
+    async def record_orphan(self, account: Account, now: datetime) -> bool:
+        """Queue the revocation of an account found in a provider with no record of it here (a crash between
+        making it and recording it); False when it is recorded already."""
+
+    async def credential_by_username(self, provider: str, username: str) -> CredentialState | None: ...
+
+    async def note_credentials_unavailable(self, request_id: str, approver: str, provider: str | None, detail: str,
+                                           now: datetime) -> None:
+        """Audit that an approval could not make its grant's credentials, with a thread reply under the card."""
+
+    async def failed_revocations(self, limit: int) -> list[tuple[str, CredentialState]]:
+        """Revocations that failed, newest first, each with its grant id."""
+
+
+class Store(CredentialStore, Protocol):
     """Persistence. Every method is one transaction; every state change is a conditional UPDATE."""
 
     async def find_by_idempotency_key(self, identity: str, key: str) -> tuple[AccessRequest, str] | None:
@@ -65,10 +129,11 @@ class Store(Protocol):
         idempotency_key: str | None = None,
         body_hash: str | None = None,
         quota: AutoApproveQuota | None = None,
+        accounts: tuple[Account, ...] = (),
     ) -> bool:
-        """Insert a new request (and its grant when auto-approved). False when the idempotency key is taken.
-        With ``quota``, raises :class:`AutoApproveLimitReached` (and stores nothing) when the rule's automatic
-        approvals are used up, counted inside the same transaction."""
+        """Insert a new request (and its grant when auto-approved, with the ``accounts`` its credentials were made
+        in). False when the idempotency key is taken. With ``quota``, raises :class:`AutoApproveLimitReached` (and
+        stores nothing) when the rule's automatic approvals are used up, counted inside the same transaction."""
 
     async def usage(self, identity: str, rule: str, since: datetime) -> Usage:
         """What the policy's guard rails need: automatic approvals of ``identity`` under ``rule`` after ``since``
@@ -95,6 +160,7 @@ class Store(Protocol):
         reason: str | None = None,
         details: dict | None = None,
         resolved_events: list[OutboxEvent] = (),
+        accounts: tuple[Account, ...] = (),
     ) -> Vote:
         """Record ``approver``'s verdict on a pending request, once per person, in one transaction.
 
@@ -103,6 +169,7 @@ class Store(Protocol):
         ``resolved_events`` only when it resolved the request. ``reason`` (the approver's words) is audited and
         becomes the request's ``denial_reason`` when this verdict denies it; ``details`` join the audit data.
         Counting and resolving are serialised per request, so concurrent verdicts resolve it exactly once.
+        ``accounts``: the grant's credential accounts, recorded with it when this verdict approves.
         """
 
     async def approvals(self, request_id: str) -> list[Approval]:
@@ -134,7 +201,9 @@ class Store(Protocol):
 
     async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent],
                            **audit) -> bool:
-        """End an active grant early; False if it was not active. ``audit``: extra data of its audit event."""
+        """End an active grant early; False if it was not active. ``audit``: extra data of its audit event.
+        Ending a grant (here or in ``expire_due_grants``) queues the revocation of its credential accounts in the
+        same transaction."""
 
     async def active_grants(self, now: datetime, *, identities: list[str] | None = None,
                             issued_at_or_before: datetime | None = None, limit: int | None = None) -> list[Grant]:
@@ -182,6 +251,54 @@ class HomeReads(Protocol):
 
     async def recent_decisions(self, limit: int) -> list[tuple[AccessRequest, Grant | None]]:
         """The last decided requests that went to people, newest first, with their grants."""
+
+    async def failed_revocations(self, limit: int) -> list[tuple[str, CredentialState]]:
+        """Credential revocations that failed every retry, newest first, each with its grant id."""
+
+
+class CredentialProvider(Protocol):
+    """One configured provider (a database, a cache, a broker, an SSH CA, a webhook) that makes temporary accounts.
+
+    Shaped after Vault's database plugins (sdk/database/dbplugin/v5: ``NewUser`` / ``UpdateUser`` /
+    ``DeleteUser``, one module per database) and Infisical's dynamic-secret providers (``create`` / ``revoke``),
+    with what neither has: a check that the account is gone, and a list of the accounts it made (reconciliation).
+    Every method is idempotent, keyed by the account's deterministic name. Errors: raises
+    :class:`~bot.domain.errors.CredentialsUnavailable` (the system cannot be reached or refused a step; retrying
+    may help) and :class:`~bot.domain.errors.CredentialsRefused` (the account is not grantbot's: never retried).
+    Messages never carry a secret or a URL with a password.
+    """
+
+    spec: ProviderSpec
+
+    def username(self, grant_id: str) -> str:
+        """The account name for a grant: the provider's prefix and the grant's id."""
+
+    async def create(self, account: Account, now: datetime) -> None:
+        """Make the account, unusable until :meth:`issue` (no secret set); marked as grantbot's, made at ``now``.
+        An account already made for the same grant is kept."""
+
+    async def issue(self, account: Account, now: datetime) -> Credential:
+        """Set a fresh secret on the account, making it first if it is missing, usable until
+        ``account.expires_at``; returns what the pipeline receives. Each call makes a new secret."""
+
+    async def revoke(self, username: str) -> RevocationReport:
+        """Remove the account for good (end its sessions, hand on what it owns, drop it); an account already gone
+        is not an error."""
+
+    async def verify_revoked(self, username: str, report: RevocationReport | None = None) -> RevocationCheck:
+        """Look whether anything of the account is left (``report``: what :meth:`revoke` said it did, e.g. the
+        identifiers it saw, for looking after them too)."""
+
+    async def accounts(self) -> list[MadeAccount]:
+        """Every account with this provider's prefix that grantbot made (marked as grantbot's)."""
+
+
+class CredentialProviders(Protocol):
+    """The providers in use, built from a spec (the policy's, or the one a revocation kept) and reused."""
+
+    def provider(self, spec: ProviderSpec) -> CredentialProvider:
+        """The provider for ``spec``; raises ``CredentialsUnavailable`` when it cannot be built (its variable
+        is unset, its kind unknown to this version)."""
 
 
 class RefusalLog(Protocol):

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
+from bot.domain.credentials import CredentialState
 from bot.domain.models import AccessRequest, Grant, GrantStatus, RequestStatus
 from bot.slack.blocks import (
     FALLBACK_TEXT_LIMIT,
@@ -23,6 +24,7 @@ from bot.slack.blocks import (
     summary_line,
     truncate,
 )
+from bot.slack.credential_blocks import credentials_line
 
 ACCESS_COMMAND = "/access"
 REVOKE_ALL_ACTION = "access_revoke_all"
@@ -142,8 +144,10 @@ def _grant_state(grant: Grant | None, now: datetime) -> str:
     return f"Grant `{grant.id}`: *expired* at {clock_time(grant.expires_at)}"
 
 
-def show_message(request: AccessRequest, grant: Grant | None, now: datetime) -> dict:
-    """``/access show <id>``: the request, its decision and its grant at ``now``."""
+def show_message(request: AccessRequest, grant: Grant | None, now: datetime,
+                 credentials: Sequence[CredentialState] = ()) -> dict:
+    """``/access show <id>``: the request, its decision and its grant at ``now``, and the grant's real credentials
+    (which account on which provider, never a secret) with how their revocation stands."""
     decided = ""
     if request.status is not RequestStatus.PENDING:
         when = f" at {clock_time(request.decided_at)}" if request.decided_at else ""
@@ -158,6 +162,8 @@ def show_message(request: AccessRequest, grant: Grant | None, now: datetime) -> 
     if request.reason:
         lines.append(f"*Reason:* {escape(request.reason)}")
     blocks = [_section("\n".join(lines)), _section(_grant_state(grant, now))]
+    if (said := credentials_line(credentials)) is not None:
+        blocks.append(_section(said))
     if request.context:
         items = ", ".join(f"{escape(k)}: {escape(v)}" for k, v in sorted(request.context.items()))
         blocks.append(_context(items))

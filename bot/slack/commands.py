@@ -55,7 +55,7 @@ async def _pending(deps: usecases.Deps, user: str, args: str) -> dict:
 async def _show(deps: usecases.Deps, user: str, args: str) -> dict:
     some_id, _ = _one_id("show", args)
     found = await usecases.find_access(deps, some_id)
-    return cb.show_message(found.request, found.grant, deps.clock.now())
+    return cb.show_message(found.request, found.grant, deps.clock.now(), found.credentials)
 
 
 async def _explain(deps: usecases.Deps, user: str, args: str) -> dict:

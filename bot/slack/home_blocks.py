@@ -15,6 +15,7 @@ from datetime import datetime
 from bot.domain.approvals import waiting_for
 from bot.domain.models import AccessRequest, Approval, GrantStatus, RequestStatus, Tally, Verdict
 from bot.domain.usecases.home import Decided, HomeView, PendingItem
+from bot.slack.credential_blocks import failed_revocations_text
 from bot.slack.blocks import (
     CONTEXT_TEXT_LIMIT,
     HEADER_LIMIT,
@@ -137,6 +138,8 @@ def home_view(home: HomeView) -> dict:
     top: list[dict] = []
     if home.notice:
         top.append(_section(f":warning: {home.notice}"))
+    if (failed := failed_revocations_text(home.failed_revocations)) is not None:
+        top.append(_section(failed))
     top.append(_header(f"Waiting for your decision ({len(home.pending)})"))
     if home.groups_unknown:
         top.append(_context("Slack user groups could not be checked just now: requests you may decide as a group "

@@ -56,7 +56,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.domain.models import Decision, EventKind, OutboxItem, RequestStatus
 from bot.domain.ports import Clock
 from bot.metrics import Metrics
-from bot.slack import blocks
+from bot.slack import blocks, credential_blocks
 from bot.slack.summary_blocks import summary_blocks, summary_text
 from bot.store.outage import is_outage
 from bot.store.repository import SqlStore
@@ -307,6 +307,9 @@ class SlackNotifier:
             await self._post_once(item, channel=channel, **content)
             return
         request = await self._store.get_request(item.request_id)
+        if item.kind is EventKind.CREDENTIALS_FAILED:
+            await self._alert_revocation_failed(item, request)
+            return
         if request is None:
             return
         grant = (
@@ -346,12 +349,35 @@ class SlackNotifier:
                 await self._post_once(item, channel=request.card_channel, thread_ts=request.card_ts, text=text)
             elif request.channel and request.decision is Decision.AUTO_APPROVE:
                 await self._post_once(item, channel=request.channel, text=text)
+        elif item.kind is EventKind.CREDENTIALS_REVOKED:
+            text = credential_blocks.revoked_text(item.payload or {})
+            if request.card_ts and request.card_channel:
+                await self._post_once(item, channel=request.card_channel, thread_ts=request.card_ts, text=text)
+            elif request.channel and request.decision is Decision.AUTO_APPROVE:
+                await self._post_once(item, channel=request.channel, text=text)
+        elif item.kind is EventKind.CREDENTIALS_UNAVAILABLE and request.card_ts and request.card_channel:
+            await self._post_once(item, channel=request.card_channel, thread_ts=request.card_ts,
+                                  text=credential_blocks.unavailable_text(item.payload or {}))
         elif item.kind in (EventKind.REQUEST_DECIDED, EventKind.TOKEN_HANDED_OVER) and request.card_ts:
             # Thread replies under the card (none without a card: nobody saw the request, nobody decided it there).
             text = (blocks.decision_text(request, grant, approvals) if item.kind is EventKind.REQUEST_DECIDED
                     else blocks.handed_over_text(request, grant) if grant is not None else None)
             if text:
                 await self._post_once(item, channel=request.card_channel, thread_ts=request.card_ts, text=text)
+
+    async def _alert_revocation_failed(self, item: OutboxItem, request) -> None:
+        """The one alert for a revocation that failed every retry: a message of its own in the channel (not in a
+        thread, where it could go unseen), in the card's channel, else the request's, else the default one (an
+        orphan account has no request)."""
+        grant = await self._store.get_grant(item.grant_id) if item.grant_id else None
+        channel = ((request.card_channel or request.channel) if request is not None else None) or self._default_channel
+        if not channel:
+            log.error("a failed revocation (outbox item %s) has no channel to be told in (set GRANTBOT_SLACK_CHANNEL)",
+                      item.id)
+            return
+        grant_id = item.grant_id or (item.payload or {}).get("grant_id")
+        text = credential_blocks.revocation_failed_text(request, grant, grant_id, item.payload or {})
+        await self._post_once(item, channel=channel, text=text)
 
     async def _post_once(self, item: OutboxItem, *, channel: str, thread_ts: str | None = None, **content) -> tuple[str, str]:
         """``chat.postMessage`` unless an earlier attempt of this item already posted; returns (channel, ts)."""

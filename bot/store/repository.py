@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot.domain.credentials import Account
 from bot.domain.errors import AutoApproveLimitReached
 from bot.domain.models import (
     AccessRequest,
@@ -41,6 +42,7 @@ from bot.domain.models import (
 )
 from bot.domain.policy import Usage
 from bot.logs import current_request_id
+from bot.store.credentials import CredentialQueries, revocation_backlog
 from bot.store.engine import writer
 from bot.store.tables import (
     AccessRequestRow,
@@ -60,6 +62,8 @@ class Backlog(NamedTuple):
     outbox_unsent: int
     outbox_oldest: datetime | None
     oldest_overdue_grant: datetime | None = None  # the earliest expires_at of a grant still active past it
+    revocations_pending: int = 0
+    revocations_failed: int = 0
 
 
 R = AccessRequestRow.__table__
@@ -187,8 +191,9 @@ def _grant_values(grant: Grant) -> dict:
     }
 
 
-class SqlStore:
-    """SQLAlchemy Core over the SQLModel tables; works on SQLite (aiosqlite) and PostgreSQL (asyncpg)."""
+class SqlStore(CredentialQueries):
+    """SQLAlchemy Core over the SQLModel tables; works on SQLite (aiosqlite) and PostgreSQL (asyncpg). The
+    credential lifecycle's queries are in ``bot.store.credentials``."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -265,6 +270,7 @@ class SqlStore:
         idempotency_key: str | None = None,
         body_hash: str | None = None,
         quota: AutoApproveQuota | None = None,
+        accounts: tuple[Account, ...] = (),
     ) -> bool:
         values = {
             "id": request.id,
@@ -319,6 +325,7 @@ class SqlStore:
                         audit.append(_audit_row(at, "token.handed_over", request.identity, request.id, grant.id))
                     await conn.execute(_INSERT_AUDIT, audit)
                     await self._remember_scopes(conn, grant)
+                    await self._insert_accounts(conn, accounts, at, "policy")
                 else:
                     await conn.execute(_INSERT_AUDIT, audit)
                 await self._add_events(conn, events, at)
@@ -368,6 +375,7 @@ class SqlStore:
         reason: str | None = None,
         details: dict | None = None,
         resolved_events: list[OutboxEvent] = (),
+        accounts: tuple[Account, ...] = (),
     ) -> Vote:
         # ``reason``: the approver's words (a denial's reason), audited and, when this verdict denies the request,
         # kept as its ``denial_reason``; ``details``: extra audit data (an approval's reduced scopes and TTL);
@@ -419,6 +427,7 @@ class SqlStore:
                 if status is RequestStatus.APPROVED and grant is not None:
                     await conn.execute(_INSERT_GRANT, _grant_values(grant))
                     await self._audit_grant_issued(conn, grant, approver)
+                    await self._insert_accounts(conn, accounts, now, approver)
             await self._add_events(conn, events + (list(resolved_events) if status is not None else []), now)
         return Vote(VoteOutcome.RESOLVED if status is not None else VoteOutcome.COUNTED, tally)
 
@@ -509,10 +518,12 @@ class SqlStore:
     async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime,
                                events: list[OutboxEvent] = ()) -> bool:
         async with self._writer.begin() as conn:
+            # Only while active: a grant that ended during a hand-over (its credentials' secrets just set) must not
+            # be handed over; its revocation, which waited for the hand-over lease, removes them.
             won = await conn.execute(
                 update(G)
-                .where(G.c.id == grant_id, G.c.delivered_at.is_(None))
-                .values(delivered_at=now, token_hash=token_hash)
+                .where(G.c.id == grant_id, G.c.delivered_at.is_(None), G.c.status == GrantStatus.ACTIVE.value)
+                .values(delivered_at=now, token_hash=token_hash, handover_until=None)
                 .returning(G.c.request_id, G.c.identity)
             )
             row = won.first()
@@ -579,6 +590,7 @@ class SqlStore:
                         now,
                     )
                     expired.append(_grant_from_row(row))
+            await self.queue_revocations(conn, [grant.id for grant in expired], now)
         return expired
 
     async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent],
@@ -592,6 +604,7 @@ class SqlStore:
             await self._audit(conn, now, "grant.revoked", by, request_id, grant_id,
                               **{k: v for k, v in audit.items() if v is not None})
             await self._add_events(conn, events, now)
+            await self.queue_revocations(conn, [grant_id], now)
         return True
 
     # -- listings for /access (read-only) ---------------------------------------------------------------------
@@ -838,8 +851,9 @@ class SqlStore:
 
     async def backlog(self, now: datetime) -> Backlog:
         """What waits right now, across all replicas: pending requests, grants active at ``now``, and outbox items
-        not yet sent with the ``created_at`` of the oldest (None when there is none), and the ``expires_at`` of the
-        grant that has waited longest for the sweep (active, yet past it). Five aggregate reads, on indexes."""
+        not yet sent with the ``created_at`` of the oldest (None when there is none), the ``expires_at`` of the
+        grant that has waited longest for the sweep (active, yet past it), and credential revocations pending and
+        failed. Aggregate reads, on indexes."""
         async with self.engine.connect() as conn:
             async def scalar(statement):
                 return (await conn.execute(statement)).scalar_one()
@@ -853,7 +867,9 @@ class SqlStore:
                 outbox_oldest=await scalar(select(func.min(O.c.created_at)).where(O.c.sent_at.is_(None))),
                 oldest_overdue_grant=await scalar(select(func.min(G.c.expires_at)).where(
                     G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at <= now)),
+                **await revocation_backlog(conn),
             )
+
 
 
     # -- App Home (read-only) -----------------------------------------------------------------------------------

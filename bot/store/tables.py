@@ -117,6 +117,9 @@ class GrantRow(SQLModel, table=True):
     ended_by: str | None = Field(default=None, max_length=255)
     delivered_at: datetime | None = _time()
     token_hash: str | None = Field(default=None, max_length=64)
+    # While set and in the future, one caller is setting the secrets of this grant's credentials (a hand-over, a
+    # reissue): others wait, and so do its revocations (a secret is never set on an account being removed).
+    handover_until: datetime | None = _time()
 
 
 class OutboxRow(SQLModel, table=True):
@@ -198,3 +201,39 @@ class RefusalCountRow(SQLModel, table=True):
     count: int = 1
     request_id: str | None = Field(default=None, max_length=36)  # of the first refusal of the window
     data: dict = _json()  # the first refusal's details (e.g. the authentication scheme)
+
+
+class CredentialRow(SQLModel, table=True):
+    """One account a provider made for a grant (never its secret), and its revocation: a durable job written in the
+    transaction that ends the grant, leased like the outbox (``locked_until``, ``attempts``), retried with backoff
+    (``not_before``) until verified or failed.
+
+    ``target`` is the provider's spec as it was at issue (names of variables, never a URL or secret), so a policy
+    reload cannot strand a grant's revocation; ``params`` the rule's parameters (e.g. roles); ``revocation`` is
+    NULL while the grant is active, then ``pending``, ``verified`` or ``failed``; ``detail`` what the revocation did
+    and what the check after it found; ``grant_id`` may name no grant (an orphan found by reconciliation).
+    """
+
+    __tablename__ = "credentials"
+    __table_args__ = (
+        UniqueConstraint("provider", "username", name="uq_credentials_provider_username"),
+        Index("ix_credentials_revocation_not_before", "revocation", "not_before"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    grant_id: str = Field(index=True, max_length=36)
+    request_id: str | None = Field(default=None, max_length=36)
+    position: int = 0  # the entry's place in the rule's credentials:
+    provider: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    username: str = Field(max_length=255)
+    target: dict = _json()
+    params: dict = _json()
+    created_at: datetime = _time(nullable=False)
+    revocation: str | None = Field(default=None, max_length=16)
+    attempts: int = 0
+    not_before: datetime | None = _time()
+    locked_until: datetime | None = _time()
+    last_error: str | None = Field(default=None, max_length=500)
+    detail: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    revoked_at: datetime | None = _time()

@@ -73,7 +73,9 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
-def grant_json(grant: Grant, now: datetime, token: str | None) -> dict:
+def grant_json(grant: Grant, now: datetime, token: str | None, credentials=(), revocation=None) -> dict:
+    """The API's grant (DESIGN.md HTTP contract): the token and ``credentials`` only on the hand-over, and once
+    the grant ended with credentials, ``revocation`` ``{"status", "detail"}``."""
     body = {
         "id": grant.id,
         "status": grant.status.value,
@@ -87,6 +89,10 @@ def grant_json(grant: Grant, now: datetime, token: str | None) -> dict:
     }
     if token is not None:
         body["access_token"] = token
+    if credentials:
+        body["credentials"] = [credential.as_json() for credential in credentials]
+    if revocation is not None:
+        body["revocation"] = revocation.as_json()
     return body
 
 
@@ -111,7 +117,7 @@ def view_json(view: usecases.RequestView, now: datetime) -> dict:
         if req.denial_reason is not None:  # the approver's words from the deny modal
             body["denial_reason"] = req.denial_reason
     if view.grant is not None:
-        body["grant"] = grant_json(view.grant, now, view.access_token)
+        body["grant"] = grant_json(view.grant, now, view.access_token, view.credentials, view.revocation)
         if (view.access_token is None and view.grant.delivered_at is not None
                 and view.grant.status is GrantStatus.ACTIVE and view.grant.expires_at > now):
             # The token went out with an earlier answer (e.g. the first try of an Idempotency-Key retry).
@@ -212,5 +218,6 @@ async def reissue_token(request: web.Request) -> web.Response:
     caller = await authenticate(request, await request.read())
     deps = request.app[DEPS]
     view = await usecases.reissue(deps, caller, _resource_id(request, "grant"))
-    body = {**grant_json(view.grant, deps.clock.now(), view.access_token), "request_id": view.grant.request_id}
+    body = {**grant_json(view.grant, deps.clock.now(), view.access_token, view.credentials),
+            "request_id": view.grant.request_id}
     return web.json_response(body, headers={"Cache-Control": "no-store"})  # RFC 6749 §5.1: a token answer

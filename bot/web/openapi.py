@@ -20,7 +20,8 @@ def _json(schema: dict, description: str) -> dict:
 def _errors(*statuses: int) -> dict:
     meaning = {400: "bad input", 401: "not authenticated", 403: "denied", 404: "not found", 413: "body over 64 KiB",
                409: "the grant ended, or its token was not handed over yet",
-               422: "bad input: the detail says what to change", 503: "database unavailable; see Retry-After"}
+               422: "bad input: the detail says what to change",
+               503: "database or a credential provider unavailable; see Retry-After"}
     return {str(s): _json(_ERROR, meaning[s]) for s in statuses}
 
 
@@ -36,6 +37,20 @@ def document() -> dict:
             "environment": {"type": "string", "description": "the token's environment claim"},
             "issued_at": {"type": "string", "format": "date-time"},
             "expires_at": {"type": "string", "format": "date-time"}, "expires_in": {"type": "integer"},
+            "credentials": {
+                "type": "array", "description": "real credentials (the rule's credentials:); present only the first "
+                "time, with the token; fields by kind",
+                "items": {"type": "object", "required": ["provider", "kind", "expires_at"], "properties": {
+                    "provider": {"type": "string"}, "kind": {"type": "string"}, "username": {"type": "string"},
+                    "password": {"type": "string"}, "host": {"type": "string"}, "port": {"type": "integer"},
+                    "database": {"type": "string"}, "dsn": {"type": "string"},
+                    "expires_at": {"type": "string", "format": "date-time"}}},
+            },
+            "revocation": {
+                "type": "object", "description": "once the grant ended, how the removal of its credentials stands",
+                "required": ["status", "detail"], "properties": {
+                    "status": {"enum": ["pending", "verified", "failed"]}, "detail": {"type": "string"}},
+            },
         },
     }
     request_view = {

@@ -5,13 +5,16 @@ from bot.domain.usecases.decide import approve, check_changes, deny, may_decide
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.expire import expire_due
 from bot.domain.usecases.introspect import introspect
+from bot.domain.usecases.issue_credentials import reset_credentials
 from bot.domain.usecases.look_up import find_access, list_active_grants, list_pending
 from bot.domain.usecases.read_request import RequestView, read_request
 from bot.domain.usecases.reissue import ReissueView, reissue
+from bot.domain.usecases.reconcile_credentials import reconcile_credentials
 from bot.domain.usecases.request_access import request_access
 from bot.domain.usecases.revoke import revoke_as_approver, revoke_own_grant
 from bot.domain.usecases.revoke_all import preview_revoke_all, revoke_all
 from bot.domain.usecases.revoke_by_person import revoke_by_person
+from bot.domain.usecases.revoke_credentials import revoke_due_credentials
 from bot.domain.usecases.revoke_token import revoke_token
 
 __all__ = [
@@ -31,10 +34,13 @@ __all__ = [
     "queue_due_summary",
     "read_request",
     "reissue",
+    "reconcile_credentials",
     "request_access",
+    "reset_credentials",
     "revoke_all",
     "revoke_as_approver",
     "revoke_by_person",
+    "revoke_due_credentials",
     "revoke_own_grant",
     "revoke_token",
 ]

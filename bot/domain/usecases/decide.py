@@ -14,14 +14,19 @@ from bot.domain.errors import (
     AlreadyDecided,
     AlreadyVoted,
     CannotApproveOwnRequest,
+    CredentialsUnavailable,
     InvalidChanges,
     InvalidRequest,
     NotAnApprover,
     NotFound,
 )
-from bot.domain.models import AccessRequest, EventKind, OutboxEvent, RequestStatus, Verdict, Vote, VoteOutcome
+from bot.domain.credentials import Account
+from bot.domain.models import (
+    AccessRequest, EventKind, Grant, OutboxEvent, RequestStatus, Verdict, Vote, VoteOutcome,
+)
 from bot.domain.refusals import APPROVAL_REFUSED
 from bot.domain.usecases.deps import Deps
+from bot.domain.usecases.issue_credentials import accounts_for, create_credentials, discard_credentials, may_resolve
 from bot.domain.usecases.refusals import record_refusal
 from bot.domain.usecases.request_access import new_grant
 
@@ -101,11 +106,18 @@ async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict, 
         if verdict is Verdict.DENY and not request.deny_on_first_denial
         else None
     )
-    vote = await deps.store.decide(
-        request_id, approver, verdict, now, partial(resolution, request, eligible), grant,
-        [OutboxEvent(EventKind.CARD_UPDATE, request_id)], reason=reason, details=details,
-        resolved_events=[OutboxEvent(EventKind.REQUEST_DECIDED, request_id)],
-    )
+    accounts, made = await _make_credentials(deps, request, approver, grant) if grant is not None else ((), ())
+    try:
+        vote = await deps.store.decide(
+            request_id, approver, verdict, now, partial(resolution, request, eligible), grant,
+            [OutboxEvent(EventKind.CARD_UPDATE, request_id)], reason=reason, details=details,
+            resolved_events=[OutboxEvent(EventKind.REQUEST_DECIDED, request_id)], accounts=accounts,
+        )
+    except BaseException:
+        await discard_credentials(deps, made)
+        raise
+    if vote.outcome is not VoteOutcome.RESOLVED:
+        await discard_credentials(deps, made)  # this vote issued no grant: nothing may stay behind
     current = await deps.store.get_request(request_id) or request
     if vote.outcome in (VoteOutcome.NOT_PENDING, VoteOutcome.REPEATED):
         refusal = _already(current) if vote.outcome is VoteOutcome.NOT_PENDING else _repeated(current, vote)
@@ -118,6 +130,26 @@ async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict, 
              extra={"access_request": request_id, "approver": approver, "verdict": verdict.value,
                     "status": current.status.value})
     return current
+
+
+async def _make_credentials(deps: Deps, request: AccessRequest, approver: str,
+                            grant: Grant) -> tuple[tuple[Account, ...], tuple[Account, ...]]:
+    """The accounts of the grant this approval would issue, and those made now (without secrets): all of them when
+    it may resolve the request, so that a provider that is down or lacks a right shows now: the approval is not
+    recorded, the approver is told, and the card's thread says why. (An approval that resolves it unforeseen, in a
+    race, records the accounts anyway; the hand-over makes them.)"""
+    try:
+        accounts = accounts_for(deps, request.rule, grant)
+        if accounts and await may_resolve(deps, request):
+            await create_credentials(deps, accounts)
+            return accounts, accounts
+    except CredentialsUnavailable as exc:
+        await deps.store.note_credentials_unavailable(request.id, approver, exc.provider, exc.detail, deps.clock.now())
+        deps.changes.notify(request.id)  # wakes the outbox worker
+        raise CredentialsUnavailable(
+            f"Your approval was not recorded: grantbot could not make this grant's credentials. {exc.detail} "
+            "The request stays pending; approve again once it is fixed.", exc.provider) from None
+    return accounts, ()
 
 
 def _repeated(request: AccessRequest, vote: Vote) -> AlreadyVoted:
@@ -145,7 +177,9 @@ async def approve(deps: Deps, request_id: str, approver: str, *, scopes: tuple[s
     Raises :class:`NotFound`, :class:`CannotApproveOwnRequest` (the approver triggered the pipeline),
     :class:`NotAnApprover` (neither listed nor in an approver group), :class:`AlreadyVoted` (this person already
     gave a verdict; nothing changes), :class:`AlreadyDecided` (no longer pending: a replayed payload, a lost race
-    or a timeout) and :class:`~bot.domain.errors.ApproverDirectoryUnavailable` (group membership unknowable now).
+    or a timeout), :class:`~bot.domain.errors.ApproverDirectoryUnavailable` (group membership unknowable now) and
+    :class:`CredentialsUnavailable` (the rule's credentials could not be made: the approval is not recorded, and a
+    thread reply under the card says why).
     """
     return await _decide(deps, request_id, approver, Verdict.APPROVE, scopes=scopes, ttl_seconds=ttl_seconds)
 

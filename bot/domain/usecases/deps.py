@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.domain.policy import Policy
-from bot.domain.ports import ApproverDirectory, Changes, Clock, RefusalLog, Store, TokenMinter
+from bot.domain.ports import ApproverDirectory, Changes, Clock, CredentialProviders, RefusalLog, Store, TokenMinter
 
 
 @dataclass
@@ -19,3 +19,4 @@ class Deps:
     default_channel: str | None = None  # GRANTBOT_SLACK_CHANNEL; wins over the policy's defaults.channel
     directory: ApproverDirectory | None = None  # Slack user groups; None (no Slack): groups have no members
     refusals: RefusalLog | None = None  # refused clicks and commands, audited; None: not recorded
+    credentials: CredentialProviders | None = None  # real credentials (bot.providers); None: rules may not use any

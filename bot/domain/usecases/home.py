@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bot.domain.approvals import is_approver
+from bot.domain.credentials import CredentialState
 from bot.domain.errors import ApproverDirectoryUnavailable
 from bot.domain.models import AccessRequest, Approval, Grant, Verdict
 from bot.domain.ports import HomeReads
@@ -21,6 +22,7 @@ from bot.domain.usecases.deps import Deps
 PENDING_SCAN_LIMIT = 500
 GRANTS_LIMIT = 20
 RECENT_LIMIT = 10
+FAILED_REVOCATIONS_LIMIT = 10
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class HomeView:
     recent: tuple[Decided, ...] = ()
     groups_unknown: bool = False
     notice: str | None = None
+    # Credential revocations that failed every retry (grant id, the account and its error), newest first: accounts
+    # that may still work, for everyone to see until someone fixes them.
+    failed_revocations: tuple[tuple[str, CredentialState], ...] = ()
 
 
 async def home_view(deps: Deps, reads: HomeReads, user: str, notice: str | None = None) -> HomeView:
@@ -84,6 +89,7 @@ async def home_view(deps: Deps, reads: HomeReads, user: str, notice: str | None 
         for r in mine
     )
     grants, grants_total = await reads.active_grants_with_environment(now, GRANTS_LIMIT)
+    failed = await reads.failed_revocations(FAILED_REVOCATIONS_LIMIT)
     return HomeView(user=user, now=now, pending=pending, grants=tuple(grants), grants_total=grants_total,
                     recent=tuple(Decided(r, g, tuple(verdicts[r.id])) for r, g in recent),
-                    groups_unknown=groups_unknown, notice=notice)
+                    groups_unknown=groups_unknown, notice=notice, failed_revocations=tuple(failed))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.domain.credentials import CredentialState
 from bot.domain.errors import NotFound
 from bot.domain.models import AccessRequest, Grant
 from bot.domain.usecases.deps import Deps
@@ -14,10 +15,12 @@ from bot.domain.usecases.deps import Deps
 
 @dataclass(frozen=True)
 class Found:
-    """A request and its grant (None until approved)."""
+    """A request and its grant (None until approved); for ``show``, the grant's real credentials (never a secret)
+    and how their revocation stands."""
 
     request: AccessRequest
     grant: Grant | None
+    credentials: tuple[CredentialState, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,17 +38,20 @@ class PendingRequests:
 
 
 async def find_access(deps: Deps, some_id: str) -> Found:
-    """The request named by ``some_id``, which is a request id (as on the cards) or a grant id.
+    """The request named by ``some_id``, which is a request id (as on the cards) or a grant id, with its grant and
+    the grant's credentials.
 
     Raises :class:`NotFound` when it names neither.
     """
     request = await deps.store.get_request(some_id)
-    if request is not None:
-        return Found(request, await deps.store.grant_for_request(request.id))
-    grant = await deps.store.get_grant(some_id)
-    if grant is not None and (request := await deps.store.get_request(grant.request_id)) is not None:
-        return Found(request, grant)
-    raise NotFound(f"There is no access request or grant {some_id}.")
+    grant = await deps.store.grant_for_request(request.id) if request is not None else None
+    if request is None:
+        grant = await deps.store.get_grant(some_id)
+        request = await deps.store.get_request(grant.request_id) if grant is not None else None
+    if request is None:
+        raise NotFound(f"There is no access request or grant {some_id}.")
+    credentials = tuple(await deps.store.credential_states(grant.id)) if grant is not None else ()
+    return Found(request, grant, credentials)
 
 
 async def list_active_grants(deps: Deps, limit: int) -> ActiveGrants:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from bot.domain.credentials import Credential, Revocation
 from bot.domain.errors import NotFound
 from bot.domain.models import (
     AccessRequest, Caller, Decision, EventKind, Grant, GrantStatus, OutboxEvent, RequestStatus,
 )
 from bot.domain.usecases.deps import Deps
+from bot.domain.usecases.issue_credentials import hand_over_credentials
 
 MAX_WAIT_SECONDS = 60
 # Bounds how stale a long poll can be when the change happened on another replica (no in-process signal).
@@ -18,19 +20,25 @@ _RECHECK_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class RequestView:
-    """A request as its caller sees it: the grant when approved, and the token only on the first hand-over."""
+    """A request as its caller sees it: the grant when approved, the token and the grant's real credentials only on
+    the first hand-over, and, once the grant ended, how the removal of its credentials stands."""
 
     request: AccessRequest
     grant: Grant | None = None
     access_token: str | None = None
     replayed: bool = False  # the answer to an Idempotency-Key retry: the request was made by an earlier call
+    credentials: tuple[Credential, ...] = ()
+    revocation: Revocation | None = None
 
 
 async def hand_over(deps: Deps, request: AccessRequest) -> RequestView:
-    """Attach the grant and, if it was never handed over and is still active, a freshly signed token.
+    """Attach the grant and, if it was never handed over and is still active, a freshly signed token with the
+    grant's credentials (their secrets set now: ``hand_over_credentials``).
 
     The token is signed from the grant's stored ``jti``, ``issued_at`` and ``expires_at``, so nothing secret is
-    stored; the conditional ``mark_handed_over`` makes sure only one caller ever receives it.
+    stored; the conditional ``mark_handed_over`` makes sure only one caller ever receives it. Raises
+    ``CredentialsUnavailable`` when a provider cannot set the secrets: no token is handed over without them, and
+    the next poll tries again.
     """
     if request.status is not RequestStatus.APPROVED:
         return RequestView(request)
@@ -39,16 +47,27 @@ async def hand_over(deps: Deps, request: AccessRequest) -> RequestView:
         return RequestView(request)
     now = deps.clock.now()
     if grant.delivered_at is None and grant.status is GrantStatus.ACTIVE and grant.expires_at > now:
-        token = deps.tokens.mint(grant)
-        # People approved it: tell them, under the card, that the pipeline collected its token.
-        events = ([OutboxEvent(EventKind.TOKEN_HANDED_OVER, request.id, grant.id)]
-                  if request.decision is Decision.REQUIRE_APPROVAL else [])
-        if await deps.store.mark_handed_over(grant.id, deps.tokens.token_hash(token), now, events):
-            if events:
-                deps.changes.notify(request.id)  # wakes the outbox worker
-            return RequestView(request, grant, token)
+        credentials = await hand_over_credentials(deps, grant)
+        if credentials is not None:
+            token = deps.tokens.mint(grant)
+            # People approved it: tell them, under the card, that the pipeline collected its token.
+            events = ([OutboxEvent(EventKind.TOKEN_HANDED_OVER, request.id, grant.id)]
+                      if request.decision is Decision.REQUIRE_APPROVAL else [])
+            if await deps.store.mark_handed_over(grant.id, deps.tokens.token_hash(token), now, events):
+                if events:
+                    deps.changes.notify(request.id)  # wakes the outbox worker
+                return RequestView(request, grant, token, credentials=credentials)
+            if credentials:  # it ended meanwhile: its revocation waited for this lease
+                await deps.store.release_hand_over(grant.id)
         grant = await deps.store.get_grant(grant.id) or grant
-    return RequestView(request, grant)
+    return RequestView(request, grant, revocation=await revocation_of(deps, grant))
+
+
+async def revocation_of(deps: Deps, grant: Grant) -> Revocation | None:
+    """How the removal of an ended grant's credentials stands (None while it is active or when it has none)."""
+    if grant.status is GrantStatus.ACTIVE:
+        return None
+    return Revocation.of(await deps.store.credential_states(grant.id))
 
 
 async def read_request(deps: Deps, caller: Caller, request_id: str, wait_seconds: float = 0) -> RequestView:

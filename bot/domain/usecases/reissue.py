@@ -12,20 +12,21 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, replace
 
+from bot.domain.credentials import Credential
 from bot.domain.errors import GrantNotActive, NotFound, NotHandedOver
 from bot.domain.models import Caller, Grant, GrantStatus
 from bot.domain.usecases.deps import Deps
+from bot.domain.usecases.issue_credentials import reset_credentials
 
 
 @dataclass(frozen=True)
 class ReissueView:
-    """What the holder gets back: the grant as it now is and its new token, handed over in this answer only.
-
-    Fresh credential secrets for the same grant (DESIGN.md "Credentials") belong here too, once grants carry them.
-    """
+    """What the holder gets back: the grant as it now is, its new token and fresh secrets of its credentials
+    (DESIGN.md "Credentials"), handed over in this answer only."""
 
     grant: Grant
     access_token: str
+    credentials: tuple[Credential, ...] = ()
 
 
 def _refusal(grant: Grant, now) -> GrantNotActive | NotHandedOver | None:
@@ -45,7 +46,10 @@ def _refusal(grant: Grant, now) -> GrantNotActive | NotHandedOver | None:
 async def reissue(deps: Deps, caller: Caller, grant_id: str) -> ReissueView:
     """Sign a new token for ``caller``'s active grant ``grant_id`` and make it the only one the grant accepts.
 
-    The new token differs from the old one only in ``jti``; ``exp`` stays the grant's ``expires_at``. Audited as
+    The new token differs from the old one only in ``jti``; ``exp`` stays the grant's ``expires_at``. A grant with
+    credentials gets fresh secrets on each of its accounts first (``reset_credentials``), so what the lost answer
+    carried stops working too; a provider that fails raises
+    :class:`~bot.domain.errors.CredentialsUnavailable` and nothing changes. Audited as
     ``token.reissued`` (old and new ``jti``, never the token). Two concurrent re-issues each get a token; only
     the one committed last stays active (the store serialises them).
 
@@ -59,10 +63,12 @@ async def reissue(deps: Deps, caller: Caller, grant_id: str) -> ReissueView:
     now = deps.clock.now()
     if refusal := _refusal(grant, now):
         raise refusal
+    # Credentials first: no new token goes out without them, and a failure here changes nothing (retry is safe).
+    credentials = await reset_credentials(deps, grant)
     renewed = replace(grant, jti=str(uuid.uuid4()))
     token = deps.tokens.mint(renewed)
     current = await deps.store.reissue_token(grant.id, renewed.jti, deps.tokens.token_hash(token), now)
     if current is None:  # ended (or expired) since it was read
         latest = await deps.store.get_grant(grant.id) or grant
         raise _refusal(latest, now) or GrantNotActive(f"Grant {grant.id} is no longer active.", latest.status.value)
-    return ReissueView(current, token)
+    return ReissueView(current, token, credentials)

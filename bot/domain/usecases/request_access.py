@@ -31,6 +31,7 @@ from bot.domain.models import (
 )
 from bot.domain.policy import PolicyDecision, apply_guard_rails, decide, granted_ttl
 from bot.domain.usecases.deps import Deps
+from bot.domain.usecases.issue_credentials import accounts_for, discard_credentials, issue_credentials
 from bot.domain.usecases.read_request import RequestView, hand_over
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ async def request_access(
     Returns the view of the request: ``approved`` with a grant and its token (auto-approve), ``pending`` (an
     approval card is queued in the outbox) or ``denied``. A retry with the same ``idempotency_key`` returns the
     first request's current state instead of creating another. Raises :class:`InvalidRequest` (bad scopes,
-    unknown environment, TTL above the cap) and :class:`IdempotencyConflict`; nothing is stored then.
+    unknown environment, TTL above the cap), :class:`IdempotencyConflict` and ``CredentialsUnavailable`` (an
+    auto-approved grant's credentials could not be made: nothing is stored, nothing is left in the provider).
     """
     _validate(deps, body)
     body_hash = _body_hash(body)
@@ -170,14 +172,27 @@ async def _store(
     grant = None
     token = None
     events: list[OutboxEvent] = []
+    accounts = ()
+    credentials = ()
     if request.status is RequestStatus.APPROVED:
         grant = new_grant(request, request.created_at)
+        # The accounts are made, with their secrets, before anything is stored: a provider that fails fails the
+        # request (503) with nothing stored; one made and then not recorded is removed again below.
+        accounts = accounts_for(deps, request.rule, grant)
+        credentials = await issue_credentials(deps, accounts, fresh=True) if accounts else ()
         token = deps.tokens.mint(grant)
         grant.token_hash, grant.delivered_at = deps.tokens.token_hash(token), request.created_at
     elif request.status is RequestStatus.PENDING:
         events.append(OutboxEvent(EventKind.CARD_POST, request.id))
 
-    if not await deps.store.insert_request(request, grant, events, idempotency_key, body_hash, quota=quota):
+    try:
+        inserted = await deps.store.insert_request(request, grant, events, idempotency_key, body_hash, quota=quota,
+                                                   accounts=accounts)
+    except BaseException:
+        await discard_credentials(deps, accounts)
+        raise
+    if not inserted:
+        await discard_credentials(deps, accounts)
         # Lost a race with a concurrent retry carrying the same key: answer as that one did.
         earlier = await deps.store.find_by_idempotency_key(request.identity, idempotency_key or "")
         if earlier is None:  # pragma: no cover - the unique key that refused us must exist
@@ -188,7 +203,7 @@ async def _store(
              request.environment, request.status.value, request.decision_reason,
              extra={"access_request": request.id, "identity": request.identity, "decision": request.decision.value,
                     "status": request.status.value, "rule": request.rule})
-    return RequestView(request, grant, token)
+    return RequestView(request, grant, token, credentials=credentials)
 
 
 async def _replay(deps: Deps, earlier: tuple[AccessRequest, str], body_hash: str) -> RequestView:

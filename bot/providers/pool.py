@@ -1,0 +1,44 @@
+"""The providers in use (``bot.domain.ports.CredentialProviders``): built on first use from a spec (the policy's,
+or the one a revocation kept) and reused while the process runs, so a policy reload that changes or removes a
+provider leaves the grants issued under the old one revocable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+
+from bot.domain.credentials import ProviderSpec
+from bot.domain.errors import CredentialsUnavailable
+from bot.providers.kinds import KINDS
+
+log = logging.getLogger(__name__)
+
+
+class ProviderPool:
+    """Providers keyed by their whole spec: the same spec gives the same provider (and its connections)."""
+
+    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+        self._environ = environ
+        self._providers: dict[str, object] = {}
+
+    def provider(self, spec: ProviderSpec):
+        key = json.dumps(spec.target(), sort_keys=True)
+        provider = self._providers.get(key)
+        if provider is None:
+            kind = KINDS.get(spec.kind)
+            if kind is None:
+                raise CredentialsUnavailable(
+                    f"provider {spec.name}: kind {spec.kind!r} is unknown to this grantbot version", spec.name)
+            provider = self._providers[key] = kind.build(spec, self._environ)
+        return provider
+
+    async def close(self) -> None:
+        """Close every provider's connections (at shutdown)."""
+        providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            try:
+                await provider.close()
+            except Exception as exc:  # shutting down: nothing more to do about it
+                log.warning("closing a credential provider failed: %s", type(exc).__name__)

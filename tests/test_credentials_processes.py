@@ -1,0 +1,147 @@
+"""Real ``grantbot serve`` processes handing out PostgreSQL roles: ``kill -9`` in the middle of issuing leaves no
+role behind after the restart (neither one whose grant was never recorded nor one whose grant ended meanwhile),
+and three replicas on one database drop each role once and say so once. Time moves through the clock offset
+file; the processes' logs hold no password and no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import pytest
+from sqlalchemy import text
+
+from bot.providers.postgresql import scram_verifier
+from bot.store.engine import create_engine
+from tests.pg_target import target  # noqa: F401  (fixture)
+from tests.support import Api, eventually
+from tests.test_credentials import STAGING_READ, session_ended
+from tests.test_end_to_end import Process, migrate
+from tests.test_replicas import spawn  # noqa: F401  (fixture)
+
+
+def configure(proc: Process, target, tmp_path) -> Process:
+    proc.env.update({
+        target.url_env: target.url,
+        "GRANTBOT_POLICY_FILE": str(target.policy(tmp_path)),
+        "GRANTBOT_RECONCILE_INTERVAL_SECONDS": "1",
+        "GRANTBOT_LOG_LEVEL": "DEBUG",  # the most a log can say: still no password
+    })
+    return proc
+
+
+async def rows(database_url: str, sql: str) -> list:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(text(sql))).all()
+    finally:
+        await engine.dispose()
+
+
+def check_log(proc: Process, passwords: list[str]) -> None:
+    proc.check_log()  # no traceback, no HMAC secret or Slack token
+    log = proc.log_path.read_text()
+    for password in passwords:
+        assert password not in log
+
+
+async def test_kill_9_while_issuing_leaves_no_role_behind_after_the_restart(spawn, target, tmp_path, database_url):
+    proc = configure(spawn(name="grantbot"), target, tmp_path)
+    migrate(proc)
+    await proc.start()
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, proc.base_url, proc.now)
+
+        async def ask(n: int):
+            try:
+                return await api.request_access({**STAGING_READ, "reason": f"load {n}"})
+            except aiohttp.ClientError:
+                return None  # the process died under it
+
+        calls = [asyncio.ensure_future(ask(n)) for n in range(40)]
+        await eventually(lambda: sum(c.done() for c in calls) >= 5, timeout=30, interval=0.01)
+        assert await proc.kill(signal.SIGKILL) == -signal.SIGKILL
+        answers = [a for a in await asyncio.gather(*calls) if a is not None and a[0] == 201]
+    handed = {a["grant"]["credentials"][0]["username"]: a["grant"]["credentials"][0] for _, a in answers}
+    assert len(handed) >= 5
+
+    # A role the crash left as it leaves one: made and marked, its grant never committed.
+    grant_id = str(uuid.uuid4())
+    orphan = target.prefix + grant_id.replace("-", "")
+    created = datetime.now(UTC) - timedelta(minutes=10)
+    conn = await target.admin()
+    await conn.execute(
+        f'''CREATE ROLE "{orphan}" LOGIN PASSWORD '{scram_verifier("pw")}' IN ROLE "{target.read_role}";
+            COMMENT ON ROLE "{orphan}" IS 'grantbot grant={grant_id} provider=orders-db created={created:%Y-%m-%dT%H:%M:%SZ}' ''')
+    await conn.close()
+    session = await target.login({"username": orphan, "password": "pw", "database": target.database})
+
+    await proc.start()  # reconciliation runs at start
+    await eventually(lambda: session_ended(session), timeout=20)
+    await eventually(lambda: _gone(target, orphan), timeout=20)
+    assert set(handed) <= set(await target.roles_made())  # what was handed over works until the grant ends
+
+    # Roles made for requests the kill cut off (never recorded) are orphans too, once past the grace a grant
+    # being committed has; every grant expires. Then nothing is left, and every removal was verified.
+    proc.advance(180)
+    await eventually(lambda: _none_left(target), timeout=30)
+    states = await rows(database_url, "SELECT revocation, count(*) FROM credentials GROUP BY revocation")
+    assert list(dict(states)) == ["verified"], states
+    made = await rows(database_url, "SELECT username FROM credentials")
+    assert set(handed) | {orphan} <= {r.username for r in made}
+    await proc.kill(signal.SIGTERM)
+    check_log(proc, [c["password"] for c in handed.values()])
+
+
+async def _count(read, expected: int) -> bool:
+    return len(await read()) >= expected
+
+
+async def _gone(target, role: str) -> bool:
+    return await target.role(role) is None
+
+
+async def _none_left(target) -> bool:
+    return await target.roles_made() == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_three_replicas_drop_each_role_once_and_say_so_once(spawn, target, tmp_path, database_url, sandbox):
+    replicas = [configure(spawn(name=f"replica-{i}"), target, tmp_path) for i in range(3)]
+    migrate(replicas[0])
+    await asyncio.gather(*(r.start() for r in replicas))
+    async with aiohttp.ClientSession() as http:
+        apis = [Api(http, r.base_url, r.now) for r in replicas]
+        answers = await asyncio.gather(*(apis[n % 3].request_access({**STAGING_READ, "reason": f"job {n}"})
+                                         for n in range(24)))
+    assert [status for status, _ in answers] == [201] * 24
+    credentials = [a["grant"]["credentials"][0] for _, a in answers]
+    sessions = [await target.login(c) for c in credentials[:6]]
+
+    replicas[0].advance(61)  # one clock file: every replica's time moves
+    await eventually(lambda: _none_left(target), timeout=30)
+    for session in sessions:
+        assert await session_ended(session)
+
+    async def revoked():
+        return await rows(database_url, "SELECT grant_id, count(*) FROM audit_events "
+                                        "WHERE kind = 'credentials.revoked' GROUP BY grant_id")
+
+    await eventually(lambda: _count(revoked, 24), timeout=15)  # the last ones may be recording their check
+    await asyncio.sleep(1)
+    assert sorted(n for _, n in await revoked()) == [1] * 24
+
+    def told():
+        return [m for m in sandbox.messages if "Access removed" in m["text"]]
+
+    await eventually(lambda: len(told()) >= 24, timeout=30)
+    await asyncio.sleep(1)  # nothing more comes
+    assert sorted(m["text"].split("role ")[1].split(" ")[0] for m in told()) == \
+        sorted(c["username"] for c in credentials)
+    for replica in replicas:
+        assert await replica.kill(signal.SIGTERM) == 0
+        check_log(replica, [c["password"] for c in credentials])
