@@ -97,17 +97,23 @@ class Transport:
         raw = json.dumps(body).encode() if body is not None else b""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=read_timeout)
         url = URL(self.base_url + path_qs, encoded=True)  # exactly the path and query that are signed
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+
+        async def sign(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+            # A client middleware, so that aiohttp's own resend of a GET over a keep-alive connection that turned
+            # out closed (RFC 9112 §9.3.1) is signed afresh too, not refused by grantbot as a replay.
+            request.headers.update(await self.credentials.headers(self.http, method, path_qs, raw))
+            return await handler(request)
+
         give_up_at: float | None = None
         backoff = FIRST_BACKOFF_SECONDS
         while True:
             wait: float | None = None
             try:
-                headers = await self.credentials.headers(self.http, method, path_qs, raw)
-                if body is not None:
-                    headers["Content-Type"] = "application/json"
-                if idempotency_key is not None:
-                    headers["Idempotency-Key"] = idempotency_key
-                async with self.http.request(method, url, data=raw, headers=headers, timeout=timeout) as resp:
+                async with self.http.request(method, url, data=raw, headers=headers, timeout=timeout,
+                                             middlewares=(sign,)) as resp:
                     text = await resp.read()
                     answer = Answer(resp.status, _json(text), _date(resp.headers.get("Date")), dict(resp.headers))
                 if answer.status not in RETRYABLE_STATUSES:

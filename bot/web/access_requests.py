@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from bot.domain import usecases
-from bot.domain.errors import InvalidRequest, NotFound
+from bot.domain.errors import CiTokenAlreadyUsed, InvalidRequest, NotFound
 from bot.domain.ids import is_uuid
 from bot.domain.models import AccessRequestInput, Caller, Grant, RequestStatus
 from bot.web.keys import AUTH, DEPS, METRICS
@@ -114,7 +114,12 @@ def view_json(view: usecases.RequestView, now: datetime) -> dict:
 @routes.post("/v1/access-requests")
 async def create_access_request(request: web.Request) -> web.Response:
     raw = await request.read()
-    caller = await authenticate(request, raw, single_use=True)
+    try:
+        caller, used_token = await authenticate(request, raw, single_use=True), None
+    except CiTokenAlreadyUsed as exc:
+        if not request.headers.get("Idempotency-Key"):
+            raise
+        caller, used_token = exc.caller, exc  # may still replay the request this token created (below)
     try:
         data = json.loads(raw or b"null")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300-digit numbers, deep nesting
@@ -146,6 +151,7 @@ async def create_access_request(request: web.Request) -> web.Response:
             context=body.context,
         ),
         idempotency_key=idempotency_key,
+        refuse_unless_replay=used_token,
     )
     payload = view_json(view, deps.clock.now())
     status = view.request.status

@@ -1,0 +1,261 @@
+"""The pipeline client as a pipeline runs it: the real ``grantbot request / release / status`` commands against a
+real ``grantbot serve`` (tests/client_support.py), with the Slack sandbox for approvals, an HTTP relay in front of
+grantbot for the faults of a deploy (503 storms, dropped connections, lost answers), and time moved through
+GRANTBOT_CLOCK_OFFSET_FILE instead of waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+
+import aiohttp
+import jwt
+import pytest
+
+from tests.client_support import (HttpRelay, card_for, client_env, finish, pending_request_id, run_grantbot,
+                                   start_grantbot_command, start_serve, stop_serve)
+from tests.support import SECRETS, Api, cards, eventually, open_modal
+from tests.test_end_to_end import free_port
+
+STAGING = ("request", "--environment", "staging", "--scope", "db:read")
+PRODUCTION = ("request", "--environment", "production", "--scope", "db:write")
+OUTAGE = {"error": "unavailable", "detail": "The database is unavailable; retry shortly."}
+
+
+@pytest.fixture
+async def serve(tmp_path, database_url, sandbox):
+    proc = await start_serve(tmp_path, database_url, sandbox)
+    yield proc
+    await stop_serve(proc)
+
+
+@pytest.fixture
+async def api(serve):
+    async with aiohttp.ClientSession() as http:
+        yield Api(http, serve.base_url, serve.now)
+
+
+@pytest.fixture
+async def relay(serve):
+    front = HttpRelay(serve.base_url)
+    await front.start()
+    yield front
+    await front.stop()
+
+
+def assert_no_secret(*texts: str, secrets: tuple[str, ...] = ()) -> None:
+    for text in texts:
+        for secret in (*SECRETS.values(), *secrets):
+            assert secret not in text
+
+
+async def test_every_exit_code_of_grantbot_request(serve, api, sandbox, tmp_path):
+    env = client_env(serve.base_url)
+
+    approved = await run_grantbot(*STAGING, "--ttl", "60", env=env, cwd=tmp_path)
+    assert approved.code == 0, approved.err
+    token = approved.json()["grant"]["access_token"]
+    assert approved.json()["status"] == "approved" and (await api.introspect(token))[1]["active"] is True
+    assert_no_secret(approved.err, secrets=(token,))
+
+    denied = await run_grantbot("request", "--environment", "production", "--scope", "db:admin", env=env, cwd=tmp_path)
+    assert denied.code == 1 and "rule 'no-admin' denies it" in denied.err
+    assert denied.json()["error"] == "denied"
+
+    bad_input = await run_grantbot("request", "--environment", "moon", "--scope", "db:read", env=env, cwd=tmp_path)
+    assert bad_input.code == 2 and "Environment 'moon' is not known" in bad_input.err
+    wrong_secret = await run_grantbot(*STAGING, env={**env, "GRANTBOT_SECRET": "not-the-secret"}, cwd=tmp_path)
+    assert wrong_secret.code == 2 and "signature does not match" in wrong_secret.err
+    no_identity = await run_grantbot(*STAGING, env=client_env(serve.base_url, identity=None), cwd=tmp_path)
+    assert no_identity.code == 2 and "set GRANTBOT_IDENTITY and GRANTBOT_SECRET" in no_identity.err
+
+    still_pending = await run_grantbot(*PRODUCTION, "--wait", "1", env=env, cwd=tmp_path)
+    assert still_pending.code == 3 and "is still pending" in still_pending.err
+    assert still_pending.json()["status"] == "pending" and "grantbot status" in still_pending.err
+
+    # Waiting (by default until the pending timeout) for a request nobody decides: it expires, exit 3.
+    waiting = await start_grantbot_command(*PRODUCTION, "--reason", "nobody answers", env=env, cwd=tmp_path)
+    await pending_request_id(sandbox, 1)
+    serve.advance(1801)  # basic.yaml: pending_timeout_seconds 1800
+    expired = await finish(waiting)
+    assert expired.code == 3 and "is expired: no access was granted" in expired.err, expired.err
+
+    unreachable = await run_grantbot(*STAGING, "--url", f"http://127.0.0.1:{free_port()}", "--retry-for", "1",
+                                     env=env, cwd=tmp_path)
+    assert unreachable.code == 4 and "did not answer POST /v1/access-requests within --retry-for 1 s" in \
+        unreachable.err and "cannot connect" in unreachable.err
+
+
+async def test_a_secret_on_the_command_line_is_refused_and_a_secret_file_works(serve, tmp_path):
+    env = client_env(serve.base_url, identity=None, GRANTBOT_IDENTITY="deploy-bot")
+    refused = await run_grantbot(*STAGING, "--secret", SECRETS["deploy-bot"], env=env, cwd=tmp_path)
+    assert refused.code == 2 and "--secret is refused: a secret on the command line can be read by every user" in \
+        refused.err and "GRANTBOT_SECRET" in refused.err and "--secret-file" in refused.err
+    assert_no_secret(refused.out, refused.err)
+    refused = await run_grantbot(*STAGING, f"--secret={SECRETS['deploy-bot']}", env=env, cwd=tmp_path)
+    assert refused.code == 2 and "--secret is refused" in refused.err
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRETS["deploy-bot"] + "\n")
+    from_file = await run_grantbot(*STAGING, "--secret-file", str(secret_file), env=env, cwd=tmp_path)
+    assert from_file.code == 0, from_file.err
+
+
+async def test_a_401_ends_the_command_at_once_without_retrying(relay, tmp_path):
+    env = client_env(relay.url, GRANTBOT_SECRET="not-the-secret")
+    refused = await run_grantbot(*STAGING, "--retry-for", "30", env=env, cwd=tmp_path)
+    assert refused.code == 2 and "refused to authenticate" in refused.err
+    assert len(relay.requests("POST", "/v1/access-requests")) == 1
+
+
+async def test_six_identical_parallel_requests_all_get_a_token(serve, api, tmp_path):
+    env = client_env(serve.base_url)
+    runs = await asyncio.gather(*(run_grantbot(*STAGING, "--output", "json", env=env, cwd=tmp_path)
+                                  for _ in range(6)))
+    assert [run.code for run in runs] == [0] * 6, [run.err for run in runs]
+    grants = {run.json()["grant"]["id"]: run.json()["grant"]["access_token"] for run in runs}
+    assert len(grants) == 6
+    for token in grants.values():
+        assert (await api.introspect(token))[1]["active"] is True
+
+
+async def test_a_503_storm_is_ridden_out_honouring_retry_after_under_one_idempotency_key(relay, serve, tmp_path):
+    relay.fault("POST", "/v1/access-requests", times=3, status=503, headers={"Retry-After": "1"}, body=OUTAGE)
+    ran = await run_grantbot(*STAGING, "--retry-for", "30", env=client_env(relay.url), cwd=tmp_path)
+    assert ran.code == 0 and ran.json()["grant"]["access_token"], ran.err
+    assert ran.err.count("The database is unavailable; retry shortly.; retrying in 1.0 s") == 3
+
+    attempts = relay.requests("POST", "/v1/access-requests")
+    assert len(attempts) == 4
+    assert len({a.headers["Idempotency-Key"] for a in attempts}) == 1  # one request, however many attempts
+    assert len({a.headers["X-Grantbot-Nonce"] for a in attempts}) == 4  # each attempt signed afresh
+    assert len({a.headers["X-Grantbot-Signature"] for a in attempts}) == 4
+    assert all(later.at - earlier.at >= 0.9 for earlier, later in zip(attempts, attempts[1:]))  # Retry-After: 1
+
+    relay.fault("POST", "/v1/access-requests", times=1000, status=503, headers={"Retry-After": "1"}, body=OUTAGE)
+    gave_up = await run_grantbot(*STAGING, "--retry-for", "2", env=client_env(relay.url), cwd=tmp_path)
+    assert gave_up.code == 4 and "within --retry-for 2 s (last: HTTP 503: The database is unavailable" in gave_up.err
+
+
+async def test_a_retry_of_a_post_whose_answer_was_lost_gets_the_same_request(relay, serve, api, sandbox, tmp_path):
+    relay.fault("POST", "/v1/access-requests", drop_answer=True)  # grantbot created it; the client never heard
+    waiting = await start_grantbot_command(*PRODUCTION, "--ttl", "60", env=client_env(relay.url), cwd=tmp_path)
+    request_id = await pending_request_id(sandbox)
+    assert relay.dropped[0]["id"] == request_id
+    assert await api.click(await card_for(sandbox, request_id), "approve", "U0APPROVER") == 200
+    ran = await finish(waiting)
+    assert ran.code == 0 and ran.json()["id"] == request_id, ran.err
+    assert len(relay.requests("POST", "/v1/access-requests")) == 2 and len(cards(sandbox)) == 1
+
+
+async def test_a_server_restarted_mid_wait_still_hands_the_client_its_token(serve, api, sandbox, tmp_path):
+    waiting = await start_grantbot_command(*PRODUCTION, "--ttl", "60", "--retry-for", "60",
+                                           env=client_env(serve.base_url), cwd=tmp_path)
+    request_id = await pending_request_id(sandbox)
+    await asyncio.sleep(0.5)  # the client is in its long poll
+    assert await serve.kill(signal.SIGKILL) == -signal.SIGKILL
+    await asyncio.sleep(1)  # it finds nobody listening and retries
+    await serve.start()
+    assert await api.click(await card_for(sandbox, request_id), "approve", "U0APPROVER") == 200
+    ran = await finish(waiting)
+    assert ran.code == 0, ran.err
+    assert ran.json()["grant"]["access_token"] and "retrying in" in ran.err
+
+
+async def test_a_long_poll_resumes_after_its_connection_is_dropped(relay, serve, api, sandbox, tmp_path):
+    relay.fault("GET", "/v1/access-requests/", times=2, cut_after=0.3)
+    waiting = await start_grantbot_command(*PRODUCTION, "--ttl", "60", "--retry-for", "30",
+                                           env=client_env(relay.url), cwd=tmp_path)
+    request_id = await pending_request_id(sandbox)
+    await eventually(lambda: len(relay.requests("GET", f"/v1/access-requests/{request_id}")) >= 3)
+    assert await api.click(await card_for(sandbox, request_id), "approve", "U0APPROVER") == 200
+    ran = await finish(waiting)
+    assert ran.code == 0 and ran.json()["grant"]["access_token"], ran.err
+    assert "the connection was closed before an answer; retrying in" in ran.err
+
+
+async def test_a_token_lost_with_the_201_is_reissued_and_the_lost_one_stops_working(relay, api, tmp_path):
+    """Needs POST /v1/grants/{id}/reissue (DESIGN.md)."""
+    relay.fault("POST", "/v1/access-requests", drop_answer=True)
+    ran = await run_grantbot(*STAGING, "--ttl", "60", env=client_env(relay.url), cwd=tmp_path)
+    assert ran.code == 0, ran.err
+    lost, got = relay.dropped[0]["grant"], ran.json()["grant"]
+    assert got["id"] == lost["id"] and got["expires_at"] == lost["expires_at"]
+    assert got["access_token"] != lost["access_token"] and "asking for a new one" in ran.err
+    assert await api.introspect(lost["access_token"]) == (200, {"active": False})
+    assert (await api.introspect(got["access_token"]))[1]["active"] is True
+    assert len(relay.requests("POST", f"/v1/grants/{got['id']}/reissue")) == 1
+
+
+async def test_a_token_lost_with_the_long_polls_answer_is_reissued(relay, api, sandbox, tmp_path):
+    """Needs POST /v1/grants/{id}/reissue (DESIGN.md)."""
+    relay.fault("GET", "/v1/access-requests/", drop_answer=True, answer_contains='"access_token"')
+    waiting = await start_grantbot_command(*PRODUCTION, "--ttl", "60", env=client_env(relay.url), cwd=tmp_path)
+    request_id = await pending_request_id(sandbox)
+    assert await api.click(await card_for(sandbox, request_id), "approve", "U0APPROVER") == 200
+    ran = await finish(waiting)
+    assert ran.code == 0, ran.err
+    lost = relay.dropped[0]["grant"]["access_token"]
+    assert ran.json()["grant"]["access_token"] != lost
+    assert await api.introspect(lost) == (200, {"active": False})
+
+
+async def test_a_narrowed_approval_is_named_and_require_exact_refuses_it(serve, api, sandbox, tmp_path):
+    env = client_env(serve.base_url)
+    asked = (*PRODUCTION, "--scope", "deploy:api", "--ttl", "900")
+    for index, extra in enumerate(((), ("--require-exact",))):
+        waiting = await start_grantbot_command(*asked, *extra, env=env, cwd=tmp_path)
+        request_id = await pending_request_id(sandbox, index)
+        form = await open_modal(sandbox, await card_for(sandbox, request_id), "approve_with_changes", "U0APPROVER")
+        assert await sandbox.submit_view(form["id"], {"ttl": "5", "scopes": ["1"]}) == (200, None)
+        ran = await finish(waiting)
+        assert "warning: the approver narrowed this grant: scope db:write not granted; TTL 300 s instead of " \
+               "900 s" in ran.err, ran.err
+        if not extra:
+            assert ran.code == 0 and ran.json()["grant"]["scope"] == "deploy:api"
+            continue
+        assert ran.code == 1 and "--require-exact: the grant was narrowed" in ran.err and "released" in ran.err
+        assert "access_token" not in ran.out
+        _, after = await api.get_request(request_id)
+        assert after["grant"]["status"] == "revoked"
+
+
+async def test_release_ends_the_grant_and_status_shows_the_request(serve, api, tmp_path):
+    env = client_env(serve.base_url)
+    exported = subprocess.run(
+        ["bash", "-c", 'set -e; eval "$("$@")"; printf "%s\\n%s\\n%s" "$GRANTBOT_TOKEN" "$GRANTBOT_GRANT_ID" '
+         '"$GRANTBOT_REQUEST_ID"', "sh", *_command(*STAGING, "--output", "env")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    token, grant_id, request_id = exported.stdout.split("\n")
+    assert jwt.decode(token, options={"verify_signature": False})["grant_id"] == grant_id
+
+    released = await run_grantbot("release", env={**env, "GRANTBOT_GRANT_ID": grant_id}, cwd=tmp_path)
+    assert released.code == 0 and f"grant {grant_id} is revoked" in released.err
+    assert await api.introspect(token) == (200, {"active": False})
+    again = await run_grantbot("release", grant_id, env=env, cwd=tmp_path)
+    assert again.code == 0 and f"grant {grant_id} is revoked" in again.err  # idempotent: the last step may rerun
+
+    nothing = await run_grantbot("release", env=env, cwd=tmp_path)
+    assert nothing.code == 2 and "GRANTBOT_GRANT_ID" in nothing.err
+    not_yours = await run_grantbot("release", grant_id, env=client_env(serve.base_url, identity="other-bot"),
+                                   cwd=tmp_path)
+    assert not_yours.code == 2 and "There is no grant" in not_yours.err
+
+    status = await run_grantbot("status", request_id, env=env, cwd=tmp_path)
+    assert status.code == 0 and f"request {request_id} is approved" in status.err
+    assert status.json()["grant"]["status"] == "revoked" and "access_token" not in status.json()["grant"]
+
+
+async def test_output_token_prints_the_token_alone(serve, api, tmp_path):
+    ran = await run_grantbot(*STAGING, "--output", "token", env=client_env(serve.base_url), cwd=tmp_path)
+    assert ran.code == 0 and ran.out.count("\n") == 1
+    assert (await api.introspect(ran.out.strip()))[1]["active"] is True
+    assert_no_secret(ran.err, secrets=(ran.out.strip(),))
+
+
+def _command(*args: str) -> list[str]:
+    from tests.test_end_to_end import grantbot_command
+
+    return [*grantbot_command(args[0]), *args[1:]]
