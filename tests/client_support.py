@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ def client_env(url: str | None = None, *, identity: str | None = "deploy-bot", *
     """The environment of a pipeline step: nothing of the CI the tests may run in, grantbot's URL and an HMAC
     identity (``identity=None`` for none), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_CI_PREFIXES) and k != "CI"}
+    # The runner's image has grantbot installed: this test environment's.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if url is not None:
         env["GRANTBOT_URL"] = url
     if identity is not None:

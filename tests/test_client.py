@@ -105,7 +105,7 @@ async def test_a_secret_on_the_command_line_is_refused_and_a_secret_file_works(s
 async def test_a_401_ends_the_command_at_once_without_retrying(relay, tmp_path):
     env = client_env(relay.url, GRANTBOT_SECRET="not-the-secret")
     refused = await run_grantbot(*STAGING, "--retry-for", "30", env=env, cwd=tmp_path)
-    assert refused.code == 2 and "refused to authenticate" in refused.err
+    assert refused.code == 2 and "did not accept this client's credentials" in refused.err
     assert len(relay.requests("POST", "/v1/access-requests")) == 1
 
 

@@ -23,18 +23,18 @@ MAX_POLL_SECONDS = 60  # the contract's longest ?wait=
 PENDING_GRACE_SECONDS = 60
 
 
-def refusal(answer: Answer, doing: str) -> Stop:
-    """The exit for an answer that is not what ``doing`` hoped for (401, 4xx, 5xx)."""
+def refusal(answer: Answer, what: str) -> Stop:
+    """The exit for an answer to ``what`` (a noun phrase: "the access request") that is not the one hoped for."""
     body = answer.body
     detail = body.get("detail") if isinstance(body.get("detail"), str) else ""
     error = body.get("error") or f"HTTP {answer.status}"
     if answer.status == 403 and body.get("error") == "denied":
         return Stop(ExitCode.DENIED, f"denied: {detail}", body)
     if answer.status == 401:
-        return Stop(ExitCode.USAGE, f"grantbot refused to authenticate this client while {doing} ({error}): {detail}")
+        return Stop(ExitCode.USAGE, f"grantbot did not accept this client's credentials for {what}: {detail}")
     if 400 <= answer.status < 500:
-        return Stop(ExitCode.USAGE, f"grantbot refused {doing} (HTTP {answer.status}, {error}): {detail}")
-    return Stop(ExitCode.UNREACHABLE, f"grantbot failed {doing} (HTTP {answer.status}, {error}): {detail}")
+        return Stop(ExitCode.USAGE, f"grantbot refused {what} (HTTP {answer.status}, {error}): {detail}")
+    return Stop(ExitCode.UNREACHABLE, f"grantbot could not serve {what} (HTTP {answer.status}, {error}): {detail}")
 
 
 def _time(value: Any) -> datetime | None:
@@ -84,7 +84,7 @@ class AccessClient:
             answer = await self.transport.call("GET", f"/v1/access-requests/{request_id}?wait={poll}",
                                                read_timeout=poll + 30)
             if answer.status != 200:
-                raise refusal(answer, f"reading request {request_id}")
+                raise refusal(answer, f"the read of request {request_id}")
             view = answer.body
         return view
 
@@ -131,14 +131,14 @@ class AccessClient:
     async def status(self, request_id: str) -> dict:
         answer = await self.transport.call("GET", f"/v1/access-requests/{request_id}")
         if answer.status != 200:
-            raise refusal(answer, f"reading request {request_id}")
+            raise refusal(answer, f"the read of request {request_id}")
         return answer.body
 
     async def release(self, grant_id: str, *, quiet: bool = False) -> dict:
         """End the grant now (``POST /v1/grants/{id}/revoke``); an ended grant stays as it is (idempotent)."""
         answer = await self.transport.call("POST", f"/v1/grants/{grant_id}/revoke")
         if answer.status != 200:
-            raise refusal(answer, f"releasing grant {grant_id}")
+            raise refusal(answer, f"the release of grant {grant_id}")
         if not quiet:
             self.say(f"grant {grant_id} is {answer.body.get('status')}")
         return answer.body
