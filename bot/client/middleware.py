@@ -4,7 +4,7 @@ aiohttp::
 
     verifier = TokenVerifier("https://grantbot.acme.example", audience="https://api.acme.example")
     app = web.Application(middlewares=[aiohttp_middleware(verifier, scopes=["orders:read"])])
-    # in a handler: request["grantbot_token"].subject
+    # in a handler: request[TOKEN].subject   (from bot.client.middleware import TOKEN)
 
 ASGI (Starlette, FastAPI, Django's ASGI app, …)::
 
@@ -29,6 +29,7 @@ from aiohttp import web
 from bot.client.verifier import CannotVerify, InvalidToken, TokenVerifier, VerifiedToken
 
 KEY = "grantbot_token"
+TOKEN = web.RequestKey(KEY, VerifiedToken)  # where the aiohttp middleware puts the checked token
 REALM = "grantbot"
 
 
@@ -61,7 +62,7 @@ async def check(verifier: TokenVerifier, authorization: str | None,
 def aiohttp_middleware(verifier: TokenVerifier, *, scopes: Iterable[str] = (),
                        public: Callable[[web.Request], bool] = lambda request: False):
     """An aiohttp middleware that lets through only requests with a valid token holding every one of ``scopes``;
-    ``public(request)`` True skips the check (health checks). The token is at ``request["grantbot_token"]``."""
+    ``public(request)`` True skips the check (health checks). The token is at ``request[TOKEN]``."""
     needed = tuple(scopes)
 
     @web.middleware
@@ -72,7 +73,7 @@ def aiohttp_middleware(verifier: TokenVerifier, *, scopes: Iterable[str] = (),
         if not isinstance(outcome, VerifiedToken):
             status, headers, body = outcome
             return web.json_response(body, status=status, headers=headers)
-        request[KEY] = outcome
+        request[TOKEN] = outcome
         return await handler(request)
 
     return grantbot_tokens

@@ -300,7 +300,7 @@ class TokenVerifier:
         http = await self._session()
         try:
             async with http.post(metadata.introspection_endpoint, data={"token": token}, timeout=FETCH_TIMEOUT,
-                                 auth=aiohttp.BasicAuth(client_id, secret)) as resp:
+                                 headers={"Authorization": aiohttp.encode_basic_auth(client_id, secret)}) as resp:
                 if resp.status == 401:
                     raise CannotVerify(f"grantbot refused this service's introspection credentials (client "
                                        f"{client_id!r}); check them against GRANTBOT_INTROSPECTION_CLIENTS", 401)
