@@ -56,6 +56,13 @@ async def run_grantbot(*args: str, env: dict[str, str], cwd: Path, stdin: str | 
     return await finish(proc, stdin, timeout)
 
 
+async def run_bash(script: str, *args: str, env: dict[str, str], cwd: Path, timeout: float = 90) -> Ran:
+    """``bash -c script sh ARGS…``, e.g. to ``eval`` what ``--output env`` prints, as a pipeline's shell would."""
+    proc = await asyncio.create_subprocess_exec("bash", "-c", script, "sh", *args, env=env, cwd=cwd,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    return await finish(proc, None, timeout)
+
+
 async def start_grantbot_command(*args: str, env: dict[str, str], cwd: Path, stdin: bool = False):
     return await asyncio.create_subprocess_exec(
         *grantbot_command(args[0]), *args[1:], env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE,

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 
 import aiohttp
 import jwt
 import pytest
+from aiohttp import web
 
-from tests.client_support import (HttpRelay, card_for, client_env, finish, pending_request_id, run_grantbot,
-                                   start_grantbot_command, start_serve, stop_serve)
+from tests.ci_runners import read_commands_file
+from tests.client_support import (HttpRelay, card_for, client_env, finish, pending_request_id, run_bash,
+                                   run_grantbot, start_grantbot_command, start_serve, stop_serve)
 from tests.support import SECRETS, Api, cards, eventually, open_modal
-from tests.test_end_to_end import free_port
+from tests.test_end_to_end import free_port, grantbot_command
 
 STAGING = ("request", "--environment", "staging", "--scope", "db:read")
 PRODUCTION = ("request", "--environment", "production", "--scope", "db:write")
@@ -223,12 +224,10 @@ async def test_a_narrowed_approval_is_named_and_require_exact_refuses_it(serve, 
 
 async def test_release_ends_the_grant_and_status_shows_the_request(serve, api, tmp_path):
     env = client_env(serve.base_url)
-    exported = subprocess.run(
-        ["bash", "-c", 'set -e; eval "$("$@")"; printf "%s\\n%s\\n%s" "$GRANTBOT_TOKEN" "$GRANTBOT_GRANT_ID" '
-         '"$GRANTBOT_REQUEST_ID"', "sh", *_command(*STAGING, "--output", "env")],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert exported.returncode == 0, exported.stderr
-    token, grant_id, request_id = exported.stdout.split("\n")
+    exported = await run_bash('set -e; eval "$("$@")"; printf "%s\\n%s\\n%s" "$GRANTBOT_TOKEN" "$GRANTBOT_GRANT_ID" '
+                              '"$GRANTBOT_REQUEST_ID"', *_command(*STAGING, "--output", "env"), env=env, cwd=tmp_path)
+    assert exported.code == 0, exported.err
+    token, grant_id, request_id = exported.out.split("\n")
     assert jwt.decode(token, options={"verify_signature": False})["grant_id"] == grant_id
 
     released = await run_grantbot("release", env={**env, "GRANTBOT_GRANT_ID": grant_id}, cwd=tmp_path)
@@ -256,6 +255,69 @@ async def test_output_token_prints_the_token_alone(serve, api, tmp_path):
 
 
 def _command(*args: str) -> list[str]:
-    from tests.test_end_to_end import grantbot_command
-
     return [*grantbot_command(args[0]), *args[1:]]
+
+
+PASSWORD = "pw-s3cr3t-1a2b3c"
+PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\nAAAAMwAAAAtzc2gtZW\n" \
+              "-----END OPENSSH PRIVATE KEY-----"
+CREDENTIALS = [
+    {"provider": "orders-db", "kind": "postgresql", "username": "gb_deploy_bot_1a2b", "password": PASSWORD,
+     "host": "db.internal", "port": 5432, "database": "orders",
+     "dsn": f"postgresql://gb_deploy_bot_1a2b:{PASSWORD}@db.internal:5432/orders",
+     "expires_at": "2026-12-02T10:10:00Z"},
+    {"provider": "deploy-ssh", "kind": "ssh", "certificate": "ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5",
+     "private_key": PRIVATE_KEY, "principals": ["deploy"], "expires_at": "2026-12-02T10:10:00Z"},
+]
+
+
+@pytest.fixture
+async def grantbot_with_credentials():
+    """A stand-in for grantbot answering an approval that carries credentials (DESIGN.md "Credentials")."""
+    async def create(request: web.Request) -> web.Response:
+        grant = {"id": "5b0e8c1e-0000-4000-8000-00000000c0de", "status": "active", "access_token": "eyJhbGciOi.fake.tok",
+                 "token_type": "Bearer", "scope": "orders-db:read", "issued_at": "2026-12-02T10:00:00Z",
+                 "expires_at": "2026-12-02T10:10:00Z", "expires_in": 600, "credentials": CREDENTIALS}
+        return web.json_response({"id": "1d1d1d1d-0000-4000-8000-000000000001", "status": "approved",
+                                  "scopes": ["orders-db:read"], "ttl_seconds": 600, "decided_by": "policy",
+                                  "grant": grant}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/v1/access-requests", create)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield "http://127.0.0.1:%d" % runner.addresses[0][1]
+    await runner.cleanup()
+
+
+async def test_credentials_reach_env_and_github_outputs_and_every_secret_is_masked(grantbot_with_credentials,
+                                                                                   tmp_path):
+    asked = ("request", "--environment", "production", "--scope", "orders-db:read")
+    env = client_env(grantbot_with_credentials)
+    shown = await run_bash('set -e; eval "$("$@")"; env | grep -E "^(PG|GRANTBOT_(ORDERS_DB|DEPLOY_SSH)_)" | sort',
+                           *_command(*asked, "--output", "env"), env=env, cwd=tmp_path)
+    assert shown.code == 0, shown.err
+    variables = dict(line.split("=", 1) for line in shown.out.splitlines() if "=" in line)
+    assert {k: variables[k] for k in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD")} == {
+        "PGHOST": "db.internal", "PGPORT": "5432", "PGDATABASE": "orders", "PGUSER": "gb_deploy_bot_1a2b",
+        "PGPASSWORD": PASSWORD}
+    assert variables["GRANTBOT_ORDERS_DB_DSN"] == CREDENTIALS[0]["dsn"]
+    assert variables["GRANTBOT_DEPLOY_SSH_PRINCIPALS"] == '["deploy"]'
+    assert PASSWORD not in shown.err
+
+    (tmp_path / "out").touch()
+    (tmp_path / "env").touch()
+    github = await run_grantbot(*asked, "--output", "github", cwd=tmp_path,
+                                env={**env, "GITHUB_OUTPUT": str(tmp_path / "out"), "GITHUB_ENV": str(tmp_path / "env")})
+    assert github.code == 0, github.err
+    masks = github.out.splitlines()
+    assert all(line.startswith("::add-mask::") for line in masks)
+    masked = {line.removeprefix("::add-mask::") for line in masks}
+    secrets = {"eyJhbGciOi.fake.tok", PASSWORD, CREDENTIALS[0]["dsn"], CREDENTIALS[1]["certificate"],
+               *PRIVATE_KEY.splitlines()}
+    assert masked == secrets  # every secret, line by line; nothing that is not one
+    exported = read_commands_file(tmp_path / "env")
+    assert exported["PGPASSWORD"] == PASSWORD and exported["GRANTBOT_DEPLOY_SSH_PRIVATE_KEY"] == PRIVATE_KEY
+    assert read_commands_file(tmp_path / "out")["token"] == "eyJhbGciOi.fake.tok"
+    assert not any(secret in github.err for secret in secrets)
