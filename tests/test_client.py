@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 
 import aiohttp
 import jwt
@@ -321,3 +323,13 @@ async def test_credentials_reach_env_and_github_outputs_and_every_secret_is_mask
     assert exported["PGPASSWORD"] == PASSWORD and exported["GRANTBOT_DEPLOY_SSH_PRIVATE_KEY"] == PRIVATE_KEY
     assert read_commands_file(tmp_path / "out")["token"] == "eyJhbGciOi.fake.tok"
     assert not any(secret in github.err for secret in secrets)
+
+
+def test_the_client_loads_nothing_of_the_server():
+    """bot/client speaks only the HTTP contract: loading it loads none of the store, domain, web app or
+    composition root (only bot.signing, the HMAC signature both sides compute)."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, bot.client.commands, bot.client.verifier, bot.client.middleware; "
+                               "print(' '.join(m for m in sys.modules if m == 'bot' or m.startswith('bot.')))"],
+        capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert {m for m in loaded if not m.startswith("bot.client")} == {"bot", "bot.signing"}, loaded
