@@ -48,6 +48,7 @@ from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key, load_verification_key
 from bot.web import access_requests, health, oauth, openapi, slack_events
 from bot.web.errors import MAX_BODY_BYTES, error_middleware
+from bot.web.observability import observe
 from bot.web.keys import (
     AUTH,
     BOLT,
@@ -79,9 +80,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     (unreadable signing key, malformed ``GRANTBOT_INTROSPECTION_CLIENTS``) before anything starts.
     """
     clock = clock or default_clock(settings)
-    policy_path = settings.resolved_policy_file
+    policy_path = settings.policy_path
     policy = load_policy(policy_path)
     loaded_digest = policy_digest(policy_path.read_text())
+    log.info("policy %s loaded (sha256 %s): %d rules, default %s", policy_path.resolve(), loaded_digest[:16],
+             len(policy.rules), policy.default.value)
     identity_secrets = secrets_from_policy(policy)
     introspection_clients = settings.introspection_credentials()
     tokens = AccessTokenIssuer(load_or_create_signing_key(settings.signing_key_file), settings.issuer_url,
@@ -99,7 +102,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         default_channel=settings.slack_channel,
     )
 
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[observe, error_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[DEPS] = deps
     app[STORE] = store

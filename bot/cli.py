@@ -39,8 +39,11 @@ class _QuietBadRequests(logging.Filter):
         return True
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, fmt: str | None = None) -> None:
+    """Logging for a command (``bot.logs``): JSON lines unless ``fmt`` or a terminal says text."""
+    from bot.logs import log_format, setup_logging
+
+    setup_logging(level, log_format(fmt))
     logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -119,7 +122,7 @@ def _run(coro) -> int:
 
 def cmd_serve(_: argparse.Namespace) -> int:
     settings = _load_settings()
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     return _run(_serve(settings))
 
 
@@ -142,7 +145,7 @@ async def _migrate(settings: Settings) -> None:
 
 def cmd_migrate(_: argparse.Namespace) -> int:
     settings = _load_settings()
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     return _run(_migrate(settings))
 
 
@@ -198,16 +201,44 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _policy_path(args: argparse.Namespace) -> Path:
+    """The policy file a command names, else the one `grantbot serve` would load (GRANTBOT_POLICY_FILE, else
+    policy.yaml)."""
+    return args.file if args.file is not None else _load_settings().policy_path
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from bot.domain.policy import lint
 
-    policy = _policy_or_exit(args.file)
+    path = _policy_path(args)
+    policy = _policy_or_exit(path)
     warnings = lint(policy)
     for warning in warnings:
-        print(f"warning: {args.file}: {warning}")
-    print(f"{args.file}: valid; {len(policy.rules)} rules, {len(policy.identities)} identities, "
+        print(f"warning: {path}: {warning}")
+    print(f"{path}: valid; {len(policy.rules)} rules, {len(policy.identities)} identities, "
           f"default {policy.default.value}; {len(warnings)} warning(s)")
     return 0
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from bot.policy_cases import load_cases, run_cases
+
+    policy = _policy_or_exit(args.file)
+    try:
+        cases = load_cases(args.cases.read_text(), str(args.cases))
+    except OSError as exc:
+        print(f"grantbot: {args.cases}: cannot read the cases file: {exc.strerror}", file=sys.stderr)
+        return 2
+    except PolicyError as exc:
+        print(f"grantbot: {exc}", file=sys.stderr)
+        return 2
+    mismatches = run_cases(policy, cases)
+    for miss in mismatches:
+        where = f"{args.cases}:{miss.line}" if miss.line else str(args.cases)
+        print(f"{where}: case [{miss.index}] {miss.case.label()}\n- expected: {miss.expected}\n+ got:      {miss.got}")
+    passed = len(cases) - len(mismatches)
+    print(f"{args.file}: {passed} of {len(cases)} case(s) passed" + (f", {len(mismatches)} failed" if mismatches else ""))
+    return 1 if mismatches else 0
 
 
 def _iso_time(text: str):
@@ -230,8 +261,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     policy = _policy_or_exit(args.file)
     claims = dict(args.claim or [])
     at = args.at or datetime.now(UTC)
+    audience = args.audience or policy.audience_for(args.environment)  # as a request naming none gets it
     outcome, rules = explain(policy, Caller(args.identity, claims), args.environment, tuple(args.scope),
-                             args.audience, reason=args.reason, at=at)
+                             audience, reason=args.reason, at=at)
     print(f"decision: {outcome.decision.value} ({outcome.reason})")
     if args.at or any(rule.when for rule in policy.rules):  # the time only matters to rules with a `when`
         print(f"  at {at.isoformat()}")
@@ -323,12 +355,23 @@ Stop with Ctrl-C.
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    _setup_logging(os.environ.get("GRANTBOT_LOG_LEVEL", "INFO"))
+    # A person reads `grantbot dev` in a terminal: text unless GRANTBOT_LOG_FORMAT says otherwise.
+    _setup_logging(os.environ.get("GRANTBOT_LOG_LEVEL", "INFO"), os.environ.get("GRANTBOT_LOG_FORMAT") or "text")
     return _run(_dev(args))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("grantbot")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grantbot", description="Just-in-time, scoped, expiring access for machines.")
+    parser.add_argument("--version", action="version", version=f"grantbot {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP API and Slack endpoint (settings from the environment)")
@@ -345,8 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     policy = sub.add_parser("policy", help="check a policy file, or explain its decision for a request")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_sub.add_parser("check", help="validate a policy file and warn of rules that can never decide")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, nargs="?",
+                       help="default: the file `grantbot serve` loads ($GRANTBOT_POLICY_FILE, else policy.yaml)")
     check.set_defaults(func=cmd_policy_check)
+    test = policy_sub.add_parser("test", help="decide a list of cases and compare with the expected decisions "
+                                              "(exit 1 with a diff on any mismatch)")
+    test.add_argument("file", type=Path, help="the policy file")
+    test.add_argument("cases", type=Path, help="a YAML list of {identity, environment, scopes, claims?, audience?, "
+                                               "reason?, at?, expect, rule?}")
+    test.set_defaults(func=cmd_policy_test)
     explain_cmd = policy_sub.add_parser("explain", help="print the decision for a request and why, rule by rule")
     explain_cmd.add_argument("file", type=Path)
     explain_cmd.add_argument("--identity", required=True)

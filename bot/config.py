@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +61,8 @@ class Settings(BaseSettings):
     # Slack writes (posts, updates, thread replies) per channel per second, per process (Slack: ~1/s per channel).
     slack_posts_per_second: float = Field(1.0, gt=0, validation_alias=_env("GRANTBOT_SLACK_POSTS_PER_SECOND"))
     log_level: str = Field("INFO", validation_alias=_env("GRANTBOT_LOG_LEVEL"))
+    # json or text; None: json unless standard error is a terminal (bot.logs.log_format)
+    log_format: Literal["json", "text"] | None = Field(None, validation_alias=_env("GRANTBOT_LOG_FORMAT"))
     policy_watch_seconds: float = Field(2.0, ge=0, validation_alias=_env("GRANTBOT_POLICY_WATCH_SECONDS"))
     # Testing aid: a file holding seconds to add to the wall clock, so tests of a real process move time.
     clock_offset_file: Path | None = Field(None, validation_alias=_env("GRANTBOT_CLOCK_OFFSET_FILE"))
@@ -98,11 +101,11 @@ class Settings(BaseSettings):
         return self.issuer or f"http://{self.host}:{self.port}"
 
     @property
-    def resolved_policy_file(self) -> Path:
-        if self.policy_file is not None:
-            return self.policy_file
-        local = Path("policy.yaml")
-        return local if local.exists() else bundled_policy()
+    def policy_path(self) -> Path:
+        """``GRANTBOT_POLICY_FILE``, else ``policy.yaml`` in the working folder. There is no fallback to the bundled
+        example (which names example approvers and admins): a missing file stops `grantbot serve`, naming it;
+        `grantbot dev` passes the example explicitly."""
+        return self.policy_file if self.policy_file is not None else Path("policy.yaml")
 
     @property
     def slack_enabled(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from bot.store.repository import Backlog
 
@@ -36,6 +36,12 @@ class Metrics:
         )
         self.slack_messages = Counter(
             "grantbot_slack_messages", "Outbox items handled, by result", ["result"], registry=self.registry
+        )
+        self.http_request_duration = Histogram(
+            "grantbot_http_request_duration_seconds",
+            "HTTP requests served, by method, route pattern and status, and how long each took",
+            ["method", "route", "status"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
         )
         self.database_up = Gauge(
             "grantbot_database_up", "1 if the database answered this scrape's reads, else 0", registry=self.registry

@@ -22,10 +22,10 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise PolicyError(f"{source}: not valid YAML: {exc}") from None
     if data is None:  # only comments: as good as empty
         raise PolicyError(f"{source}: the policy file is empty; it needs at least rules (or a default)")
-    return validate_policy(data, source, _locator(tree))
+    return validate_policy(data, source, locator(tree))
 
 
-def _locator(tree: yaml.Node | None):
+def locator(tree: yaml.Node | None):
     """Map a key path to the 1-based line of the deepest node of it that exists in the YAML document."""
 
     def locate(path: tuple) -> int | None:
@@ -51,6 +51,12 @@ def load_policy(path: str | Path) -> Policy:
     path = Path(path)
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        raise PolicyError(
+            f"{path}: the policy file does not exist (looked for {path.resolve()}); set GRANTBOT_POLICY_FILE to your "
+            "policy file "
+            "(bot/examples/policy.yaml is one to start from; `grantbot dev` runs with it)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise PolicyError(f"{path}: cannot read the policy file: {reason}") from None

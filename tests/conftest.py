@@ -4,6 +4,7 @@ server, and grantbot itself served on a real port with an injected clock."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from bot.config import Settings
 from bot.domain.clock import FakeClock
 from bot.slack.sandbox import SlackSandbox
 from bot.store.engine import create_engine
-from tests.support import BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api
+from tests.support import BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, assert_no_secrets
 
 POLICIES = Path(__file__).parent / "policies"
 ADMIN_URL = os.environ.get("GRANTBOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -68,6 +69,16 @@ async def database_url(request, tmp_path):
         await conn.execute(text("CREATE SCHEMA public"))
     await engine.dispose()
     yield url
+
+
+@pytest.fixture(autouse=True)
+def no_secrets_in_logs(caplog):
+    """Every test: nothing grantbot (or a library under it) logged holds a token, a signature or a secret —
+    messages, their arguments, structured fields and tracebacks alike (processes' logs: ``Process.check_log``)."""
+    caplog.set_level(logging.INFO)
+    yield
+    records = [r for when in ("setup", "call", "teardown") for r in caplog.get_records(when)]
+    assert_no_secrets("\n".join(f"{r.getMessage()} {r.__dict__!r}" for r in records))
 
 
 @pytest.fixture(autouse=True)

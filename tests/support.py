@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import struct
 import tempfile
 import time
@@ -25,6 +26,18 @@ SECRETS = {"deploy-bot": "deploy-bot-test-secret", "other-bot": "other-bot-test-
 SIGNING_SECRET = "test-signing-secret-0123456789abcdef"
 BOT_TOKEN = "xoxb-test-token"
 CHANNEL = "C0SANDBOX"
+
+
+# What must never be logged: a JWT (an access token or a CI identity token), an HMAC or Slack signature, a secret.
+_SECRET_SHAPES = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+|v[01]=[0-9a-f]{64}")
+
+
+def assert_no_secrets(text: str) -> None:
+    """``text`` (logs) holds no token, signature or test secret."""
+    found = _SECRET_SHAPES.search(text)
+    assert found is None, f"a token or signature was logged: {text[max(found.start() - 200, 0):found.end()]}"
+    for secret in (*SECRETS.values(), SIGNING_SECRET, BOT_TOKEN, "rs-secret"):
+        assert secret not in text, f"the secret {secret!r} was logged"
 
 
 def hmac_headers(identity: str, method: str, path_qs: str, body: bytes, *, secret: str | None = None,

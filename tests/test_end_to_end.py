@@ -25,7 +25,8 @@ from bot.store.engine import create_engine
 from bot.store.schema import head_revision, upgrade
 from tests.conftest import POLICIES
 from tests.support import (BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, advance_clock_offset, buttons, cards,
-                           eventually, hmac_headers, message_text, read_clock_offset, write_clock_offset)
+                           assert_no_secrets, eventually, hmac_headers, message_text, read_clock_offset,
+                           write_clock_offset)
 
 
 def free_port() -> int:
@@ -104,8 +105,7 @@ class Process:
         """No tracebacks, and no secret or token, in what the process logged."""
         log = self.log_path.read_text()
         assert "Traceback" not in log, log[-3000:]
-        for secret in (*SECRETS.values(), SIGNING_SECRET, BOT_TOKEN):
-            assert secret not in log
+        assert_no_secrets(log)
 
 
 def migrate(proc: Process) -> None:

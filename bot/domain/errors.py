@@ -154,3 +154,10 @@ class GrantNotActive(DomainError):
     def __init__(self, detail: str, outcome: str) -> None:
         super().__init__(detail)
         self.outcome = outcome
+
+
+class NotHandedOver(DomainError):
+    """The grant's token was never handed over, so there is nothing to re-issue: reading the request hands it over."""
+
+    code = "not_handed_over"
+    status = 409

@@ -140,6 +140,8 @@ class Vote:
 class Grant:
     """Access that was granted: the token's ``jti`` and, once handed over, a hash of it (never the token).
 
+    ``environment`` binds it (and its token) to the request's environment; ``audience`` is the token's ``aud``.
+
     ``issued_at`` is the approval time; ``expires_at - issued_at`` is the granted TTL.
     """
 
@@ -156,6 +158,7 @@ class Grant:
     ended_by: str | None = None
     delivered_at: datetime | None = None
     token_hash: str | None = None
+    environment: str = ""  # the request's environment: the token's ``environment`` claim
 
     @property
     def ttl_seconds(self) -> int:

@@ -23,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -225,6 +226,44 @@ class Issuer(_Strict):
         return self
 
 
+class Environment(_Strict):
+    """One entry of the ``environments:`` map: what the environment's tokens carry (DESIGN.md "Policy file").
+
+    ``audience`` is the ``aud`` of a token for this environment when its request names none; give each
+    environment its own, so that a resource server of one environment refuses another's tokens."""
+
+    audience: str | None = Field(default=None, min_length=1, max_length=1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, value: Any) -> Any:
+        if value is None:  # ``staging:`` with nothing after it: an environment without an audience of its own
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"an environment's entry is a mapping such as {{audience: https://staging.api.example}}, not "
+                f"{value!r}"
+            )
+        return value
+
+
+EnvironmentName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+def _environment_map(value: Any) -> Any:
+    """The list form (``[staging, production]``) is the map form with no audiences; both stay valid."""
+    if isinstance(value, list):
+        for index, name in enumerate(value):
+            if not isinstance(name, str):
+                raise ValueError(f"item {index} ({name!r}) is not an environment name; list names, or map each "
+                                 "name to {audience: …}")
+        return {name: {} for name in value}
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"write a list of names ([staging, production]) or a map of each name to "
+                         f"{{audience: …}}, not {value!r}")
+    return value
+
+
 class Match(_Strict):
     identity: Globs = Field(default_factory=lambda: ["*"])
     environment: Globs | None = None
@@ -267,8 +306,9 @@ class Policy(_Strict):
     """The whole policy file (DESIGN.md "Policy file", core keys)."""
 
     defaults: Defaults = Field(default_factory=Defaults)
-    environments: list[str] | None = Field(
-        default=None, description="the environments requests may name; default: those the rules name"
+    environments: Annotated[dict[EnvironmentName, Environment], BeforeValidator(_environment_map)] | None = Field(
+        default=None, description="the environments requests may name (a list, or a map of name to {audience}); "
+                                  "default: those the rules name"
     )
     identities: list[Identity] = Field(default_factory=list)
     issuers: list[Issuer] = Field(default_factory=list)
@@ -354,6 +394,12 @@ class Policy(_Strict):
 
     def approvers_for(self, rule: Rule | None) -> Approvers:
         return (rule.approvers if rule and rule.approvers else None) or self.defaults.approvers or Approvers()
+
+    def audience_for(self, environment: str) -> str | None:
+        """The ``aud`` of a token for ``environment`` when its request names none: the environment's own audience
+        (``environments: {name: {audience: …}}``), else ``defaults.audience``; None: the issuer's URL."""
+        own = self.environments.get(environment) if self.environments else None
+        return (own.audience if own else None) or self.defaults.audience
 
     def known_environments(self) -> set[str] | None:
         """The environments a request may name, or None when any is accepted."""
@@ -574,6 +620,8 @@ def validate_policy(data: object, source: str = "<policy>", locate: Locate | Non
                 loc = ("rules", int(found.group(1)))
             line = locate(loc) if locate else None
             where = f"{source}:{line}" if line else source
+            if loc and loc[-1] == "[key]":  # a map's key itself is wrong (e.g. an empty environment name)
+                loc, message = loc[:-2], f"name {loc[-2]!r}: {message}"
             problems.append(f"{where}: {_format_location(loc)}: {message}")
         raise PolicyError("invalid policy file:\n  " + "\n  ".join(problems)) from None
 
@@ -613,24 +661,48 @@ def _covers(wide: list[str] | None, narrow: list[str] | None) -> bool:
     )
 
 
-def _shadows(earlier: Rule, later: Rule) -> bool:
-    a, b = earlier.match, later.match
+def _match_covers(wide: Match, narrow: Match) -> bool:
+    """Every request ``narrow`` matches, ``wide`` matches too (identity, environment, scopes, audiences, claims)."""
     return (
-        earlier.decision is not Decision.DENY
-        and earlier.when is None  # a rule limited in time leaves the other hours to later rules
-        and _covers(a.identity, b.identity)
-        and _covers(a.environment, b.environment)
-        and _covers(a.scopes, b.scopes)
-        and _covers(a.audiences, b.audiences)
-        and all(key in b.claims and _covers([pattern], [b.claims[key]]) for key, pattern in a.claims.items())
+        _covers(wide.identity, narrow.identity)
+        and _covers(wide.environment, narrow.environment)
+        and _covers(wide.scopes, narrow.scopes)
+        and _covers(wide.audiences, narrow.audiences)
+        and all(key in narrow.claims and _covers([pattern], [narrow.claims[key]])
+                for key, pattern in wide.claims.items())
     )
 
 
+def _shadows(earlier: Rule, later: Rule) -> bool:
+    # a rule limited in time leaves the other hours to later rules
+    return earlier.decision is not Decision.DENY and earlier.when is None and _match_covers(earlier.match, later.match)
+
+
+def _hides(deny: Rule, rule: Rule) -> bool:
+    """``deny`` matches every request ``rule`` matches, so ``rule`` can never decide: a matching deny rule wins
+    wherever it stands. A deny rule matches when *any* requested scope is among its ``scopes``, and ``rule`` only
+    when *all* are among its own, so covering ``rule``'s scopes is enough."""
+    return deny.decision is Decision.DENY and deny.when is None and _match_covers(deny.match, rule.match)
+
+
 def lint(policy: Policy) -> list[str]:
-    """Warnings about a valid policy: rules that can never decide, auto-approval without a cap of its own."""
+    """Warnings about a valid policy: rules that can never decide (a rule before them, or a deny rule anywhere,
+    matches every request they match), auto-approval without a cap of its own, and auto-approve rules whose tokens
+    would pass for ones people approve in another environment (:mod:`bot.domain.cross_environment`)."""
+    from bot.domain.cross_environment import cross_environment_warnings  # it reads Policy: imported late
+
     warnings = []
     for index, rule in enumerate(policy.rules):
-        if rule.decision is not Decision.DENY:
+        hidden_by = next(((i, deny) for i, deny in enumerate(policy.rules) if i != index and _hides(deny, rule)),
+                         None) if rule.decision is not Decision.DENY else None
+        if hidden_by is not None:
+            deny_index, deny = hidden_by
+            where = "comes first and" if deny_index < index else "comes later but, as a deny rule, wins and"
+            warnings.append(
+                f"rules[{index}] ({rule.name}) can never decide: deny rule rules[{deny_index}] ({deny.name}) "
+                f"{where} matches every request it matches"
+            )
+        elif rule.decision is not Decision.DENY:
             for earlier_index, earlier in enumerate(policy.rules[:index]):
                 if _shadows(earlier, rule):
                     warnings.append(
@@ -643,4 +715,4 @@ def lint(policy: Policy) -> list[str]:
                 f"rules[{index}] ({rule.name}) auto-approves with no max_ttl_seconds of its own: only "
                 f"defaults.max_ttl_seconds ({policy.defaults.max_ttl_seconds} s) caps it"
             )
-    return warnings
+    return warnings + cross_environment_warnings(policy)

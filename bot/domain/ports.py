@@ -112,6 +112,13 @@ class Store(Protocol):
         """Record that the token was handed over, queueing ``events`` with it; False if it already was (a token
         is handed over once)."""
 
+    async def reissue_token(self, grant_id: str, jti: str, token_hash: str, now: datetime) -> Grant | None:
+        """Give an active grant whose token was handed over (and is not past ``expires_at`` at ``now``) a new token:
+        its ``jti`` and token hash replace the old ones (the old token is inactive from then on), audited as
+        ``token.reissued`` with the old and the new ``jti``. Returns the grant as it now is, or None when it is
+        not in that state (nothing changes). Concurrent calls are serialised on the grant: the last to commit
+        holds the active token."""
+
     async def expire_due_grants(self, now: datetime, limit: int) -> list[Grant]:
         """End active grants whose ``expires_at <= now``, each with a ``grant.expired`` event; returns them."""
 

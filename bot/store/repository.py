@@ -40,6 +40,7 @@ from bot.domain.models import (
     VoteOutcome,
 )
 from bot.domain.policy import Usage
+from bot.logs import current_request_id
 from bot.store.engine import writer
 from bot.store.tables import (
     AccessRequestRow,
@@ -139,6 +140,7 @@ def _grant_from_row(row) -> Grant:
         identity=row.identity,
         scopes=tuple(row.scopes),
         audience=row.audience,
+        environment=row.environment,
         jti=row.jti,
         issued_at=row.issued_at,
         expires_at=row.expires_at,
@@ -152,13 +154,16 @@ def _grant_from_row(row) -> Grant:
 
 def _audit_row(at: datetime, kind: str, actor: str, request_id: str | None, grant_id: str | None = None,
                **data) -> dict:
-    """Parameters of one ``audit_events`` row (always the same keys, so one compiled INSERT serves them all)."""
+    """Parameters of one ``audit_events`` row (always the same keys, so one compiled INSERT serves them all).
+    Written while an HTTP request is served, ``data`` names it (``http_request_id``, as in its log lines)."""
+    if (http_request_id := current_request_id()) is not None:
+        data["http_request_id"] = http_request_id
     return {"at": at, "kind": kind, "actor": actor, "request_id": request_id, "grant_id": grant_id, "data": data}
 
 
 def _grant_issued_row(grant: Grant, actor: str) -> dict:
     return _audit_row(grant.issued_at, "grant.issued", actor, grant.request_id, grant.id, jti=grant.jti,
-                      scope=" ".join(grant.scopes), audience=grant.audience,
+                      scope=" ".join(grant.scopes), audience=grant.audience, environment=grant.environment,
                       expires_at=grant.expires_at.isoformat(), ttl_seconds=grant.ttl_seconds)
 
 
@@ -169,6 +174,7 @@ def _grant_values(grant: Grant) -> dict:
         "identity": grant.identity,
         "scopes": list(grant.scopes),
         "audience": grant.audience,
+        "environment": grant.environment,
         "jti": grant.jti,
         "issued_at": grant.issued_at,
         "expires_at": grant.expires_at,
@@ -515,6 +521,28 @@ class SqlStore:
             await self._add_events(conn, list(events), now)
         return True
 
+    async def reissue_token(self, grant_id: str, jti: str, token_hash: str, now: datetime) -> Grant | None:
+        """See the port (``Store.reissue_token``). The row is locked first (``FOR UPDATE``; SQLite: ``BEGIN
+        IMMEDIATE``) so that concurrent re-issues take turns and each audit event names the ``jti`` it replaced."""
+        async with self._writer.begin() as conn:
+            row = (await conn.execute(select(G).where(G.c.id == grant_id).with_for_update())).first()
+            if (row is None or row.status != GrantStatus.ACTIVE.value or row.expires_at <= now
+                    or row.delivered_at is None):
+                return None
+            won = await conn.execute(
+                update(G)
+                .where(G.c.id == grant_id, G.c.jti == row.jti, G.c.status == GrantStatus.ACTIVE.value,
+                       G.c.expires_at > now)
+                .values(jti=jti, token_hash=token_hash)
+            )
+            if won.rowcount != 1:  # pragma: no cover - impossible while the row is locked
+                return None
+            await self._audit(conn, now, "token.reissued", row.identity, row.request_id, grant_id,
+                              old_jti=row.jti, new_jti=jti)
+        grant = _grant_from_row(row)
+        grant.jti, grant.token_hash = jti, token_hash
+        return grant
+
     async def _end_grant(
         self, conn: AsyncConnection, grant_id: str, status: GrantStatus, by: str, now: datetime
     ) -> bool:
@@ -853,13 +881,12 @@ class SqlStore:
 
     async def active_grants_with_environment(self, now: datetime, limit: int) -> tuple[list[tuple[Grant, str]], int]:
         """Grants active at ``now`` (status active, ``expires_at`` after ``now``), soonest to expire first, at most
-        ``limit``, each with its request's environment; and how many there are in all."""
+        ``limit``, each with its environment; and how many there are in all."""
         live = (G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at > now)
         async with self.engine.connect() as conn:
             total = (await conn.execute(select(func.count()).select_from(G).where(*live))).scalar_one()
             rows = (await conn.execute(
-                select(G, R.c.environment.label("environment")).join(R, R.c.id == G.c.request_id).where(*live)
-                .order_by(G.c.expires_at, G.c.id).limit(limit)
+                select(G).where(*live).order_by(G.c.expires_at, G.c.id).limit(limit)
             )).all()
         return [(_grant_from_row(row), row.environment) for row in rows], total
 

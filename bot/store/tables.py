@@ -108,6 +108,7 @@ class GrantRow(SQLModel, table=True):
     identity: str = Field(index=True, max_length=255)
     scopes: list = _json()
     audience: str = Field(max_length=1024)
+    environment: str = Field(max_length=255)  # the request's: the token's ``environment`` claim
     jti: str = Field(unique=True, max_length=64)
     issued_at: datetime = _time(nullable=False)
     expires_at: datetime = _time(nullable=False)

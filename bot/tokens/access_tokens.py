@@ -18,7 +18,8 @@ class AccessTokenIssuer:
     (implements the domain's ``TokenMinter`` port).
 
     Claims (RFC 9068 §2.2): ``iss``, ``sub`` and ``client_id`` (the caller's identity), ``aud``, ``scope``
-    (space-separated), ``iat`` = ``nbf`` (the approval), ``exp``, ``jti``, plus ``grant_id``.
+    (space-separated), ``iat`` = ``nbf`` (the approval), ``exp``, ``jti``, plus ``grant_id`` and ``environment``
+    (the request's: a resource server refuses another environment's tokens, DESIGN.md "Access tokens").
     """
 
     def __init__(self, key: SigningKey, issuer: str, previous: Sequence[VerificationKey] = ()) -> None:
@@ -40,6 +41,7 @@ class AccessTokenIssuer:
             "exp": issued + grant.ttl_seconds,
             "jti": grant.jti,
             "grant_id": grant.id,
+            "environment": grant.environment,
         }
         return jwt.encode(
             claims, self.key.private_key, algorithm="ES256", headers={"typ": TOKEN_TYPE, "kid": self.key.kid}

@@ -1,4 +1,5 @@
-"""``/v1/*`` routes: create and read access requests, revoke one's own grant (DESIGN.md HTTP contract)."""
+"""``/v1/*`` routes: create and read access requests, revoke one's own grant or have its token re-issued
+(DESIGN.md HTTP contract)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from bot.domain import usecases
 from bot.domain.errors import CiTokenAlreadyUsed, InvalidRequest, NotFound
 from bot.domain.ids import is_uuid
-from bot.domain.models import AccessRequestInput, Caller, Grant, RequestStatus
-from bot.web.keys import AUTH, DEPS, METRICS
+from bot.domain.models import AccessRequestInput, Caller, Grant, GrantStatus, RequestStatus
+from bot.web.keys import AUTH, CALLER_IDENTITY, DEPS, METRICS
 
 routes = web.RouteTableDef()
 
@@ -61,9 +62,11 @@ async def authenticate(request: web.Request, body: bytes, *, single_use: bool = 
     ``single_use``: a bearer token is used up by this request; only creating an access request does that, so a
     pipeline can long-poll and revoke with the token it created its request with (``bot.identity.oidc``).
     """
-    return await request.app[AUTH].authenticate(
+    caller = await request.app[AUTH].authenticate(
         request.headers, request.method, request.raw_path, body, single_use=single_use
     )
+    request[CALLER_IDENTITY] = caller.identity
+    return caller
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -77,6 +80,7 @@ def grant_json(grant: Grant, now: datetime, token: str | None) -> dict:
         "token_type": "Bearer",
         "scope": " ".join(grant.scopes),
         "audience": grant.audience,
+        "environment": grant.environment,
         "issued_at": _iso(grant.issued_at),
         "expires_at": _iso(grant.expires_at),
         "expires_in": max(0, int((grant.expires_at - now).total_seconds())),
@@ -108,7 +112,17 @@ def view_json(view: usecases.RequestView, now: datetime) -> dict:
             body["denial_reason"] = req.denial_reason
     if view.grant is not None:
         body["grant"] = grant_json(view.grant, now, view.access_token)
+        if (view.access_token is None and view.grant.delivered_at is not None
+                and view.grant.status is GrantStatus.ACTIVE and view.grant.expires_at > now):
+            # The token went out with an earlier answer (e.g. the first try of an Idempotency-Key retry).
+            body["hint"] = _reissue_hint(view.grant)
     return body
+
+
+def _reissue_hint(grant: Grant) -> str:
+    """How the holder of ``grant`` gets a token again when the answer that carried it was lost."""
+    return (f"The token of grant {grant.id} was handed over in an earlier answer; if it was lost, "
+            f"POST /v1/grants/{grant.id}/reissue for a new one (the lost one then stops working).")
 
 
 @routes.post("/v1/access-requests")
@@ -120,6 +134,7 @@ async def create_access_request(request: web.Request) -> web.Response:
         if not request.headers.get("Idempotency-Key"):
             raise
         caller, used_token = exc.caller, exc  # may still replay the request this token created (below)
+        request[CALLER_IDENTITY] = caller.identity
     try:
         data = json.loads(raw or b"null")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300-digit numbers, deep nesting
@@ -196,3 +211,13 @@ async def revoke_grant(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     grant = await usecases.revoke_own_grant(deps, caller, _resource_id(request, "grant"))
     return web.json_response({"id": grant.id, "status": grant.status.value, "ended_at": _iso(grant.ended_at)})
+
+
+@routes.post("/v1/grants/{id}/reissue")
+async def reissue_token(request: web.Request) -> web.Response:
+    """The grant (as in a request's ``grant``) with its new ``access_token`` and its ``request_id``."""
+    caller = await authenticate(request, await request.read())
+    deps = request.app[DEPS]
+    view = await usecases.reissue(deps, caller, _resource_id(request, "grant"))
+    body = {**grant_json(view.grant, deps.clock.now(), view.access_token), "request_id": view.grant.request_id}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})  # RFC 6749 §5.1: a token answer

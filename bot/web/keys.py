@@ -24,3 +24,5 @@ SLACK_VERIFIER = web.AppKey("slack_verifier", SignatureVerifier)
 INTROSPECTION_CLIENTS = web.AppKey("introspection_clients", dict)
 METRICS = web.AppKey("metrics", Metrics)
 RELOADER = web.AppKey("policy_reloader", PolicyReloader)
+# Per request: the authenticated caller's identity, for the access log (bot.web.observability).
+CALLER_IDENTITY = web.RequestKey("caller_identity", str)

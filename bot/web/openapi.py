@@ -19,6 +19,7 @@ def _json(schema: dict, description: str) -> dict:
 
 def _errors(*statuses: int) -> dict:
     meaning = {400: "bad input", 401: "not authenticated", 403: "denied", 404: "not found", 413: "body over 64 KiB",
+               409: "the grant ended, or its token was not handed over yet",
                422: "bad input: the detail says what to change", 503: "database unavailable; see Retry-After"}
     return {str(s): _json(_ERROR, meaning[s]) for s in statuses}
 
@@ -32,6 +33,7 @@ def document() -> dict:
             "id": {"type": "string"}, "status": {"enum": ["active", "expired", "revoked"]},
             "access_token": {"type": "string", "description": "RFC 9068 JWT; present only the first time"},
             "token_type": {"const": "Bearer"}, "scope": {"type": "string"}, "audience": {"type": "string"},
+            "environment": {"type": "string", "description": "the token's environment claim"},
             "issued_at": {"type": "string", "format": "date-time"},
             "expires_at": {"type": "string", "format": "date-time"}, "expires_in": {"type": "integer"},
         },
@@ -45,6 +47,8 @@ def document() -> dict:
             "expires_at": {"type": "string", "format": "date-time", "description": "pending deadline"},
             "decided_by": {"type": ["string", "null"]}, "grant": {"$ref": "#/components/schemas/Grant"},
             "denial_reason": {"type": "string", "description": "why the approver who denied it did (Slack)"},
+            "hint": {"type": "string", "description": "how to recover a token an earlier answer handed over "
+                                                      "(POST /v1/grants/{id}/reissue)"},
         },
     }
     form = {"application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["token"],
@@ -74,6 +78,15 @@ def document() -> dict:
                 "summary": "End one's own grant early (idempotent)", "security": _HMAC,
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": _json({"type": "object"}, "the grant's status"), **_errors(401, 404, 503)},
+            }},
+            "/v1/grants/{id}/reissue": {"post": {
+                "summary": "A new token for one's own active grant (the old one stops working); same expiry",
+                "security": _HMAC,
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json({"allOf": [{"$ref": "#/components/schemas/Grant"}, {
+                    "type": "object", "required": ["access_token", "request_id"],
+                    "properties": {"request_id": {"type": "string"}}}]}, "the grant with its new token"),
+                    **_errors(401, 404, 409, 503)},
             }},
             "/oauth/introspect": {"post": {
                 "summary": "RFC 7662 token introspection", "security": [{"basic": []}],

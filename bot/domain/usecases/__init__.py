@@ -7,6 +7,7 @@ from bot.domain.usecases.expire import expire_due
 from bot.domain.usecases.introspect import introspect
 from bot.domain.usecases.look_up import find_access, list_active_grants, list_pending
 from bot.domain.usecases.read_request import RequestView, read_request
+from bot.domain.usecases.reissue import ReissueView, reissue
 from bot.domain.usecases.request_access import request_access
 from bot.domain.usecases.revoke import revoke_as_approver, revoke_own_grant
 from bot.domain.usecases.revoke_all import preview_revoke_all, revoke_all
@@ -15,6 +16,7 @@ from bot.domain.usecases.revoke_token import revoke_token
 
 __all__ = [
     "Deps",
+    "ReissueView",
     "RequestView",
     "approve",
     "check_changes",
@@ -28,6 +30,7 @@ __all__ = [
     "preview_revoke_all",
     "queue_due_summary",
     "read_request",
+    "reissue",
     "request_access",
     "revoke_all",
     "revoke_as_approver",

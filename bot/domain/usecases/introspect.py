@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.domain.models import GrantStatus
 from bot.domain.usecases.deps import Deps
 
-_CLAIMS = ("sub", "scope", "aud", "exp", "iat", "nbf", "jti", "client_id", "iss", "grant_id")
+_CLAIMS = ("sub", "scope", "aud", "exp", "iat", "nbf", "jti", "client_id", "iss", "grant_id", "environment")
 
 
 async def introspect(deps: Deps, token: str) -> dict[str, object]:

@@ -46,6 +46,7 @@ def new_grant(request: AccessRequest, now, scopes: tuple[str, ...] | None = None
         identity=request.identity,
         scopes=scopes if scopes is not None else request.scopes,
         audience=request.audience,
+        environment=request.environment,
         jti=str(uuid.uuid4()),
         issued_at=now,
         expires_at=now + timedelta(seconds=ttl_seconds if ttl_seconds is not None else request.ttl_seconds),
@@ -98,7 +99,9 @@ async def request_access(
 
     policy = deps.policy
     now = deps.clock.now()
-    outcome = decide(policy, caller, body.environment, body.scopes, body.audience, reason=body.reason, at=now)
+    # Rules see the audience the token will carry, so match.audiences also holds for requests that name none.
+    audience = body.audience or policy.audience_for(body.environment) or deps.issuer
+    outcome = decide(policy, caller, body.environment, body.scopes, audience, reason=body.reason, at=now)
     quota = None
     rule = outcome.rule
     if outcome.decision is Decision.AUTO_APPROVE and rule is not None and policy.sends_to_people(rule):
@@ -113,7 +116,7 @@ async def request_access(
     if outcome.decision is not Decision.DENY:
         ttl = granted_ttl(policy, rule, ttl)  # raises TTLTooLong: nothing is stored
 
-    request = _new_request(deps, caller, body, outcome, ttl or policy.default_ttl(rule), now)
+    request = _new_request(deps, caller, body, audience, outcome, ttl or policy.default_ttl(rule), now)
     try:
         return await _store(deps, request, body, idempotency_key, body_hash, quota)
     except AutoApproveLimitReached as exc:
@@ -121,12 +124,12 @@ async def request_access(
         why = (f"auto-approve limit reached: {exc.count} automatic approvals of {caller.identity} under rule "
                f"{rule.name!r} in the last {rule.auto_approve_limit.per_seconds} s; people decide this one")
         outcome = PolicyDecision(Decision.REQUIRE_APPROVAL, rule, why, outcome.reasons + (why,), "auto_approve_limit")
-        request = _new_request(deps, caller, body, outcome, request.ttl_seconds, now)
+        request = _new_request(deps, caller, body, audience, outcome, request.ttl_seconds, now)
         return await _store(deps, request, body, idempotency_key, body_hash, None)
 
 
 def _new_request(
-    deps: Deps, caller: Caller, body: AccessRequestInput, outcome: PolicyDecision, ttl: int, now
+    deps: Deps, caller: Caller, body: AccessRequestInput, audience: str, outcome: PolicyDecision, ttl: int, now
 ) -> AccessRequest:
     policy = deps.policy
     rule = outcome.rule
@@ -136,7 +139,7 @@ def _new_request(
         environment=body.environment,
         scopes=body.scopes,
         ttl_seconds=ttl,
-        audience=body.audience or policy.defaults.audience or deps.issuer,
+        audience=audience,
         reason=body.reason,
         context=dict(body.context),
         status=RequestStatus.PENDING,
