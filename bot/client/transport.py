@@ -15,7 +15,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -40,7 +40,6 @@ class Answer:
     status: int
     body: dict[str, Any]
     server_time: datetime | None = None  # from the Date header (RFC 9110 §6.6.1)
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def retry_after_seconds(headers: CIMultiDictProxy[str] | dict[str, str]) -> float | None:
@@ -115,7 +114,7 @@ class Transport:
                 async with self.http.request(method, url, data=raw, headers=headers, timeout=timeout,
                                              middlewares=(sign,)) as resp:
                     text = await resp.read()
-                    answer = Answer(resp.status, _json(text), _date(resp.headers.get("Date")), dict(resp.headers))
+                    answer = Answer(resp.status, _json(text), _date(resp.headers.get("Date")))
                 if answer.status not in RETRYABLE_STATUSES:
                     return answer
                 why = _detail(answer.status, answer.body)
