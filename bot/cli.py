@@ -1,4 +1,5 @@
-"""``grantbot`` commands: ``serve``, ``dev`` (with the local Slack sandbox) and ``request`` (a signed client)."""
+"""``grantbot`` commands: ``serve``, ``migrate``, ``audit``, ``policy``, ``dev`` (with the local Slack sandbox), and
+the pipeline client's ``request``, ``release``, ``status`` and ``verify`` (``bot.client.commands``)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,17 @@ import os
 import secrets
 import signal
 import sys
-import time
-import uuid
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
+from bot.client.commands import DEFAULT_URL, add_commands
+from bot.client.credentials import DEV_IDENTITY_FILE
 from bot.config import Settings, bundled_policy
 from bot.domain.errors import PolicyError
 
-DEV_STATE_DIR = Path(".grantbot")
-DEV_IDENTITY_FILE = DEV_STATE_DIR / "dev-identity.json"
-DEFAULT_URL = "http://127.0.0.1:8080"  # where `grantbot dev` listens and `grantbot request` asks, unless told
+DEV_STATE_DIR = DEV_IDENTITY_FILE.parent
 DEV_APPROVER = "U0APPROVER"
 
 
@@ -447,89 +445,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return _run(_dev(args))
 
 
-def _sign(secret: str, method: str, path_qs: str, body: bytes) -> dict[str, str]:
-    """HMAC headers (DESIGN.md) with a fresh nonce, so that parallel jobs asking alike in one second differ."""
-    from bot.identity.hmac_auth import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
-
-    timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(24)  # 32 characters of [A-Za-z0-9_-]
-    return {TIMESTAMP_HEADER: timestamp, NONCE_HEADER: nonce,
-            SIGNATURE_HEADER: signature(secret.encode(), timestamp, method, path_qs, body, nonce)}
-
-
-async def _request(args: argparse.Namespace) -> int:
-    from bot.identity.hmac_auth import IDENTITY_HEADER
-
-    identity, secret = args.identity, args.secret
-    if (not identity or not secret) and DEV_IDENTITY_FILE.exists():
-        dev = json.loads(DEV_IDENTITY_FILE.read_text())
-        identity, secret = identity or dev["identity"], secret or dev["secret"]
-    if not identity or not secret:
-        print("grantbot request: set GRANTBOT_IDENTITY and GRANTBOT_SECRET (or run `grantbot dev` here first)", file=sys.stderr)
-        return 2
-    body: dict = {"environment": args.environment, "scopes": args.scope}
-    if args.ttl is not None:
-        body["ttl_seconds"] = args.ttl
-    if args.reason:
-        body["reason"] = args.reason
-    if args.audience:
-        body["audience"] = args.audience
-    if args.context:
-        body["context"] = dict(args.context)
-    raw = json.dumps(body).encode()
-    base = args.url.rstrip("/")
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=90)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        path = "/v1/access-requests"
-        headers = {IDENTITY_HEADER: identity, "Content-Type": "application/json",
-                   "Idempotency-Key": str(uuid.uuid4()), **_sign(secret, "POST", path, raw)}
-        async with http.post(base + path, data=raw, headers=headers) as resp:
-            answer = await resp.json(content_type=None)
-            status = resp.status
-        if status == 202 and args.wait:
-            print(f"request {answer['id']} is pending approval in Slack; waiting up to {args.wait} s…", file=sys.stderr)
-            deadline = time.monotonic() + args.wait
-            while answer.get("status") == "pending" and (left := deadline - time.monotonic()) > 0:
-                path = f"/v1/access-requests/{answer['id']}?wait={int(min(left, 60)) or 1}"
-                headers = {IDENTITY_HEADER: identity, **_sign(secret, "GET", path, b"")}
-                async with http.get(base + path, headers=headers) as resp:
-                    answer = await resp.json(content_type=None)
-                    status = resp.status
-                    if status != 200:
-                        break
-    if args.output == "env" and answer.get("status") == "approved":
-        print(_env_lines(answer))
-    else:
-        print(json.dumps(answer, indent=2))
-    summary = answer.get("status") or answer.get("error") or "error"
-    detail = answer.get("detail")
-    print(f"{summary} (HTTP {status})" + (f": {detail}" if detail else ""), file=sys.stderr)
-    if status >= 400 or answer.get("status") not in ("approved", "pending"):
-        return 1
-    return 0
-
-
-def _env_lines(answer: dict) -> str:
-    """``export`` lines for a shell: the token, and the first PostgreSQL credential as libpq's PG* variables (what
-    psql and libpq clients read). Values are quoted for a POSIX shell."""
-    import shlex
-
-    grant = answer.get("grant") or {}
-    values = {"GRANTBOT_TOKEN": grant.get("access_token"), "GRANTBOT_GRANT_ID": grant.get("id")}
-    postgres = next((c for c in grant.get("credentials") or [] if c.get("kind") == "postgresql"), None)
-    if postgres:
-        values.update(PGHOST=postgres["host"], PGPORT=postgres["port"], PGDATABASE=postgres["database"],
-                      PGUSER=postgres["username"], PGPASSWORD=postgres["password"])
-    return "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in values.items() if v is not None)
-
-
-def cmd_request(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_request(args))
-    except aiohttp.ClientError as exc:
-        print(f"grantbot request: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 2
-
-
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -597,21 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "grantbot_demo (or the URL's database) with an orders table")
     dev.set_defaults(func=cmd_dev)
 
-    req = sub.add_parser("request", help="ask a grantbot for access, signed with an HMAC identity")
-    req.add_argument("--url", default=os.environ.get("GRANTBOT_URL", DEFAULT_URL))
-    req.add_argument("--identity", default=os.environ.get("GRANTBOT_IDENTITY"))
-    req.add_argument("--secret", default=os.environ.get("GRANTBOT_SECRET"), help="default: $GRANTBOT_SECRET")
-    req.add_argument("--environment", required=True)
-    req.add_argument("--scope", action="append", required=True, help="repeat for several scopes")
-    req.add_argument("--ttl", type=int, default=None, help="seconds")
-    req.add_argument("--reason")
-    req.add_argument("--audience")
-    req.add_argument("--context", action="append", type=_key_value, metavar="KEY=VALUE", help="pipeline context, e.g. run_url=…")
-    req.add_argument("--wait", type=int, default=0, metavar="SECONDS", help="wait this long for an approval")
-    req.add_argument("--output", choices=["json", "env"], default="json",
-                     help="json: the answer; env: export lines (GRANTBOT_TOKEN, and PGHOST, PGPORT, PGDATABASE, "
-                          "PGUSER, PGPASSWORD for a PostgreSQL credential) for eval in a shell")
-    req.set_defaults(func=cmd_request)
+    add_commands(sub)  # request, release, status, verify: the pipeline client (bot/client/)
     return parser
 
 

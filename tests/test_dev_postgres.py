@@ -71,8 +71,8 @@ async def test_the_database_step_works_as_printed(tmp_path, demo_database):
             # What `eval` would set.
             exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1)
                             for line in out.decode().splitlines())
-            assert set(exported) == {"GRANTBOT_TOKEN", "GRANTBOT_GRANT_ID", "PGHOST", "PGPORT", "PGDATABASE",
-                                     "PGUSER", "PGPASSWORD"}, exported
+            assert {"GRANTBOT_TOKEN", "GRANTBOT_GRANT_ID", "GRANTBOT_EXPIRES_AT", "PGHOST", "PGPORT", "PGDATABASE",
+                    "PGUSER", "PGPASSWORD"} <= set(exported), exported
             assert exported["PGDATABASE"] == demo_database and exported["PGUSER"].startswith(f"gb_{demo_database}_")
             session = await asyncpg.connect(host=exported["PGHOST"], port=int(exported["PGPORT"]),
                                             user=exported["PGUSER"], password=exported["PGPASSWORD"],

@@ -299,7 +299,10 @@ async def test_grantbot_request_signs_with_a_fresh_nonce_so_parallel_jobs_all_ge
 
     async def record(request: web.Request) -> web.Response:
         seen.append((dict(request.headers), await request.read(), request.raw_path))
-        return web.json_response({"id": str(uuid.uuid4()), "status": "approved"}, status=201)
+        grant = {"id": str(uuid.uuid4()), "status": "active", "access_token": "recorded.token.value",
+                 "token_type": "Bearer", "scope": "db:read", "expires_in": 600}
+        return web.json_response({"id": str(uuid.uuid4()), "status": "approved", "scopes": ["db:read"],
+                                  "grant": grant}, status=201)
 
     recorder = web.Application()
     recorder.router.add_post("/v1/access-requests", record)

@@ -77,6 +77,16 @@ class Unauthenticated(DomainError):
         self.reason = reason  # a short word for metrics (grantbot_auth_failures_total), e.g. "replay"
 
 
+class CiTokenAlreadyUsed(Unauthenticated):
+    """A CI identity token that already created an access request was sent to create one again. ``caller`` is
+    the identity it proves: a retry of that same request (its ``Idempotency-Key``) is still answered, since a replay
+    creates nothing; anything else is refused with this error."""
+
+    def __init__(self, detail: str, caller: object) -> None:
+        super().__init__(detail, who=getattr(caller, "identity", None), reason="replay")
+        self.caller = caller
+
+
 class NotAnApprover(DomainError):
     """Someone who is not an approver of the request's rule tried to decide it."""
 

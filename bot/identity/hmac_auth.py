@@ -23,21 +23,13 @@ from bot.domain.errors import PolicyError, Unauthenticated
 from bot.domain.models import Caller
 from bot.domain.policy import Policy
 from bot.domain.ports import Clock
+from bot.signing import IDENTITY_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
 WINDOW_SECONDS = 300
-IDENTITY_HEADER = "X-Grantbot-Identity"
-TIMESTAMP_HEADER = "X-Grantbot-Timestamp"
-SIGNATURE_HEADER = "X-Grantbot-Signature"
-NONCE_HEADER = "X-Grantbot-Nonce"
 NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-
-
-def signature(secret: bytes, timestamp: str, method: str, path_qs: str, body: bytes, nonce: str | None = None) -> str:
-    """``v1=<hex>`` over ``v1:{timestamp}:{METHOD}:{path_qs}:{body}``, or with a ``nonce``
-    ``v1:{timestamp}:{nonce}:{METHOD}:{path_qs}:{body}`` (DESIGN.md); what a caller sends and we recompute."""
-    fields = (timestamp, *((nonce,) if nonce is not None else ()), method.upper(), path_qs)
-    message = b"v1:" + b"".join(field.encode() + b":" for field in fields) + body
-    return "v1=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
+# The signing itself is bot.signing's (shared with the pipeline client); re-exported for this side's callers.
+__all__ = ["IDENTITY_HEADER", "NONCE_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "HmacAuthenticator",
+           "secrets_from_policy", "signature"]
 
 
 def secrets_from_policy(policy: Policy, environ: Mapping[str, str] = os.environ) -> dict[str, bytes]:

@@ -16,7 +16,10 @@ identity token its CI platform gave it. The token is verified as RFC 8725 (JWT B
 
 Replay. A CI token creates one access request only: its ``jti`` (or, without one, a SHA-256 of the whole token)
 is remembered in the ``used_signatures`` table as ``sha256("oidc:" + issuer name + ":" + jti)`` until the
-token's ``exp`` plus the leeway, after which the token is refused anyway. Reading one's requests (the long poll
+token's ``exp`` plus the leeway, after which the token is refused anyway. A used token sent to create a request
+again raises :class:`~bot.domain.errors.CiTokenAlreadyUsed`, which names the caller: the route still answers a
+retry of the request that token created (the same ``Idempotency-Key``), which creates nothing, so a job with one
+token for its whole run (GitLab's ``id_tokens:``) can retry a ``POST`` whose answer it lost. Reading one's requests (the long poll
 ``GET /v1/access-requests/{id}?wait=N``) and revoking one's own grant accept any still-valid token of the same
 identity without using it up: a pipeline polls with the token it created the request with, and those routes
 can only show or end what that identity already has.
@@ -36,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
-from bot.domain.errors import Unauthenticated, Unavailable
+from bot.domain.errors import CiTokenAlreadyUsed, Unauthenticated, Unavailable
 from bot.domain.models import Caller
 from bot.domain.policy import Policy
 from bot.domain.ports import Clock
@@ -195,6 +198,7 @@ class OidcAuthenticator:
         if not isinstance(sub, str) or not sub:
             raise Unauthenticated("The token's sub claim must be a non-empty string naming the pipeline.")
 
+        caller = Caller(identity=f"{issuer.name}:{sub}", claims=dict(claims))
         if single_use:
             jti = claims.get("jti")
             # Without a jti the token itself is what must not come twice.
@@ -202,11 +206,13 @@ class OidcAuthenticator:
             digest = hashlib.sha256(f"oidc:{issuer.name}:{ident}".encode()).hexdigest()
             until = expires + timedelta(seconds=LEEWAY_SECONDS)
             if not await self._remember(digest, until, now):
-                raise Unauthenticated(
+                raise CiTokenAlreadyUsed(
                     "This CI token was already used to create an access request; fetch a fresh identity token "
-                    "from the CI platform for each request (polling with the same token is fine).", reason="replay"
+                    "from the CI platform for each request (polling with the same token is fine, and so is "
+                    "retrying the same request with its Idempotency-Key).",
+                    caller,
                 )
-        return Caller(identity=f"{issuer.name}:{sub}", claims=dict(claims))
+        return caller
 
     @staticmethod
     def _verify(token: str, key: jwt.PyJWK, iss: str, audience: str, name: str) -> dict:

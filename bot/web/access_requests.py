@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from bot.domain import usecases
-from bot.domain.errors import InvalidRequest, NotFound
+from bot.domain.errors import CiTokenAlreadyUsed, InvalidRequest, NotFound
 from bot.domain.ids import is_uuid
 from bot.domain.models import AccessRequestInput, Caller, Grant, GrantStatus, RequestStatus
 from bot.web.keys import AUTH, CALLER_IDENTITY, DEPS, METRICS
@@ -134,7 +134,13 @@ def _reissue_hint(grant: Grant) -> str:
 @routes.post("/v1/access-requests")
 async def create_access_request(request: web.Request) -> web.Response:
     raw = await request.read()
-    caller = await authenticate(request, raw, single_use=True)
+    try:
+        caller, used_token = await authenticate(request, raw, single_use=True), None
+    except CiTokenAlreadyUsed as exc:
+        if not request.headers.get("Idempotency-Key"):
+            raise
+        caller, used_token = exc.caller, exc  # may still replay the request this token created (below)
+        request[CALLER_IDENTITY] = caller.identity
     try:
         data = json.loads(raw or b"null")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300-digit numbers, deep nesting
@@ -166,6 +172,7 @@ async def create_access_request(request: web.Request) -> web.Response:
             context=body.context,
         ),
         idempotency_key=idempotency_key,
+        refuse_unless_replay=used_token,
     )
     payload = view_json(view, deps.clock.now())
     status = view.request.status

@@ -14,6 +14,7 @@ from datetime import timedelta
 from bot.domain.approvals import who_may_approve
 from bot.domain.errors import (
     AutoApproveLimitReached,
+    DomainError,
     IdempotencyConflict,
     InvalidRequest,
     UnknownEnvironment,
@@ -78,15 +79,18 @@ def _body_hash(body: AccessRequestInput) -> str:
 
 
 async def request_access(
-    deps: Deps, caller: Caller, body: AccessRequestInput, idempotency_key: str | None = None
+    deps: Deps, caller: Caller, body: AccessRequestInput, idempotency_key: str | None = None,
+    refuse_unless_replay: DomainError | None = None,
 ) -> RequestView:
     """Create an access request and apply the policy.
 
     Returns the view of the request: ``approved`` with a grant and its token (auto-approve), ``pending`` (an
     approval card is queued in the outbox) or ``denied``. A retry with the same ``idempotency_key`` returns the
-    first request's current state instead of creating another. Raises :class:`InvalidRequest` (bad scopes,
-    unknown environment, TTL above the cap), :class:`IdempotencyConflict` and ``CredentialsUnavailable`` (an
-    auto-approved grant's credentials could not be made: nothing is stored, nothing is left in the provider).
+    first request's current state instead of creating another. ``refuse_unless_replay``: the caller may only
+    replay (its CI token already created a request); raised when ``idempotency_key`` names no earlier request.
+    Raises :class:`InvalidRequest` (bad scopes, unknown environment, TTL above the cap), :class:`IdempotencyConflict`
+    and ``CredentialsUnavailable`` (an auto-approved grant's credentials could not be made: nothing is stored,
+    nothing is left in the provider).
     """
     _validate(deps, body)
     body_hash = _body_hash(body)
@@ -94,6 +98,8 @@ async def request_access(
         earlier = await deps.store.find_by_idempotency_key(caller.identity, idempotency_key)
         if earlier is not None:
             return await _replay(deps, earlier, body_hash)
+    if refuse_unless_replay is not None:
+        raise refuse_unless_replay
 
     policy = deps.policy
     now = deps.clock.now()
