@@ -175,6 +175,8 @@ class EventKind(StrEnum):
     REQUEST_DECIDED = "request.decided"
     TOKEN_HANDED_OVER = "token.handed_over"
     NOTICE = "notice"  # a plain message to a channel, e.g. a refused policy reload; payload {channel, text}
+    # Many ends of auto-approved grants told in one channel message; payload {channel, digest} (see the outbox)
+    DIGEST = "notice.digest"
 
 
 @dataclass(frozen=True)
@@ -196,10 +198,11 @@ class OutboxItem:
     kind: EventKind
     request_id: str
     grant_id: str | None
-    attempts: int
+    attempts: int  # claims so far, this one included (they fence the lease)
     created_at: datetime
     payload: dict | None = None
     channel: str | None = None  # where it goes: the card's channel, else the request's (None: nowhere)
+    failures: int = 0  # earlier attempts that failed (a 429 is not one): they set the backoff
 
 
 @dataclass(frozen=True)

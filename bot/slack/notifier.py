@@ -47,7 +47,6 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 import aiohttp
-from aiolimiter import AsyncLimiter
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.http_retry.jitter import RandomJitter
@@ -57,8 +56,10 @@ from bot.domain.models import Decision, EventKind, OutboxItem, RequestStatus
 from bot.domain.ports import Clock
 from bot.metrics import Metrics
 from bot.slack import blocks
+from bot.slack.digest_blocks import digest_blocks, digest_text
 from bot.slack.summary_blocks import summary_blocks, summary_text
 from bot.store.outage import is_outage
+from bot.store.outbox_channels import NoticeFolding, OutboxChannels
 from bot.store.repository import SqlStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ MAX_HISTORY_PAGES = 50
 BATCH = 20
 MAX_ATTEMPTS = 12  # for ok:false answers that are neither transient nor known to be permanent
 MAX_BACKOFF_SECONDS = 300
+# Approval cards, their updates and decision replies: at most this (plus 1 s of jitter) behind once Slack is back.
+URGENT_MAX_BACKOFF_SECONDS = 30
+URGENT_KINDS = frozenset({EventKind.CARD_POST, EventKind.CARD_UPDATE, EventKind.REQUEST_DECIDED})
 TRANSIENT_PAUSE_SECONDS = 2.0
 MAX_RETRY_AFTER_SECONDS = 3600  # a Retry-After beyond this is taken as an hour
 DEFAULT_RETRY_AFTER_SECONDS = 1.0  # a 429 without a usable Retry-After (python-slack-sdk#1693)
@@ -116,13 +120,15 @@ class SlackNotifier:
     """Drains the outbox into Slack. ``wake()`` after a commit; it also polls every ``poll_seconds``."""
 
     def __init__(
-        self, store: SqlStore, client: AsyncWebClient, clock: Clock, metrics: Metrics, poll_seconds: float = 1.0,
-        default_channel: str | None = None, timezone: str = "UTC",
-        pace_seconds: float = PACE_SECONDS,
+        self, store: SqlStore, channels: OutboxChannels, client: AsyncWebClient, clock: Clock, metrics: Metrics,
+        poll_seconds: float = 1.0, default_channel: str | None = None, timezone: str = "UTC",
+        pace_seconds: float = PACE_SECONDS, folding: NoticeFolding = NoticeFolding(),
     ) -> None:
         self._default_channel = default_channel
         self._timezone = timezone
         self._store = store
+        self._channels = channels
+        self._folding = folding
         self._metrics = metrics
         self._client = client
         self._clock = clock
@@ -132,7 +138,6 @@ class SlackNotifier:
         self._stopping = False
         self._lanes: dict[str | None, deque[OutboxItem]] = {}  # channel -> items claimed for it, in order
         self._lane_tasks: dict[str | None, asyncio.Task] = {}
-        self._limiters: dict[str, AsyncLimiter] = {}
         self._paused: dict[str, datetime] = {}  # channel -> when Slack may be called for it again (clock time)
         # item id -> attempts, when Slack refused every one of them (429, ok:false): nothing of it to adopt
         self._refused: dict[int, int] = {}
@@ -178,16 +183,30 @@ class SlackNotifier:
         for channel, until in list(self._paused.items()):
             if until <= now:
                 del self._paused[channel]
+        notices = await self._channels.claim_notices(now, LEASE_SECONDS, self._folding, skip=set(self._paused))
+        for item in notices:
+            self._enqueue(item)
         held = {channel: len(lane) for channel, lane in self._lanes.items() if channel is not None}
         held.update({channel: LANE_DEPTH for channel in self._paused})
         items = await self._store.claim_outbox(now, LEASE_SECONDS, BATCH, per_channel=LANE_DEPTH, held=held)
         for item in items:
-            self._lanes.setdefault(item.channel, deque()).append(item)
-            if item.channel not in self._lane_tasks:
-                self._lane_tasks[item.channel] = asyncio.create_task(
-                    self._run_lane(item.channel), name=f"outbox lane {item.channel}"
-                )
-        return len(items)
+            self._enqueue(item)
+        return len(notices) + len(items)
+
+    def _enqueue(self, item: OutboxItem) -> None:
+        """Add ``item`` to its channel's lane (started as needed): an approval card, card update or decision
+        reply goes ahead of the lane's other waiting items, behind the one being sent. (A lane never holds two
+        items of one request: a claim waits for the earlier one to be sent.)"""
+        lane = self._lanes.setdefault(item.channel, deque())
+        at = len(lane)
+        if item.kind in URGENT_KINDS:
+            while at > 1 and lane[at - 1].kind not in URGENT_KINDS:
+                at -= 1
+        lane.insert(at, item)
+        if item.channel not in self._lane_tasks:
+            self._lane_tasks[item.channel] = asyncio.create_task(
+                self._run_lane(item.channel), name=f"outbox lane {item.channel}"
+            )
 
     async def _run_lane(self, channel: str | None) -> None:
         """Send one channel's items in order; when the channel is paused or the worker stops, give the rest back."""
@@ -217,11 +236,11 @@ class SlackNotifier:
             del self._lane_tasks[channel]
 
     async def _pace(self, channel: str) -> None:
-        """Wait for this channel's next write slot (at most one per ``pace_seconds``, wall clock)."""
-        limiter = self._limiters.get(channel)
-        if limiter is None:
-            limiter = self._limiters[channel] = AsyncLimiter(1, self._pace_seconds)
-        await limiter.acquire()
+        """Take this channel's next write slot, shared by every replica (one per ``pace_seconds``, wall clock),
+        and wait for it."""
+        wait = await self._channels.take_write_slot(channel, self._pace_seconds)
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _deliver_with_retry(self, item: OutboxItem) -> None:
         try:
@@ -233,10 +252,11 @@ class SlackNotifier:
         except SlackApiError as exc:
             status, headers, data = _answer(exc)
             error = str(data.get("error") or "")
-            if status == 429:
+            if status == 429:  # Slack pacing us: not a failure of the item, so its backoff does not grow
                 self._note_refused(item)
                 delay = _retry_after(headers)  # what Slack said about this channel (or the workspace)
-                await self._retry(item, delay, f"rate limited (429 {error})", pause=delay, result="rate_limited")
+                await self._retry(item, delay, f"rate limited (429 {error})", pause=delay, result="rate_limited",
+                                  failed=False)
             elif error in PERMANENT_ERRORS:
                 self._give_up(item, error)
                 await self._store.complete_outbox(item.id, self._clock.now())
@@ -244,7 +264,7 @@ class SlackNotifier:
                 self._refused.pop(item.id, None)  # Slack may or may not have done it
                 await self._retry(item, self._backoff(item), f"Slack answered {status} {error or 'without JSON'}",
                                   pause=TRANSIENT_PAUSE_SECONDS)
-            elif item.attempts >= MAX_ATTEMPTS:
+            elif item.failures + 1 >= MAX_ATTEMPTS:
                 self._give_up(item, error)
                 await self._store.complete_outbox(item.id, self._clock.now())
             else:
@@ -278,21 +298,31 @@ class SlackNotifier:
 
     @staticmethod
     def _backoff(item: OutboxItem) -> float:
-        """Seconds before the next attempt: 2^attempts plus up to 1 s of jitter, at most MAX_BACKOFF_SECONDS."""
-        return min(_BACKOFF.calculate_sleep_duration(min(item.attempts, 16)), MAX_BACKOFF_SECONDS)
+        """Seconds before the next attempt after a failure: 2^failures plus up to 1 s of jitter, at most
+        URGENT_MAX_BACKOFF_SECONDS for cards and decisions, MAX_BACKOFF_SECONDS for the rest."""
+        cap = URGENT_MAX_BACKOFF_SECONDS if item.kind in URGENT_KINDS else MAX_BACKOFF_SECONDS
+        return min(_BACKOFF.calculate_sleep_duration(min(item.failures + 1, 16)), cap)
 
-    async def _retry(self, item: OutboxItem, delay: float, why: str, pause: float, result: str = "retried") -> None:
-        """Put ``item`` back, due in ``delay`` seconds, and pause its channel for ``pause`` seconds (its lane
-        gives back the rest, due then, and nothing more is claimed for it until then)."""
+    async def _retry(self, item: OutboxItem, delay: float, why: str, pause: float, result: str = "retried",
+                     failed: bool = True) -> None:
+        """Put ``item`` back, due in ``delay`` seconds (``failed``: counted as a failure), and pause its channel
+        for ``pause`` seconds (its lane gives back the rest, due then, and nothing more is claimed for it until
+        then)."""
         log.warning("outbox item %s (%s) will be retried in %.1f s: %s", item.id, item.kind, delay, why)
         self._metrics.slack_messages.labels(result=result).inc()
         now = self._clock.now()
         if item.channel is not None:
             until = now + timedelta(seconds=pause)
             self._paused[item.channel] = max(until, self._paused.get(item.channel, until))
-        await self._store.retry_outbox(item.id, now + timedelta(seconds=delay), why)
+        await self._store.retry_outbox(item.id, now + timedelta(seconds=delay), why, failed=failed)
 
     async def _deliver(self, item: OutboxItem) -> None:
+        if item.kind is EventKind.DIGEST:
+            digest = (item.payload or {}).get("digest")
+            if digest:  # (a digest is written with its first notices, in one transaction: never empty)
+                await self._post_once(item, channel=item.payload["channel"], text=digest_text(digest),
+                                      blocks=digest_blocks(digest))
+            return
         if item.kind is EventKind.NOTICE:
             channel = (item.payload or {}).get("channel") or self._default_channel
             if not channel:
