@@ -1,5 +1,5 @@
 """Golden tests: the exact output of every Block Kit builder (bot/slack/blocks.py, summary_blocks.py,
-home_blocks.py, digest_blocks.py) for representative requests, built directly from domain objects at a fixed time.
+home_blocks.py, digest_message.py) for representative requests, built directly from domain objects at a fixed time.
 
 The expected outputs are the JSON files in tests/goldens/, one per case, read by people in review. After a
 deliberate change of a builder, rewrite them with ``GRANTBOT_UPDATE_GOLDENS=1 pytest tests/test_block_goldens.py``
@@ -26,7 +26,7 @@ from bot.domain.models import (
     Verdict,
 )
 from bot.domain.usecases.home import Decided, HomeView, PendingItem
-from bot.slack import blocks, digest_blocks, home_blocks, summary_blocks
+from bot.slack import blocks, digest_message, home_blocks, summary_blocks
 
 GOLDENS = Path(__file__).parent / "goldens"
 T0 = datetime(2025, 6, 2, 10, 0, 0, tzinfo=UTC)
@@ -193,9 +193,10 @@ CASES = {
     "home_empty": lambda: home_blocks.home_view(HomeView(user="U0OTHER", now=NOW)),
     "home_busy": lambda: home_blocks.home_view(_busy_home()),
     "home_overflowing": lambda: home_blocks.home_view(_overflowing_home()),
-    "digest_few_expired": lambda: digest_blocks.digest_blocks(FEW_EXPIRED),
-    "digest_many_ended_hostile": lambda: digest_blocks.digest_blocks(MANY_ENDED),
-    "digest_text": lambda: digest_blocks.digest_text(MANY_ENDED),
+    "digest_few_expired": lambda: digest_message.digest_text(FEW_EXPIRED),
+    "digest_many_ended_hostile": lambda: digest_message.digest_text(MANY_ENDED),
+    "digest_many_long_lines": lambda: digest_message.digest_text(
+        {**MANY_ENDED, "grants": [_ended(n, identity="deploy-" + "x" * 400) for n in range(20)]}),
 }
 
 
@@ -262,13 +263,15 @@ def test_what_the_goldens_show_the_home_stays_within_100_blocks_and_says_what_is
 
 def test_what_the_goldens_show_a_digest_counts_every_grant_lists_a_few_and_escapes_them():
     many = CASES["digest_many_ended_hostile"]()
-    everything = "\n".join(mrkdwn_texts(many))
-    assert "*2411 auto-approved grants ended (2409 expired, 2 revoked)* between 2025-06-02 10:00:00 and 10:00:59 UTC" \
-        in everything
-    assert everything.count("\n• ") == 20 and "… and 2391 more" in everything
-    assert "<!" not in everything and "<@U0BOSS>" not in everything and "revoked by <@U0SECOND>" in everything
-    assert all(len(t) <= blocks.SECTION_TEXT_LIMIT for t in texts(many)) and len(many) <= 50
-    assert CASES["digest_text"]().startswith("2411 auto-approved grants ended (2409 expired, 2 revoked) between")
-    few = "\n".join(texts(CASES["digest_few_expired"]()))
-    assert "*3 auto-approved grants expired* between 2025-06-02 10:00:00 and 10:00:02 UTC" in few
-    assert "more" not in few
+    assert many.startswith(":no_entry: *2411 auto-approved grants ended (2409 expired, 2 revoked)* between "
+                           "2025-06-02 10:00:00 and 10:00:59 UTC; access has ended.\n")
+    assert many.count("\n• ") == 20 and many.endswith("\n… and 2391 more: `grantbot audit export` has every one.")
+    assert "<!" not in many and "<@U0BOSS>" not in many and "revoked by <@U0SECOND>" in many
+    few = CASES["digest_few_expired"]()
+    assert few.startswith(":hourglass: *3 auto-approved grants expired* between 2025-06-02 10:00:00 and 10:00:02 UTC")
+    assert few.count("\n• ") == 3 and "more" not in few
+    # Long lines are cut, and fewer listed so that the message stays within 3,000 characters, the rest counted.
+    long = CASES["digest_many_long_lines"]()
+    assert len(long) <= blocks.SECTION_TEXT_LIMIT and all(len(line) <= 300 for line in long.splitlines())
+    listed = long.count("\n• ")
+    assert 5 < listed < 20 and long.endswith(f"… and {2411 - listed} more: `grantbot audit export` has every one.")

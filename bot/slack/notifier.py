@@ -56,7 +56,7 @@ from bot.domain.models import Decision, EventKind, OutboxItem, RequestStatus
 from bot.domain.ports import Clock
 from bot.metrics import Metrics
 from bot.slack import blocks
-from bot.slack.digest_blocks import digest_blocks, digest_text
+from bot.slack.digest_message import digest_text
 from bot.slack.summary_blocks import summary_blocks, summary_text
 from bot.store.outage import is_outage
 from bot.store.outbox_channels import NoticeFolding, OutboxChannels
@@ -320,8 +320,7 @@ class SlackNotifier:
         if item.kind is EventKind.DIGEST:
             digest = (item.payload or {}).get("digest")
             if digest:  # (a digest is written with its first notices, in one transaction: never empty)
-                await self._post_once(item, channel=item.payload["channel"], text=digest_text(digest),
-                                      blocks=digest_blocks(digest))
+                await self._post_once(item, channel=item.payload["channel"], text=digest_text(digest))
             return
         if item.kind is EventKind.NOTICE:
             channel = (item.payload or {}).get("channel") or self._default_channel
