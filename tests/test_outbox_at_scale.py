@@ -149,8 +149,9 @@ async def test_a_few_ends_go_one_by_one_and_more_go_in_at_most_one_digest_per_mi
     assert len(sandbox.messages) == 5
     ends = await told(grantbot, first + burst + soon_after + much_later)
     assert all(sent for _, sent in ends.values()) and len(ends) == 18
-    assert {into for rid, (into, _) in ends.items() if rid in burst} == {metadata(digests(sandbox)[0])["outbox_id"]}
-    assert {into for rid, (into, _) in ends.items() if rid in soon_after} == {metadata(digests(sandbox)[1])["outbox_id"]}
+    first_digest, second_digest = (metadata(m)["outbox_id"] for m in digests(sandbox))
+    assert {into for rid, (into, _) in ends.items() if rid in burst} == {first_digest}
+    assert {into for rid, (into, _) in ends.items() if rid in soon_after} == {second_digest}
 
 
 async def test_a_digest_slack_took_just_before_a_crash_is_not_posted_again(grantbot, sandbox, clock):

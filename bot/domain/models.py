@@ -179,6 +179,10 @@ class EventKind(StrEnum):
     DIGEST = "notice.digest"
 
 
+# Approval cards, their updates and the decision replies under them: told before anything else queued for a channel.
+URGENT_EVENTS = frozenset({EventKind.CARD_POST, EventKind.CARD_UPDATE, EventKind.REQUEST_DECIDED})
+
+
 @dataclass(frozen=True)
 class OutboxEvent:
     """``payload``: extra JSON for the message's builder, e.g. ``{"reason": ..., "by_user": "U…"}`` of a

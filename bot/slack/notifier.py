@@ -4,36 +4,50 @@ The request path never waits on Slack: use cases write events in their own trans
 them (``claim_outbox``), renders the current state with the pure builders, calls the Web API and marks them sent.
 The item stays in the table until then, so a restart or a Slack outage loses nothing.
 
+Order. Approval cards, their updates and the decision replies under them (``URGENT_EVENTS``, of requests people
+decide) are claimed before anything else, and go ahead of a lane's waiting items: a card is not held up by a
+backlog of notices. Items of one request still go in the order they were written.
+
 Pacing. Slack allows ``chat.postMessage`` "one message per second per channel, while also maintaining a
 workspace-wide limit", short bursts tolerated (docs.slack.dev/apis/web-api/rate-limits). Each channel has a
-*lane*: a task that sends that channel's items one after the other, at most one write (post, update, thread
-reply) per ``pace_seconds`` (an ``aiolimiter`` leaky bucket on the event loop's clock: the limit is Slack's,
-in wall-clock time). Lanes run side by side, so a slow or rate-limited channel holds up no other. The pacing is
-per process: N replicas may together send up to N writes per second to one channel; Slack's burst allowance
-absorbs that for short stretches, and a 429 pauses the channel anyway (sharing a per-channel ``not_before`` in
-the database would make every post a write there, for a limit Slack already enforces and tells us about).
+*lane* in each process: a task that sends that channel's items one after the other. Before every write (post,
+update, thread reply) it takes the channel's next write slot, shared by every replica through the database
+(``OutboxChannels.take_write_slot``: one small upsert of the channel's row, on the database's clock), and waits
+for it: all replicas together make at most one write per ``pace_seconds`` to a channel (wall clock: the limit is
+Slack's). Lanes run side by side, so a slow or rate-limited channel holds up no other.
 
-Failures. A 429 pauses the channel it was for until ``Retry-After`` has passed: its item and the lane's other
-items go back to the table due then, and no item for that channel is claimed meanwhile. Slack does not say
-whether a 429 came from the per-channel or the workspace-wide limit; pausing per channel keeps the other
-channels going in the common (per-channel) case, and under a workspace-wide limit each channel pauses itself on
-its own first 429. A 5xx, a non-JSON answer (an HTML 502 from a proxy arrives as ``SlackApiError`` with empty
-``data``), a timeout or a network error puts the item back with exponential backoff and jitter, capped at
-``MAX_BACKOFF_SECONDS``, and rests its channel for ``TRANSIENT_PAUSE_SECONDS`` (Slack is likely unwell for
-everyone, but one message Slack keeps failing on must not hold up its channel for minutes); these are retried
-for as long as they last (an outage loses nothing). An ``ok: false`` answer Slack gives for a bad request is retried ``MAX_ATTEMPTS`` times, or
-set aside at once if no retry can fix it (``PERMANENT_ERRORS``). Delays are measured with the injected clock
-(``not_before`` in the database), so tests move time instead of sleeping.
+Digests. Ends of auto-approved grants (expiries, revocations; told in the request's channel, with no card) that
+were never claimed are handed out by ``OutboxChannels.claim_notices``: a few per channel per interval go one by
+one, and when more pile up they are folded into one digest message per channel per interval ("42 auto-approved
+grants expired between …"), which is then an outbox item like any other. Ten thousand expiries at once are one
+message, not three hours of them.
+
+Failures. A 429 is Slack pacing us, not a failure: it pauses the channel it was for until ``Retry-After`` has
+passed (its item and the lane's other items go back to the table due then, and no item for that channel is
+claimed meanwhile), and does not count toward the item's backoff. Slack does not say whether a 429 came from the
+per-channel or the workspace-wide limit; pausing per channel keeps the other channels going in the common
+(per-channel) case, and under a workspace-wide limit each channel pauses itself on its own first 429. A 5xx, a
+non-JSON answer (an HTML 502 from a proxy arrives as ``SlackApiError`` with empty ``data``), a timeout or a
+network error is a failure: the item goes back with exponential backoff (2^failures s) and jitter, capped at
+``URGENT_MAX_BACKOFF_SECONDS`` for cards and decisions (a card is never more than half a minute behind once Slack
+answers again) and ``MAX_BACKOFF_SECONDS`` for the rest, and its channel rests for ``TRANSIENT_PAUSE_SECONDS``
+(Slack is likely unwell for everyone, but one message Slack keeps failing on must not hold up its channel for
+minutes); these are retried for as long as they last (an outage loses nothing). An ``ok: false`` answer Slack
+gives for a bad request is a failure retried up to ``MAX_ATTEMPTS`` times, or set aside at once if no retry can
+fix it (``PERMANENT_ERRORS``). Delays are measured with the injected clock (``not_before`` in the database), so
+tests move time instead of sleeping.
 
 Posting once: a process can die after Slack accepted a post and before the database recorded it, and a timeout
 or a 5xx leaves unknown whether Slack took the post. Every post therefore carries Slack message ``metadata``
 naming its outbox item, and a retried item first looks for that message (``conversations.history`` /
 ``conversations.replies``) and adopts it instead of posting again; the search is skipped when this process
-knows that every earlier attempt was refused (429 or an ``ok: false`` answer). A card's ``ts`` is stored before
+knows that every earlier attempt was refused (429 or an ``ok: false`` answer). A digest is such an item: the
+notices folded into it were marked told in the transaction that wrote it, and it is posted once the same way;
+a notice an earlier claim may have posted is never folded. A card's ``ts`` is stored before
 its item is marked sent, and an update or thread reply of a request waits for every earlier item of that
 request. An item can outwait its lease in its lane (pacing, a slow call before it) and be claimed by another
 worker meanwhile, which then finds nothing posted yet: so every post first renews the lease, fenced by the
-claim's attempt count (``renew_outbox_lease``), and a worker whose item was claimed again drops it. Updates
+claim count (``attempts``, ``renew_outbox_lease``), and a worker whose item was claimed again drops it. Updates
 (``chat.update``) are idempotent by nature. The client given must not retry on its own (``retry_handlers=[]``):
 a connection reset after Slack took a post would otherwise post it twice.
 """
@@ -52,7 +66,7 @@ from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryInterv
 from slack_sdk.http_retry.jitter import RandomJitter
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.domain.models import Decision, EventKind, OutboxItem, RequestStatus
+from bot.domain.models import URGENT_EVENTS, Decision, EventKind, OutboxItem, RequestStatus
 from bot.domain.ports import Clock
 from bot.metrics import Metrics
 from bot.slack import blocks
@@ -64,8 +78,10 @@ from bot.store.repository import SqlStore
 
 log = logging.getLogger(__name__)
 
-# A lane holds at most LANE_DEPTH items; with one write per second and a lane stopping at its first failure, the
-# last of them is sent well within the lease even when the one before it waits out the client's 10 s timeout.
+# A lane holds at most LANE_DEPTH items (a few more when notices are handed out one by one); with one write per
+# second and a lane stopping at its first failure, the last of them is usually sent within the lease even when the
+# one before it waits out the client's 10 s timeout, and when other replicas' lanes share the channel's slots and it
+# is not, the lease renewal before each post finds that out.
 LEASE_SECONDS = 30
 LANE_DEPTH = 3
 PACE_SECONDS = 1.0  # Slack: chat.postMessage about 1 message per second per channel
@@ -75,9 +91,7 @@ MAX_HISTORY_PAGES = 50
 BATCH = 20
 MAX_ATTEMPTS = 12  # for ok:false answers that are neither transient nor known to be permanent
 MAX_BACKOFF_SECONDS = 300
-# Approval cards, their updates and decision replies: at most this (plus 1 s of jitter) behind once Slack is back.
-URGENT_MAX_BACKOFF_SECONDS = 30
-URGENT_KINDS = frozenset({EventKind.CARD_POST, EventKind.CARD_UPDATE, EventKind.REQUEST_DECIDED})
+URGENT_MAX_BACKOFF_SECONDS = 30  # cards and decisions: at most this behind once Slack answers again
 TRANSIENT_PAUSE_SECONDS = 2.0
 MAX_RETRY_AFTER_SECONDS = 3600  # a Retry-After beyond this is taken as an hour
 DEFAULT_RETRY_AFTER_SECONDS = 1.0  # a 429 without a usable Retry-After (python-slack-sdk#1693)
@@ -199,8 +213,8 @@ class SlackNotifier:
         items of one request: a claim waits for the earlier one to be sent.)"""
         lane = self._lanes.setdefault(item.channel, deque())
         at = len(lane)
-        if item.kind in URGENT_KINDS:
-            while at > 1 and lane[at - 1].kind not in URGENT_KINDS:
+        if item.kind in URGENT_EVENTS:
+            while at > 1 and lane[at - 1].kind not in URGENT_EVENTS:
                 at -= 1
         lane.insert(at, item)
         if item.channel not in self._lane_tasks:
@@ -300,7 +314,7 @@ class SlackNotifier:
     def _backoff(item: OutboxItem) -> float:
         """Seconds before the next attempt after a failure: 2^failures plus up to 1 s of jitter, at most
         URGENT_MAX_BACKOFF_SECONDS for cards and decisions, MAX_BACKOFF_SECONDS for the rest."""
-        cap = URGENT_MAX_BACKOFF_SECONDS if item.kind in URGENT_KINDS else MAX_BACKOFF_SECONDS
+        cap = URGENT_MAX_BACKOFF_SECONDS if item.kind in URGENT_EVENTS else MAX_BACKOFF_SECONDS
         return min(_BACKOFF.calculate_sleep_duration(min(item.failures + 1, 16)), cap)
 
     async def _retry(self, item: OutboxItem, delay: float, why: str, pause: float, result: str = "retried",

@@ -40,6 +40,7 @@ G = GrantRow.__table__
 C = OutboxChannelRow.__table__
 
 ENDED_KINDS = (EventKind.GRANT_EXPIRED.value, EventKind.GRANT_REVOKED.value)
+MAX_BATCHES = 20  # per channel and round: 100,000 ends at once still become one digest
 
 
 def notice_of_auto_grant(outbox=O, requests=R):
@@ -149,7 +150,11 @@ class OutboxChannels:
             channels = [row.channel for row in (await conn.execute(due)).all() if row.channel not in skip]
         claimed: list[OutboxItem] = []
         for channel in channels:
-            claimed += await self._hand_out(channel, now, lease_seconds, folding)
+            for _ in range(MAX_BATCHES):  # a burst beyond one batch goes into the same digest, batch by batch
+                items, folded = await self._hand_out(channel, now, lease_seconds, folding)
+                claimed += items
+                if folded < folding.batch:
+                    break
         return claimed
 
     @staticmethod
@@ -159,7 +164,8 @@ class OutboxChannels:
                 or_(O.c.locked_until.is_(None), O.c.locked_until <= now), notice_of_auto_grant())
 
     async def _hand_out(self, channel: str, now: datetime, lease_seconds: float,
-                        folding: NoticeFolding) -> list[OutboxItem]:
+                        folding: NoticeFolding) -> tuple[list[OutboxItem], int]:
+        """One transaction for ``channel``: (the notices leased one by one, how many were folded)."""
         async with self._writer.begin() as conn:
             state = await self._lock_channel(conn, channel)
             since, told, next_digest_at = state.notices_since, state.notices_told, state.next_digest_at
@@ -167,7 +173,7 @@ class OutboxChannels:
                 since, told = now, 0
             rows = await self._due_notices(conn, channel, now, folding.batch)
             if not rows:
-                return []
+                return [], 0
             digest = await self._open_digest(conn, channel, now)
             if digest is None and told + len(rows) <= folding.one_by_one:
                 items = await self._lease(conn, rows, channel, now, lease_seconds)
@@ -184,7 +190,7 @@ class OutboxChannels:
                 update(C).where(C.c.channel == channel)
                 .values(notices_since=since, notices_told=told, next_digest_at=next_digest_at)
             )
-        return items
+        return items, len(rows) - len(items)
 
     @staticmethod
     async def _lock_channel(conn: AsyncConnection, channel: str):

@@ -35,6 +35,7 @@ from bot.domain.models import (
     OutboxItem,
     RequestStatus,
     Tally,
+    URGENT_EVENTS,
     Verdict,
     Vote,
     VoteOutcome,
@@ -94,8 +95,7 @@ def _remember_signature_statement(dialect_insert):
 
 _REMEMBER_SIGNATURE = {"postgresql": _remember_signature_statement(pg_insert),
                        "sqlite": _remember_signature_statement(sqlite_insert)}
-# Approval cards and what people decided go before everything else queued for a channel.
-_URGENT_KINDS = (EventKind.CARD_POST.value, EventKind.CARD_UPDATE.value, EventKind.REQUEST_DECIDED.value)
+_URGENT_KINDS = tuple(kind.value for kind in URGENT_EVENTS)
 _COUNT_AUTO_APPROVALS = select(func.count()).select_from(R).where(
     R.c.identity == bindparam("identity"), R.c.rule == bindparam("rule"),
     R.c.decision == Decision.AUTO_APPROVE.value, R.c.created_at > bindparam("since", type_=R.c.created_at.type),

@@ -46,11 +46,11 @@ class HomeView:
     """Everything the App Home shows ``user`` at ``now`` (aware UTC).
 
     ``pending``: requests the user may decide, newest first (of the newest ``PENDING_SCAN_LIMIT`` pending
-    requests; ``pending_unscanned`` counts the older ones, not looked at); ``grants``: active grants with their environment,
-    soonest to expire first (``grants_total`` counts all of them); ``recent``: the last decisions on requests that
-    went to people, newest first; ``groups_unknown``: some approver groups could not be looked up, so requests the
-    user may decide as a group member can be missing; ``notice``: a sentence for the top of the page (mrkdwn,
-    already escaped), e.g. why the user's last click changed nothing.
+    requests; ``pending_unscanned`` counts the older ones, not looked at); ``grants``: active grants with their
+    environment, soonest to expire first (``grants_total`` counts all of them); ``recent``: the last decisions on
+    requests that went to people, newest first; ``groups_unknown``: some approver groups could not be looked up, so
+    requests the user may decide as a group member can be missing; ``notice``: a sentence for the top of the page
+    (mrkdwn, already escaped), e.g. why the user's last click changed nothing.
     """
 
     user: str
