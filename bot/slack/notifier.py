@@ -155,6 +155,7 @@ class SlackNotifier:
         self._paused: dict[str, datetime] = {}  # channel -> when Slack may be called for it again (clock time)
         # item id -> attempts, when Slack refused every one of them (429, ok:false): nothing of it to adopt
         self._refused: dict[int, int] = {}
+        self._last_write: dict[str, float] = {}  # channel -> when this process last called Slack for it (loop time)
 
     def wake(self, *_: object) -> None:
         self._wakeup.set()
@@ -250,11 +251,22 @@ class SlackNotifier:
             del self._lane_tasks[channel]
 
     async def _pace(self, channel: str) -> None:
-        """Take this channel's next write slot, shared by every replica (one per ``pace_seconds``, wall clock),
-        and wait for it."""
+        """Wait for this channel's next write: ``pace_seconds`` after this process's last one, and the next slot
+        shared by every replica (one per ``pace_seconds``, wall clock). Call :meth:`_writing` just before the call.
+
+        The shared slot is taken before the wait and the call goes after it (and after the lease renewal), so a
+        slow database can move a call later than its slot and bring it closer to the next; the local spacing
+        keeps one process's own calls at least ``pace_seconds`` apart whatever the database's latency."""
+        loop = asyncio.get_running_loop()
+        spacing = self._last_write.get(channel, float("-inf")) + self._pace_seconds - loop.time()
+        if spacing > 0:
+            await asyncio.sleep(spacing)
         wait = await self._channels.take_write_slot(channel, self._pace_seconds)
         if wait > 0:
             await asyncio.sleep(wait)
+
+    def _writing(self, channel: str) -> None:
+        self._last_write[channel] = asyncio.get_running_loop().time()
 
     async def _deliver_with_retry(self, item: OutboxItem) -> None:
         try:
@@ -372,6 +384,7 @@ class SlackNotifier:
         elif item.kind is EventKind.CARD_UPDATE:
             if request.card_ts and request.card_channel:
                 await self._pace(request.card_channel)
+                self._writing(request.card_channel)
                 await self._client.chat_update(
                     channel=request.card_channel,
                     ts=request.card_ts,
@@ -409,6 +422,7 @@ class SlackNotifier:
         until = self._clock.now() + timedelta(seconds=LEASE_SECONDS)
         if not await self._store.renew_outbox_lease(item.id, item.attempts, until):
             raise LeaseLost(item.id)
+        self._writing(channel)
         answer = await self._client.chat_postMessage(channel=channel, metadata=metadata, **extra, **content)
         return answer["channel"], answer["ts"]
 
