@@ -46,8 +46,9 @@ notices folded into it were marked told in the transaction that wrote it, and it
 a notice an earlier claim may have posted is never folded. A card's ``ts`` is stored before
 its item is marked sent, and an update or thread reply of a request waits for every earlier item of that
 request. An item can outwait its lease in its lane (pacing, a slow call before it) and be claimed by another
-worker meanwhile, which then finds nothing posted yet: so every post first renews the lease, fenced by the
-claim count (``attempts``, ``renew_outbox_lease``), and a worker whose item was claimed again drops it. Updates
+worker meanwhile, which then finds nothing posted yet: so every post first renews the lease (in the transaction
+that takes the channel's write slot, and again after a wait for the slot), fenced by the claim count
+(``attempts``), and a worker whose item was claimed again drops it. Updates
 (``chat.update``) are idempotent by nature. The client given must not retry on its own (``retry_handlers=[]``):
 a connection reset after Slack took a post would otherwise post it twice.
 """
@@ -93,6 +94,7 @@ MAX_ATTEMPTS = 12  # for ok:false answers that are neither transient nor known t
 MAX_BACKOFF_SECONDS = 300
 URGENT_MAX_BACKOFF_SECONDS = 30  # cards and decisions: at most this behind once Slack answers again
 TRANSIENT_PAUSE_SECONDS = 2.0
+NOTICE_ROUND_SECONDS = 0.5  # how often a busy worker looks for notices of auto-approved grants to hand out or fold
 MAX_RETRY_AFTER_SECONDS = 3600  # a Retry-After beyond this is taken as an hour
 DEFAULT_RETRY_AFTER_SECONDS = 1.0  # a 429 without a usable Retry-After (python-slack-sdk#1693)
 # Slack errors that a retry cannot fix: after them the item is set aside (logged) instead of retried.
@@ -156,6 +158,7 @@ class SlackNotifier:
         # item id -> attempts, when Slack refused every one of them (429, ok:false): nothing of it to adopt
         self._refused: dict[int, int] = {}
         self._last_write: dict[str, float] = {}  # channel -> when this process last called Slack for it (loop time)
+        self._next_notice_round = float("-inf")  # loop time
 
     def wake(self, *_: object) -> None:
         self._wakeup.set()
@@ -198,7 +201,11 @@ class SlackNotifier:
         for channel, until in list(self._paused.items()):
             if until <= now:
                 del self._paused[channel]
-        notices = await self._channels.claim_notices(now, LEASE_SECONDS, self._folding, skip=set(self._paused))
+        notices: list[OutboxItem] = []
+        loop_now = asyncio.get_running_loop().time()
+        if loop_now >= self._next_notice_round:  # rounds come after every item sent: look for notices less often
+            self._next_notice_round = loop_now + NOTICE_ROUND_SECONDS
+            notices = await self._channels.claim_notices(now, LEASE_SECONDS, self._folding, skip=set(self._paused))
         for item in notices:
             self._enqueue(item)
         held = {channel: len(lane) for channel, lane in self._lanes.items() if channel is not None}
@@ -250,20 +257,31 @@ class SlackNotifier:
             del self._lanes[channel]
             del self._lane_tasks[channel]
 
-    async def _pace(self, channel: str) -> None:
+    async def _pace(self, channel: str, item: OutboxItem | None = None) -> None:
         """Wait for this channel's next write: ``pace_seconds`` after this process's last one, and the next slot
         shared by every replica (one per ``pace_seconds``, wall clock). Call :meth:`_writing` just before the call.
 
-        The shared slot is taken before the wait and the call goes after it (and after the lease renewal), so a
-        slow database can move a call later than its slot and bring it closer to the next; the local spacing
-        keeps one process's own calls at least ``pace_seconds`` apart whatever the database's latency."""
+        ``item``: the post is for this leased item, whose lease is renewed with the slot taken (one transaction)
+        and renewed again after a wait for the slot: an item can outwait its lease here and be claimed by another
+        worker meanwhile (which then finds nothing posted yet), so the post goes only under a lease renewed for
+        long enough to finish the call, fenced by the claim count. Raises :class:`LeaseLost` when it was claimed.
+
+        The shared slot is taken before the wait and the call goes after it, so a slow database can move a call
+        later than its slot and bring it closer to the next; the local spacing keeps one process's own calls at
+        least ``pace_seconds`` apart whatever the database's latency."""
         loop = asyncio.get_running_loop()
         spacing = self._last_write.get(channel, float("-inf")) + self._pace_seconds - loop.time()
         if spacing > 0:
             await asyncio.sleep(spacing)
-        wait = await self._channels.take_write_slot(channel, self._pace_seconds)
+        lease = (item.id, item.attempts, self._clock.now() + timedelta(seconds=LEASE_SECONDS)) if item else None
+        wait = await self._channels.take_write_slot(channel, self._pace_seconds, lease)
+        if wait is None:
+            raise LeaseLost(item.id if item else None)
         if wait > 0:
             await asyncio.sleep(wait)
+            until = self._clock.now() + timedelta(seconds=LEASE_SECONDS)
+            if item is not None and not await self._store.renew_outbox_lease(item.id, item.attempts, until):
+                raise LeaseLost(item.id)
 
     def _writing(self, channel: str) -> None:
         self._last_write[channel] = asyncio.get_running_loop().time()
@@ -416,12 +434,7 @@ class SlackNotifier:
             return channel, ts
         metadata = {"event_type": METADATA_EVENT, "event_payload": {"outbox_id": item.id, "request_id": item.request_id}}
         extra = {"thread_ts": thread_ts} if thread_ts else {}
-        await self._pace(channel)
-        # The item may have waited in its lane past its lease, and another worker may hold it now (and have found
-        # nothing posted yet): post only under a lease renewed for long enough to finish the call.
-        until = self._clock.now() + timedelta(seconds=LEASE_SECONDS)
-        if not await self._store.renew_outbox_lease(item.id, item.attempts, until):
-            raise LeaseLost(item.id)
+        await self._pace(channel, item)  # renews the lease, or raises LeaseLost
         self._writing(channel)
         answer = await self._client.chat_postMessage(channel=channel, metadata=metadata, **extra, **content)
         return answer["channel"], answer["ts"]

@@ -124,10 +124,23 @@ class OutboxChannels:
         self.engine = engine
         self._writer = writer(engine)
 
-    async def take_write_slot(self, channel: str, pace_seconds: float) -> float:
+    async def take_write_slot(self, channel: str, pace_seconds: float,
+                              lease: tuple[int, int, datetime] | None = None) -> float | None:
         """Take ``channel``'s next write slot, ``pace_seconds`` after the one before (or now, if that has passed);
-        returns the seconds to wait for it (0 or more, wall clock)."""
+        returns the seconds to wait for it (0 or more, wall clock).
+
+        ``lease``: (outbox item id, its claim count, until): in the same transaction, renew the lease of the item
+        the write is for, as ``SqlStore.renew_outbox_lease`` does; None (and no slot taken) when another worker
+        has claimed it since or it was sent. One round trip for both, where a post needs both anyway."""
         async with self._writer.begin() as conn:
+            if lease is not None:
+                item_id, attempts, until = lease
+                renewed = await conn.execute(
+                    update(O).where(O.c.id == item_id, O.c.sent_at.is_(None), O.c.attempts == attempts)
+                    .values(locked_until=until)
+                )
+                if renewed.rowcount != 1:
+                    return None
             wait = (await conn.execute(_TAKE_SLOT[conn.dialect.name],
                                        {"channel": channel, "pace": pace_seconds})).scalar_one()
         return max(float(wait), 0.0)
