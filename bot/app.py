@@ -47,6 +47,7 @@ from bot.store.engine import create_engine
 from bot.store.schema import check_current, upgrade
 from bot.store.refusals import SqlRefusalLog
 from bot.store.repository import SqlStore
+from bot.store.outbox_channels import OutboxChannels
 from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key, load_verification_key
 from bot.web import access_requests, health, oauth, openapi, slack_events
@@ -162,7 +163,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
             retry_handlers=[],
         )
         notifier = SlackNotifier(
-            store, outbox_client, clock, metrics, pace_seconds=1.0 / settings.slack_posts_per_second,
+            store, OutboxChannels(store.engine), outbox_client, clock, metrics,
+            pace_seconds=1.0 / settings.slack_posts_per_second,
             default_channel=settings.slack_channel or policy.defaults.channel, timezone=settings.timezone,
         )
         changes.subscribe(notifier.wake)

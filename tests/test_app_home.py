@@ -156,6 +156,18 @@ async def test_a_long_queue_is_cut_to_slacks_100_blocks(grantbot, sandbox):
     assert "… and 15 more waiting for you" in text_of(kim) and "Waiting for your decision (40)" in text_of(kim)
 
 
+async def test_the_newest_requests_are_listed_first_with_a_count_of_the_older_ones(grantbot, sandbox, clock):
+    asked = []
+    for n in range(30):
+        asked.append((await request(grantbot, {**PROD_DB, "reason": f"batch {n}"}))["id"])
+        clock.advance(1)
+    dana = await open_home(sandbox, "U0APPROVER")
+    shown = [value for _, action, value in home_buttons(dana) if action == "approve"]
+    assert shown == asked[::-1][:25]
+    text = text_of(dana)
+    assert "Waiting for your decision (30)" in text and "… and 5 more waiting for you (newest shown first)" in text
+
+
 async def test_denying_from_the_home_through_the_reason_form_refreshes_the_home(grantbot, sandbox):
     created = await request(grantbot, PROD_DEPLOY)
     kim = await open_home(sandbox, "U0THIRD")

@@ -1,5 +1,5 @@
 """Golden tests: the exact output of every Block Kit builder (bot/slack/blocks.py, summary_blocks.py,
-home_blocks.py) for representative requests, built directly from domain objects at a fixed time.
+home_blocks.py, digest_message.py) for representative requests, built directly from domain objects at a fixed time.
 
 The expected outputs are the JSON files in tests/goldens/, one per case, read by people in review. After a
 deliberate change of a builder, rewrite them with ``GRANTBOT_UPDATE_GOLDENS=1 pytest tests/test_block_goldens.py``
@@ -26,7 +26,7 @@ from bot.domain.models import (
     Verdict,
 )
 from bot.domain.usecases.home import Decided, HomeView, PendingItem
-from bot.slack import blocks, home_blocks, summary_blocks
+from bot.slack import blocks, digest_message, home_blocks, summary_blocks
 
 GOLDENS = Path(__file__).parent / "goldens"
 T0 = datetime(2025, 6, 2, 10, 0, 0, tzinfo=UTC)
@@ -118,8 +118,8 @@ def _busy_home() -> HomeView:
 def _overflowing_home() -> HomeView:
     pending = tuple(PendingItem(req(100 + n, reason=f"batch {n}")) for n in range(40))
     active = decided(req(200), RequestStatus.APPROVED, "U0APPROVER", minutes=1)
-    return HomeView(user="U0SECOND", now=NOW, pending=pending, grants=((grant(active), "production"),) * 20,
-                    grants_total=31, groups_unknown=True)
+    return HomeView(user="U0SECOND", now=NOW, pending=pending, pending_unscanned=460,
+                    grants=((grant(active), "production"),) * 20, grants_total=31, groups_unknown=True)
 
 
 BUSY_DAY = {
@@ -131,6 +131,21 @@ BUSY_DAY = {
 }
 QUIET_DAY = {**BUSY_DAY, "requests": 0, "auto_approved": 0, "approved": 0, "denied": 0, "timed_out": 0,
              "grants_expired": 0, "grants_revoked": 0, "active_now": 0, "expiring_soon": [], "busiest": []}
+
+def _ended(n: int, **changes) -> dict:
+    """One grant of a digest (the shape ``OutboxChannels.claim_notices`` writes), ended ``n`` seconds after T0."""
+    return {"identity": "deploy-bot", "scopes": ["db:read"], "environment": "staging", "rule": "staging-read",
+            "ended": "expired", "at": (T0 + timedelta(seconds=n)).isoformat().replace("+00:00", "Z"), **changes}
+
+
+FEW_EXPIRED = {"count": 3, "expired": 3, "revoked": 0, "since": "2025-06-02T10:00:00Z",
+               "until": "2025-06-02T10:00:02Z", "grants": [_ended(0), _ended(1), _ended(2)]}
+MANY_ENDED = {"count": 2411, "expired": 2409, "revoked": 2, "since": "2025-06-02T10:00:00Z",
+              "until": "2025-06-02T10:00:59.5Z",
+              "grants": [_ended(0, identity=HOSTILE, scopes=["db:read", "<!channel>"]),
+                         _ended(1, ended="revoked", by="U0SECOND", reason=HOSTILE),
+                         _ended(2, ended="revoked", by="deploy-bot"),
+                         *(_ended(3 + n) for n in range(17))]}
 
 # Every builder's output for each representative case: name -> a function producing it.
 CASES = {
@@ -178,6 +193,10 @@ CASES = {
     "home_empty": lambda: home_blocks.home_view(HomeView(user="U0OTHER", now=NOW)),
     "home_busy": lambda: home_blocks.home_view(_busy_home()),
     "home_overflowing": lambda: home_blocks.home_view(_overflowing_home()),
+    "digest_few_expired": lambda: digest_message.digest_text(FEW_EXPIRED),
+    "digest_many_ended_hostile": lambda: digest_message.digest_text(MANY_ENDED),
+    "digest_many_long_lines": lambda: digest_message.digest_text(
+        {**MANY_ENDED, "grants": [_ended(n, identity="deploy-" + "x" * 400) for n in range(20)]}),
 }
 
 
@@ -235,7 +254,24 @@ def test_what_the_goldens_show_the_home_stays_within_100_blocks_and_says_what_is
     view = CASES["home_overflowing"]()
     assert view["type"] == "home" and len(view["blocks"]) <= home_blocks.VIEW_MAX_BLOCKS
     everything = "\n".join(texts(view))
-    assert "… and 15 more waiting for you" in everything and "… and 11 more" in everything
+    assert "… and 15 more waiting for you (newest shown first)" in everything and "… and 11 more" in everything
+    assert "460 older pending requests were not checked here" in everything
     assert "Waiting for your decision (40)" in everything and "Active grants (31)" in everything
     block_ids = [b["block_id"] for b in view["blocks"] if "block_id" in b]
     assert len(block_ids) == len(set(block_ids)) == 25  # one actions block per request shown, unique ids
+
+
+def test_what_the_goldens_show_a_digest_counts_every_grant_lists_a_few_and_escapes_them():
+    many = CASES["digest_many_ended_hostile"]()
+    assert many.startswith(":no_entry: *2411 auto-approved grants ended (2409 expired, 2 revoked)* between "
+                           "2025-06-02 10:00:00 and 10:00:59 UTC; access has ended.\n")
+    assert many.count("\n• ") == 20 and many.endswith("\n… and 2391 more: `grantbot audit export` has every one.")
+    assert "<!" not in many and "<@U0BOSS>" not in many and "revoked by <@U0SECOND>" in many
+    few = CASES["digest_few_expired"]()
+    assert few.startswith(":hourglass: *3 auto-approved grants expired* between 2025-06-02 10:00:00 and 10:00:02 UTC")
+    assert few.count("\n• ") == 3 and "more" not in few
+    # Long lines are cut, and fewer listed so that the message stays within 3,000 characters, the rest counted.
+    long = CASES["digest_many_long_lines"]()
+    assert len(long) <= blocks.SECTION_TEXT_LIMIT and all(len(line) <= 300 for line in long.splitlines())
+    listed = long.count("\n• ")
+    assert 5 < listed < 20 and long.endswith(f"… and {2411 - listed} more: `grantbot audit export` has every one.")

@@ -184,6 +184,14 @@ class EventKind(StrEnum):
     CREDENTIALS_REVOKED = "credentials.revoked"
     CREDENTIALS_FAILED = "credentials.failed"
     CREDENTIALS_UNAVAILABLE = "credentials.unavailable"
+    # Many ends of auto-approved grants told in one channel message; payload {channel, digest} (see the outbox)
+    DIGEST = "notice.digest"
+
+
+# Approval cards, their updates and the decision replies under them, and alerts about credentials that could not be
+# made or removed: told before anything else queued for a channel.
+URGENT_EVENTS = frozenset({EventKind.CARD_POST, EventKind.CARD_UPDATE, EventKind.REQUEST_DECIDED,
+                           EventKind.CREDENTIALS_FAILED, EventKind.CREDENTIALS_UNAVAILABLE})
 
 
 @dataclass(frozen=True)
@@ -205,10 +213,11 @@ class OutboxItem:
     kind: EventKind
     request_id: str
     grant_id: str | None
-    attempts: int
+    attempts: int  # claims so far, this one included (they fence the lease)
     created_at: datetime
     payload: dict | None = None
     channel: str | None = None  # where it goes: the card's channel, else the request's (None: nowhere)
+    failures: int = 0  # earlier attempts that failed (a 429 is not one): they set the backoff
 
 
 @dataclass(frozen=True)

@@ -240,8 +240,9 @@ class ApproverDirectory(Protocol):
 class HomeReads(Protocol):
     """Read-only queries behind the Slack App Home (implemented by ``bot.store.repository.SqlStore``)."""
 
-    async def pending_requests_to_scan(self, now: datetime, limit: int) -> list[AccessRequest]:
-        """Pending requests inside their deadline at ``now``, oldest first, at most ``limit``."""
+    async def pending_requests_to_scan(self, now: datetime, limit: int) -> tuple[list[AccessRequest], int]:
+        """Pending requests inside their deadline at ``now``, newest first, at most ``limit``; and how many there
+        are in all."""
 
     async def approvals_of(self, request_ids: list[str]) -> dict[str, list[Approval]]:
         """Every verdict on each request, oldest first."""

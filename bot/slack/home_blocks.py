@@ -156,12 +156,15 @@ def home_view(home: HomeView) -> dict:
     middle: list[dict] = []
     if not home.pending:
         middle.append(_section("Nothing is waiting for you."))
-    # Room left for requests, keeping one block for the "… and N more" line.
-    room = (VIEW_MAX_BLOCKS - len(top) - len(rest) - 1) // 3
+    # Room left for requests, keeping two blocks for the "… and N more" lines.
+    room = (VIEW_MAX_BLOCKS - len(top) - len(rest) - 2) // 3
     shown = home.pending[: min(PENDING_SHOWN, room)]
     for item in shown:
         middle += pending_blocks(item, now)
     if len(home.pending) > len(shown):
-        middle.append(_context(f"… and {len(home.pending) - len(shown)} more waiting for you (oldest shown first); "
-                               "they appear here as these are decided."))
+        middle.append(_context(f"… and {len(home.pending) - len(shown)} more waiting for you (newest shown first); "
+                               "older ones appear here as these are decided."))
+    if home.pending_unscanned:
+        middle.append(_context(f"{home.pending_unscanned} older pending requests were not checked here "
+                               "(`/access pending` lists the oldest)."))
     return {"type": "home", "callback_id": HOME_CALLBACK_ID, "blocks": top + middle + rest}

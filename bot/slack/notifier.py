@@ -4,36 +4,51 @@ The request path never waits on Slack: use cases write events in their own trans
 them (``claim_outbox``), renders the current state with the pure builders, calls the Web API and marks them sent.
 The item stays in the table until then, so a restart or a Slack outage loses nothing.
 
+Order. Approval cards, their updates and the decision replies under them (``URGENT_EVENTS``, of requests people
+decide) are claimed before anything else, and go ahead of a lane's waiting items: a card is not held up by a
+backlog of notices. Items of one request still go in the order they were written.
+
 Pacing. Slack allows ``chat.postMessage`` "one message per second per channel, while also maintaining a
 workspace-wide limit", short bursts tolerated (docs.slack.dev/apis/web-api/rate-limits). Each channel has a
-*lane*: a task that sends that channel's items one after the other, at most one write (post, update, thread
-reply) per ``pace_seconds`` (an ``aiolimiter`` leaky bucket on the event loop's clock: the limit is Slack's,
-in wall-clock time). Lanes run side by side, so a slow or rate-limited channel holds up no other. The pacing is
-per process: N replicas may together send up to N writes per second to one channel; Slack's burst allowance
-absorbs that for short stretches, and a 429 pauses the channel anyway (sharing a per-channel ``not_before`` in
-the database would make every post a write there, for a limit Slack already enforces and tells us about).
+*lane* in each process: a task that sends that channel's items one after the other. Before every write (post,
+update, thread reply) it takes the channel's next write slot, shared by every replica through the database
+(``OutboxChannels.take_write_slot``: one small upsert of the channel's row, on the database's clock), and waits
+for it: all replicas together make at most one write per ``pace_seconds`` to a channel (wall clock: the limit is
+Slack's). Lanes run side by side, so a slow or rate-limited channel holds up no other.
 
-Failures. A 429 pauses the channel it was for until ``Retry-After`` has passed: its item and the lane's other
-items go back to the table due then, and no item for that channel is claimed meanwhile. Slack does not say
-whether a 429 came from the per-channel or the workspace-wide limit; pausing per channel keeps the other
-channels going in the common (per-channel) case, and under a workspace-wide limit each channel pauses itself on
-its own first 429. A 5xx, a non-JSON answer (an HTML 502 from a proxy arrives as ``SlackApiError`` with empty
-``data``), a timeout or a network error puts the item back with exponential backoff and jitter, capped at
-``MAX_BACKOFF_SECONDS``, and rests its channel for ``TRANSIENT_PAUSE_SECONDS`` (Slack is likely unwell for
-everyone, but one message Slack keeps failing on must not hold up its channel for minutes); these are retried
-for as long as they last (an outage loses nothing). An ``ok: false`` answer Slack gives for a bad request is retried ``MAX_ATTEMPTS`` times, or
-set aside at once if no retry can fix it (``PERMANENT_ERRORS``). Delays are measured with the injected clock
-(``not_before`` in the database), so tests move time instead of sleeping.
+Digests. Ends of auto-approved grants (expiries, revocations; told in the request's channel, with no card) that
+were never claimed are handed out by ``OutboxChannels.claim_notices``: a few per channel per interval go one by
+one, and when more pile up they are folded into one digest message per channel per interval ("42 auto-approved
+grants expired between …"), which is then an outbox item like any other. Ten thousand expiries at once are one
+message, not three hours of them.
+
+Failures. A 429 is Slack pacing us, not a failure: it pauses the channel it was for until ``Retry-After`` has
+passed (its item and the lane's other items go back to the table due then, and no item for that channel is
+claimed meanwhile), and does not count toward the item's backoff. Slack does not say whether a 429 came from the
+per-channel or the workspace-wide limit; pausing per channel keeps the other channels going in the common
+(per-channel) case, and under a workspace-wide limit each channel pauses itself on its own first 429. A 5xx, a
+non-JSON answer (an HTML 502 from a proxy arrives as ``SlackApiError`` with empty ``data``), a timeout or a
+network error is a failure: the item goes back with exponential backoff (2^failures s) and jitter, capped at
+``URGENT_MAX_BACKOFF_SECONDS`` for cards and decisions (a card is never more than half a minute behind once Slack
+answers again) and ``MAX_BACKOFF_SECONDS`` for the rest, and its channel rests for ``TRANSIENT_PAUSE_SECONDS``
+(Slack is likely unwell for everyone, but one message Slack keeps failing on must not hold up its channel for
+minutes); these are retried for as long as they last (an outage loses nothing). An ``ok: false`` answer Slack
+gives for a bad request is a failure retried up to ``MAX_ATTEMPTS`` times, or set aside at once if no retry can
+fix it (``PERMANENT_ERRORS``). Delays are measured with the injected clock (``not_before`` in the database), so
+tests move time instead of sleeping.
 
 Posting once: a process can die after Slack accepted a post and before the database recorded it, and a timeout
 or a 5xx leaves unknown whether Slack took the post. Every post therefore carries Slack message ``metadata``
 naming its outbox item, and a retried item first looks for that message (``conversations.history`` /
 ``conversations.replies``) and adopts it instead of posting again; the search is skipped when this process
-knows that every earlier attempt was refused (429 or an ``ok: false`` answer). A card's ``ts`` is stored before
+knows that every earlier attempt was refused (429 or an ``ok: false`` answer). A digest is such an item: the
+notices folded into it were marked told in the transaction that wrote it, and it is posted once the same way;
+a notice an earlier claim may have posted is never folded. A card's ``ts`` is stored before
 its item is marked sent, and an update or thread reply of a request waits for every earlier item of that
 request. An item can outwait its lease in its lane (pacing, a slow call before it) and be claimed by another
-worker meanwhile, which then finds nothing posted yet: so every post first renews the lease, fenced by the
-claim's attempt count (``renew_outbox_lease``), and a worker whose item was claimed again drops it. Updates
+worker meanwhile, which then finds nothing posted yet: so every post first renews the lease (in the transaction
+that takes the channel's write slot, and again after a wait for the slot), fenced by the claim count
+(``attempts``), and a worker whose item was claimed again drops it. Updates
 (``chat.update``) are idempotent by nature. The client given must not retry on its own (``retry_handlers=[]``):
 a connection reset after Slack took a post would otherwise post it twice.
 """
@@ -47,24 +62,27 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 import aiohttp
-from aiolimiter import AsyncLimiter
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.http_retry.jitter import RandomJitter
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.domain.models import Decision, EventKind, OutboxItem, RequestStatus
+from bot.domain.models import URGENT_EVENTS, Decision, EventKind, OutboxItem, RequestStatus
 from bot.domain.ports import Clock
 from bot.metrics import Metrics
 from bot.slack import blocks, credential_blocks
+from bot.slack.digest_message import digest_text
 from bot.slack.summary_blocks import summary_blocks, summary_text
 from bot.store.outage import is_outage
+from bot.store.outbox_channels import NoticeFolding, OutboxChannels
 from bot.store.repository import SqlStore
 
 log = logging.getLogger(__name__)
 
-# A lane holds at most LANE_DEPTH items; with one write per second and a lane stopping at its first failure, the
-# last of them is sent well within the lease even when the one before it waits out the client's 10 s timeout.
+# A lane holds at most LANE_DEPTH items (a few more when notices are handed out one by one); with one write per
+# second and a lane stopping at its first failure, the last of them is usually sent within the lease even when the
+# one before it waits out the client's 10 s timeout, and when other replicas' lanes share the channel's slots and it
+# is not, the lease renewal before each post finds that out.
 LEASE_SECONDS = 30
 LANE_DEPTH = 3
 PACE_SECONDS = 1.0  # Slack: chat.postMessage about 1 message per second per channel
@@ -74,7 +92,9 @@ MAX_HISTORY_PAGES = 50
 BATCH = 20
 MAX_ATTEMPTS = 12  # for ok:false answers that are neither transient nor known to be permanent
 MAX_BACKOFF_SECONDS = 300
+URGENT_MAX_BACKOFF_SECONDS = 30  # cards and decisions: at most this behind once Slack answers again
 TRANSIENT_PAUSE_SECONDS = 2.0
+NOTICE_ROUND_SECONDS = 0.5  # how often a busy worker looks for notices of auto-approved grants to hand out or fold
 MAX_RETRY_AFTER_SECONDS = 3600  # a Retry-After beyond this is taken as an hour
 DEFAULT_RETRY_AFTER_SECONDS = 1.0  # a 429 without a usable Retry-After (python-slack-sdk#1693)
 # Slack errors that a retry cannot fix: after them the item is set aside (logged) instead of retried.
@@ -116,13 +136,15 @@ class SlackNotifier:
     """Drains the outbox into Slack. ``wake()`` after a commit; it also polls every ``poll_seconds``."""
 
     def __init__(
-        self, store: SqlStore, client: AsyncWebClient, clock: Clock, metrics: Metrics, poll_seconds: float = 1.0,
-        default_channel: str | None = None, timezone: str = "UTC",
-        pace_seconds: float = PACE_SECONDS,
+        self, store: SqlStore, channels: OutboxChannels, client: AsyncWebClient, clock: Clock, metrics: Metrics,
+        poll_seconds: float = 1.0, default_channel: str | None = None, timezone: str = "UTC",
+        pace_seconds: float = PACE_SECONDS, folding: NoticeFolding = NoticeFolding(),
     ) -> None:
         self._default_channel = default_channel
         self._timezone = timezone
         self._store = store
+        self._channels = channels
+        self._folding = folding
         self._metrics = metrics
         self._client = client
         self._clock = clock
@@ -132,10 +154,11 @@ class SlackNotifier:
         self._stopping = False
         self._lanes: dict[str | None, deque[OutboxItem]] = {}  # channel -> items claimed for it, in order
         self._lane_tasks: dict[str | None, asyncio.Task] = {}
-        self._limiters: dict[str, AsyncLimiter] = {}
         self._paused: dict[str, datetime] = {}  # channel -> when Slack may be called for it again (clock time)
         # item id -> attempts, when Slack refused every one of them (429, ok:false): nothing of it to adopt
         self._refused: dict[int, int] = {}
+        self._last_write: dict[str, float] = {}  # channel -> when this process last called Slack for it (loop time)
+        self._next_notice_round = float("-inf")  # loop time
 
     def wake(self, *_: object) -> None:
         self._wakeup.set()
@@ -178,16 +201,34 @@ class SlackNotifier:
         for channel, until in list(self._paused.items()):
             if until <= now:
                 del self._paused[channel]
+        notices: list[OutboxItem] = []
+        loop_now = asyncio.get_running_loop().time()
+        if loop_now >= self._next_notice_round:  # rounds come after every item sent: look for notices less often
+            self._next_notice_round = loop_now + NOTICE_ROUND_SECONDS
+            notices = await self._channels.claim_notices(now, LEASE_SECONDS, self._folding, skip=set(self._paused))
+        for item in notices:
+            self._enqueue(item)
         held = {channel: len(lane) for channel, lane in self._lanes.items() if channel is not None}
         held.update({channel: LANE_DEPTH for channel in self._paused})
         items = await self._store.claim_outbox(now, LEASE_SECONDS, BATCH, per_channel=LANE_DEPTH, held=held)
         for item in items:
-            self._lanes.setdefault(item.channel, deque()).append(item)
-            if item.channel not in self._lane_tasks:
-                self._lane_tasks[item.channel] = asyncio.create_task(
-                    self._run_lane(item.channel), name=f"outbox lane {item.channel}"
-                )
-        return len(items)
+            self._enqueue(item)
+        return len(notices) + len(items)
+
+    def _enqueue(self, item: OutboxItem) -> None:
+        """Add ``item`` to its channel's lane (started as needed): an approval card, card update or decision
+        reply goes ahead of the lane's other waiting items, behind the one being sent. (A lane never holds two
+        items of one request: a claim waits for the earlier one to be sent.)"""
+        lane = self._lanes.setdefault(item.channel, deque())
+        at = len(lane)
+        if item.kind in URGENT_EVENTS:
+            while at > 1 and lane[at - 1].kind not in URGENT_EVENTS:
+                at -= 1
+        lane.insert(at, item)
+        if item.channel not in self._lane_tasks:
+            self._lane_tasks[item.channel] = asyncio.create_task(
+                self._run_lane(item.channel), name=f"outbox lane {item.channel}"
+            )
 
     async def _run_lane(self, channel: str | None) -> None:
         """Send one channel's items in order; when the channel is paused or the worker stops, give the rest back."""
@@ -216,12 +257,34 @@ class SlackNotifier:
             del self._lanes[channel]
             del self._lane_tasks[channel]
 
-    async def _pace(self, channel: str) -> None:
-        """Wait for this channel's next write slot (at most one per ``pace_seconds``, wall clock)."""
-        limiter = self._limiters.get(channel)
-        if limiter is None:
-            limiter = self._limiters[channel] = AsyncLimiter(1, self._pace_seconds)
-        await limiter.acquire()
+    async def _pace(self, channel: str, item: OutboxItem | None = None) -> None:
+        """Wait for this channel's next write: ``pace_seconds`` after this process's last one, and the next slot
+        shared by every replica (one per ``pace_seconds``, wall clock). Call :meth:`_writing` just before the call.
+
+        ``item``: the post is for this leased item, whose lease is renewed with the slot taken (one transaction)
+        and renewed again after a wait for the slot: an item can outwait its lease here and be claimed by another
+        worker meanwhile (which then finds nothing posted yet), so the post goes only under a lease renewed for
+        long enough to finish the call, fenced by the claim count. Raises :class:`LeaseLost` when it was claimed.
+
+        The shared slot is taken before the wait and the call goes after it, so a slow database can move a call
+        later than its slot and bring it closer to the next; the local spacing keeps one process's own calls at
+        least ``pace_seconds`` apart whatever the database's latency."""
+        loop = asyncio.get_running_loop()
+        spacing = self._last_write.get(channel, float("-inf")) + self._pace_seconds - loop.time()
+        if spacing > 0:
+            await asyncio.sleep(spacing)
+        lease = (item.id, item.attempts, self._clock.now() + timedelta(seconds=LEASE_SECONDS)) if item else None
+        wait = await self._channels.take_write_slot(channel, self._pace_seconds, lease)
+        if wait is None:
+            raise LeaseLost(item.id if item else None)
+        if wait > 0:
+            await asyncio.sleep(wait)
+            until = self._clock.now() + timedelta(seconds=LEASE_SECONDS)
+            if item is not None and not await self._store.renew_outbox_lease(item.id, item.attempts, until):
+                raise LeaseLost(item.id)
+
+    def _writing(self, channel: str) -> None:
+        self._last_write[channel] = asyncio.get_running_loop().time()
 
     async def _deliver_with_retry(self, item: OutboxItem) -> None:
         try:
@@ -233,10 +296,11 @@ class SlackNotifier:
         except SlackApiError as exc:
             status, headers, data = _answer(exc)
             error = str(data.get("error") or "")
-            if status == 429:
+            if status == 429:  # Slack pacing us: not a failure of the item, so its backoff does not grow
                 self._note_refused(item)
                 delay = _retry_after(headers)  # what Slack said about this channel (or the workspace)
-                await self._retry(item, delay, f"rate limited (429 {error})", pause=delay, result="rate_limited")
+                await self._retry(item, delay, f"rate limited (429 {error})", pause=delay, result="rate_limited",
+                                  failed=False)
             elif error in PERMANENT_ERRORS:
                 self._give_up(item, error)
                 await self._store.complete_outbox(item.id, self._clock.now())
@@ -244,7 +308,7 @@ class SlackNotifier:
                 self._refused.pop(item.id, None)  # Slack may or may not have done it
                 await self._retry(item, self._backoff(item), f"Slack answered {status} {error or 'without JSON'}",
                                   pause=TRANSIENT_PAUSE_SECONDS)
-            elif item.attempts >= MAX_ATTEMPTS:
+            elif item.failures + 1 >= MAX_ATTEMPTS:
                 self._give_up(item, error)
                 await self._store.complete_outbox(item.id, self._clock.now())
             else:
@@ -278,21 +342,30 @@ class SlackNotifier:
 
     @staticmethod
     def _backoff(item: OutboxItem) -> float:
-        """Seconds before the next attempt: 2^attempts plus up to 1 s of jitter, at most MAX_BACKOFF_SECONDS."""
-        return min(_BACKOFF.calculate_sleep_duration(min(item.attempts, 16)), MAX_BACKOFF_SECONDS)
+        """Seconds before the next attempt after a failure: 2^failures plus up to 1 s of jitter, at most
+        URGENT_MAX_BACKOFF_SECONDS for cards and decisions, MAX_BACKOFF_SECONDS for the rest."""
+        cap = URGENT_MAX_BACKOFF_SECONDS if item.kind in URGENT_EVENTS else MAX_BACKOFF_SECONDS
+        return min(_BACKOFF.calculate_sleep_duration(min(item.failures + 1, 16)), cap)
 
-    async def _retry(self, item: OutboxItem, delay: float, why: str, pause: float, result: str = "retried") -> None:
-        """Put ``item`` back, due in ``delay`` seconds, and pause its channel for ``pause`` seconds (its lane
-        gives back the rest, due then, and nothing more is claimed for it until then)."""
+    async def _retry(self, item: OutboxItem, delay: float, why: str, pause: float, result: str = "retried",
+                     failed: bool = True) -> None:
+        """Put ``item`` back, due in ``delay`` seconds (``failed``: counted as a failure), and pause its channel
+        for ``pause`` seconds (its lane gives back the rest, due then, and nothing more is claimed for it until
+        then)."""
         log.warning("outbox item %s (%s) will be retried in %.1f s: %s", item.id, item.kind, delay, why)
         self._metrics.slack_messages.labels(result=result).inc()
         now = self._clock.now()
         if item.channel is not None:
             until = now + timedelta(seconds=pause)
             self._paused[item.channel] = max(until, self._paused.get(item.channel, until))
-        await self._store.retry_outbox(item.id, now + timedelta(seconds=delay), why)
+        await self._store.retry_outbox(item.id, now + timedelta(seconds=delay), why, failed=failed)
 
     async def _deliver(self, item: OutboxItem) -> None:
+        if item.kind is EventKind.DIGEST:
+            digest = (item.payload or {}).get("digest")
+            if digest:  # (a digest is written with its first notices, in one transaction: never empty)
+                await self._post_once(item, channel=item.payload["channel"], text=digest_text(digest))
+            return
         if item.kind is EventKind.NOTICE:
             channel = (item.payload or {}).get("channel") or self._default_channel
             if not channel:
@@ -332,6 +405,7 @@ class SlackNotifier:
         elif item.kind is EventKind.CARD_UPDATE:
             if request.card_ts and request.card_channel:
                 await self._pace(request.card_channel)
+                self._writing(request.card_channel)
                 await self._client.chat_update(
                     channel=request.card_channel,
                     ts=request.card_ts,
@@ -386,12 +460,8 @@ class SlackNotifier:
             return channel, ts
         metadata = {"event_type": METADATA_EVENT, "event_payload": {"outbox_id": item.id, "request_id": item.request_id}}
         extra = {"thread_ts": thread_ts} if thread_ts else {}
-        await self._pace(channel)
-        # The item may have waited in its lane past its lease, and another worker may hold it now (and have found
-        # nothing posted yet): post only under a lease renewed for long enough to finish the call.
-        until = self._clock.now() + timedelta(seconds=LEASE_SECONDS)
-        if not await self._store.renew_outbox_lease(item.id, item.attempts, until):
-            raise LeaseLost(item.id)
+        await self._pace(channel, item)  # renews the lease, or raises LeaseLost
+        self._writing(channel)
         answer = await self._client.chat_postMessage(channel=channel, metadata=metadata, **extra, **content)
         return answer["channel"], answer["ts"]
 

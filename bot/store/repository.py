@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, false, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -36,6 +36,7 @@ from bot.domain.models import (
     OutboxItem,
     RequestStatus,
     Tally,
+    URGENT_EVENTS,
     Verdict,
     Vote,
     VoteOutcome,
@@ -44,6 +45,7 @@ from bot.domain.policy import Usage
 from bot.logs import current_request_id
 from bot.store.credentials import CredentialQueries, revocation_backlog
 from bot.store.engine import writer
+from bot.store.outbox_channels import notice_of_auto_grant
 from bot.store.tables import (
     AccessRequestRow,
     ApprovalRow,
@@ -99,6 +101,7 @@ def _remember_signature_statement(dialect_insert):
 
 _REMEMBER_SIGNATURE = {"postgresql": _remember_signature_statement(pg_insert),
                        "sqlite": _remember_signature_statement(sqlite_insert)}
+_URGENT_KINDS = tuple(kind.value for kind in URGENT_EVENTS)
 _COUNT_AUTO_APPROVALS = select(func.count()).select_from(R).where(
     R.c.identity == bindparam("identity"), R.c.rule == bindparam("rule"),
     R.c.decision == Decision.AUTO_APPROVE.value, R.c.created_at > bindparam("since", type_=R.c.created_at.type),
@@ -687,12 +690,14 @@ class SqlStore(CredentialQueries):
         per_channel: int | None = None,
         held: Mapping[str, int] | None = None,
     ) -> list[OutboxItem]:
-        """Lease up to ``limit`` due, unsent outbox items, oldest first; an item waits while an earlier one of the
-        same request is unsent.
+        """Lease up to ``limit`` due, unsent outbox items: approval cards, their updates and decision replies of
+        requests people decide first, then the rest, each oldest first; an item waits while an earlier one of
+        the same request is unsent. Notices of auto-approved grants never claimed are left to
+        ``OutboxChannels.claim_notices`` (which may fold them into a digest).
 
         The per-request ordering keeps a card's updates and replies behind its post. The lease (a conditional
-        UPDATE of ``locked_until``, ``lease_seconds`` long, counting one more attempt) keeps two workers from
-        sending the same item at once.
+        UPDATE of ``locked_until``, ``lease_seconds`` long, counting one more claim in ``attempts``) keeps two
+        workers from sending the same item at once.
 
         ``per_channel``: at most this many items per Slack channel (the card's channel, else the request's),
         counting the ``held`` ones (channel -> items the caller already holds); items for a channel with no room
@@ -702,18 +707,22 @@ class SqlStore(CredentialQueries):
         blocked = exists().where(
             earlier.c.request_id == O.c.request_id, earlier.c.id < O.c.id, earlier.c.sent_at.is_(None)
         )
-        channel = func.coalesce(R.c.card_channel, R.c.channel)
+        channel = func.coalesce(R.c.card_channel, R.c.channel, O.c.channel)
+        urgent = and_(O.c.kind.in_(_URGENT_KINDS), R.c.decision == Decision.REQUIRE_APPROVAL.value)
         held = dict(held or {})
         query = (
-            select(O, channel.label("channel"))
+            select(O.c.id, O.c.kind, O.c.request_id, O.c.grant_id, O.c.attempts, O.c.failures, O.c.created_at,
+                   O.c.payload, channel.label("channel"))
             .select_from(O.outerjoin(R, R.c.id == O.c.request_id))
             .where(
                 O.c.sent_at.is_(None),
                 O.c.not_before <= now,
                 or_(O.c.locked_until.is_(None), O.c.locked_until <= now),
                 ~blocked,
+                # coalesce: a notice has no request row (NULL), and is not one of these
+                ~func.coalesce(and_(notice_of_auto_grant(), O.c.attempts == 0), false()),
             )
-            .order_by(O.c.id)
+            .order_by(case((urgent, 0), else_=1), O.c.id)
             # Without a per-channel cap the first ``limit`` rows are the answer; with one, look further so
             # that a busy channel's backlog does not hide the other channels' items.
             .limit(limit if per_channel is None else limit * max(per_channel, 1) * 4)
@@ -746,7 +755,7 @@ class SqlStore(CredentialQueries):
                         held[row.channel] = held.get(row.channel, 0) + 1
                     claimed.append(
                         OutboxItem(row.id, EventKind(row.kind), row.request_id, row.grant_id, row.attempts + 1,
-                                   row.created_at, row.payload, row.channel)
+                                   row.created_at, row.payload, row.channel, row.failures)
                     )
         return claimed
 
@@ -761,6 +770,7 @@ class SqlStore(CredentialQueries):
                 dialect_insert(O).values(
                     kind=EventKind.NOTICE.value, request_id=f"notice:{key[:29]}", created_at=now, not_before=now,
                     attempts=0, payload={"channel": channel, "text": text, **(payload_extra or {})}, dedup_key=key,
+                    channel=channel,
                 ).on_conflict_do_nothing(index_elements=["dedup_key"])
             )
             if inserted.rowcount != 1:
@@ -831,12 +841,15 @@ class SqlStore(CredentialQueries):
         async with self._writer.begin() as conn:
             await conn.execute(update(O).where(O.c.id == item_id).values(sent_at=now, locked_until=None))
 
-    async def retry_outbox(self, item_id: int, not_before: datetime, error: str) -> None:
+    async def retry_outbox(self, item_id: int, not_before: datetime, error: str, failed: bool = True) -> None:
+        """Put a leased item back, due at ``not_before``; ``failed``: the attempt counts as a failure (a 429 does
+        not: it is Slack's pacing, not the item's fault)."""
         async with self._writer.begin() as conn:
             await conn.execute(
                 update(O)
                 .where(O.c.id == item_id, O.c.sent_at.is_(None))
-                .values(not_before=not_before, locked_until=None, last_error=error[:500])
+                .values(not_before=not_before, locked_until=None, last_error=error[:500],
+                        failures=O.c.failures + (1 if failed else 0))
             )
 
     async def release_outbox(self, item_id: int, not_before: datetime) -> None:
@@ -874,17 +887,17 @@ class SqlStore(CredentialQueries):
 
     # -- App Home (read-only) -----------------------------------------------------------------------------------
 
-    async def pending_requests_to_scan(self, now: datetime, limit: int) -> list[AccessRequest]:
-        """Pending requests still inside their deadline (``expires_at`` after ``now``, or none), oldest first, at
-        most ``limit`` (uses the ``status, expires_at`` index)."""
+    async def pending_requests_to_scan(self, now: datetime, limit: int) -> tuple[list[AccessRequest], int]:
+        """Pending requests still inside their deadline (``expires_at`` after ``now``, or none), newest first, at
+        most ``limit`` (uses the ``status, expires_at`` index); and how many there are in all."""
+        where = (R.c.status == RequestStatus.PENDING.value, or_(R.c.expires_at.is_(None), R.c.expires_at > now))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(
-                select(R)
-                .where(R.c.status == RequestStatus.PENDING.value, or_(R.c.expires_at.is_(None), R.c.expires_at > now))
-                .order_by(R.c.created_at, R.c.id)
-                .limit(limit)
+                select(R).where(*where).order_by(R.c.created_at.desc(), R.c.id.desc()).limit(limit)
             )).all()
-        return [_request_from_row(row) for row in rows]
+            total = len(rows) if len(rows) < limit else (
+                await conn.execute(select(func.count()).select_from(R).where(*where))).scalar_one()
+        return [_request_from_row(row) for row in rows], total
 
     async def approvals_of(self, request_ids: list[str]) -> dict[str, list[Approval]]:
         """Every verdict on each of ``request_ids``, oldest first per request (one query); absent ids map to []."""

@@ -138,12 +138,34 @@ class OutboxRow(SQLModel, table=True):
     created_at: datetime = _time(nullable=False)
     not_before: datetime = _time(nullable=False)
     locked_until: datetime | None = _time()
+    # Claims (leases taken), which fence a lease (``renew_outbox_lease``); a claim given back unattempted is not
+    # counted. ``failures`` counts the attempts Slack failed or refused, not its 429s: it alone grows the backoff.
     attempts: int = 0
+    failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     sent_at: datetime | None = _time()
     last_error: str | None = Field(default=None, max_length=500)
     # A notice (not about one request): its channel and text, and a key that makes it once-only across replicas.
     payload: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     dedup_key: str | None = Field(default=None, max_length=100)
+    # Where a notice or digest goes (None: the default channel); items about a request go where the request says.
+    channel: str | None = Field(default=None, max_length=64)
+    # The digest (an outbox item's id) that told this grant's end along with others; set when it was folded.
+    folded_into: int | None = Field(default=None)
+
+
+class OutboxChannelRow(SQLModel, table=True):
+    """Per Slack channel, what every replica's outbox worker shares: the next write slot (Slack allows about one
+    message per second per channel) and how many notices of auto-approved grants went out one by one lately."""
+
+    __tablename__ = "outbox_channels"
+
+    channel: str = Field(primary_key=True, max_length=64)
+    # Unix seconds on the database's clock (one clock for all replicas) from which the next write may go.
+    next_write: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    # Notices told one by one since ``notices_since`` (clock time); a digest closes the interval to them.
+    notices_since: datetime | None = _time()
+    notices_told: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_digest_at: datetime | None = _time()  # the earliest a new digest may be posted (clock time)
 
 
 class IdentityScopeRow(SQLModel, table=True):

@@ -17,8 +17,8 @@ from bot.domain.models import AccessRequest, Approval, Grant, Verdict
 from bot.domain.ports import HomeReads
 from bot.domain.usecases.deps import Deps
 
-# How many pending requests are looked at for one viewer: pending requests are few (each waits for people), and
-# a bound keeps a flood of them from making every Home open scan the table.
+# How many pending requests are looked at for one viewer, newest first: pending requests are few (each waits for
+# people), and a bound keeps a flood of them from making every Home open scan the table.
 PENDING_SCAN_LIMIT = 500
 GRANTS_LIMIT = 20
 RECENT_LIMIT = 10
@@ -47,16 +47,18 @@ class Decided:
 class HomeView:
     """Everything the App Home shows ``user`` at ``now`` (aware UTC).
 
-    ``pending``: requests the user may decide, oldest first; ``grants``: active grants with their environment,
-    soonest to expire first (``grants_total`` counts all of them); ``recent``: the last decisions on requests that
-    went to people, newest first; ``groups_unknown``: some approver groups could not be looked up, so requests the
-    user may decide as a group member can be missing; ``notice``: a sentence for the top of the page (mrkdwn,
-    already escaped), e.g. why the user's last click changed nothing.
+    ``pending``: requests the user may decide, newest first (of the newest ``PENDING_SCAN_LIMIT`` pending
+    requests; ``pending_unscanned`` counts the older ones, not looked at); ``grants``: active grants with their
+    environment, soonest to expire first (``grants_total`` counts all of them); ``recent``: the last decisions on
+    requests that went to people, newest first; ``groups_unknown``: some approver groups could not be looked up, so
+    requests the user may decide as a group member can be missing; ``notice``: a sentence for the top of the page
+    (mrkdwn, already escaped), e.g. why the user's last click changed nothing.
     """
 
     user: str
     now: datetime
     pending: tuple[PendingItem, ...] = ()
+    pending_unscanned: int = 0
     grants: tuple[tuple[Grant, str], ...] = ()
     grants_total: int = 0
     recent: tuple[Decided, ...] = ()
@@ -74,7 +76,8 @@ async def home_view(deps: Deps, reads: HomeReads, user: str, notice: str | None 
     now = deps.clock.now()
     mine: list[AccessRequest] = []
     groups_unknown = False
-    for request in await reads.pending_requests_to_scan(now, PENDING_SCAN_LIMIT):
+    scanned, pending_total = await reads.pending_requests_to_scan(now, PENDING_SCAN_LIMIT)
+    for request in scanned:
         if user in request.excluded_approvers:
             continue
         try:
@@ -90,6 +93,7 @@ async def home_view(deps: Deps, reads: HomeReads, user: str, notice: str | None 
     )
     grants, grants_total = await reads.active_grants_with_environment(now, GRANTS_LIMIT)
     failed = await reads.failed_revocations(FAILED_REVOCATIONS_LIMIT)
-    return HomeView(user=user, now=now, pending=pending, grants=tuple(grants), grants_total=grants_total,
+    return HomeView(user=user, now=now, pending=pending, pending_unscanned=pending_total - len(scanned),
+                    grants=tuple(grants), grants_total=grants_total,
                     recent=tuple(Decided(r, g, tuple(verdicts[r.id])) for r, g in recent),
                     groups_unknown=groups_unknown, notice=notice, failed_revocations=tuple(failed))

@@ -1,7 +1,7 @@
 """real credentials: the accounts providers made for grants and their revocations; the hand-over lease
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-11-30 10:00:00
 
 ``credentials``: one row per account a provider made for a grant (never its secret), which is also the durable
@@ -15,7 +15,7 @@ import bot.store.tables
 
 
 revision = '0011'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
