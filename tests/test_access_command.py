@@ -199,7 +199,7 @@ async def test_revoking_twice_or_after_expiry_changes_nothing(grantbot, sandbox,
     _, grant, card = await approved(grantbot, sandbox)
     await access(sandbox, f"revoke {grant['id']}", APPROVER)
     again = message_text(await access(sandbox, f"revoke {grant['id']}", ADMIN))
-    assert f"Grant {grant['id']} was already revoked; nothing changed." in again
+    assert f"This grant was already revoked by <@{APPROVER}>; nothing changed." in again  # as on the card's button
     _, other, _ = await approved(grantbot, sandbox, {**PROD_WRITE, "ttl_seconds": 60})
     clock.advance(60)
     late = message_text(await access(sandbox, f"revoke {other['id']}", APPROVER))

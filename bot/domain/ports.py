@@ -31,6 +31,33 @@ from bot.domain.policy import Usage
 from bot.domain.refusals import Refusal
 
 
+class Observer(Protocol):
+    """What happened, told as it happens so operators can count it (implemented by ``bot.metrics.Metrics``; the
+    domain never imports a metrics library). Each call is cheap and never raises."""
+
+    def request_decided(self, request: AccessRequest, by: str) -> None:
+        """``request`` got its final status (approved, denied, expired); ``by``: ``policy``, ``people`` or
+        ``timeout``."""
+
+    def grant_issued(self, grant: Grant) -> None: ...
+
+    def grant_revoked(self, grant: Grant) -> None:
+        """``grant`` ended early (any path: its holder, a person in Slack, RFC 7009, revoke-all)."""
+
+
+class NoObserver:
+    """An :class:`Observer` that counts nothing (tests and tools that have no metrics)."""
+
+    def request_decided(self, request: AccessRequest, by: str) -> None:
+        pass
+
+    def grant_issued(self, grant: Grant) -> None:
+        pass
+
+    def grant_revoked(self, grant: Grant) -> None:
+        pass
+
+
 class Clock(Protocol):
     def now(self) -> datetime:
         """Aware UTC now."""

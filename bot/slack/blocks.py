@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
+from bot.domain.errors import GrantNotActive
 from bot.domain.models import AccessRequest, Approval, Decision, Grant, GrantStatus, RequestStatus, Verdict
 
 SECTION_TEXT_LIMIT = 3000
@@ -292,10 +293,12 @@ def handed_over_text(request: AccessRequest, grant: Grant) -> str:
 
 
 def refusal_text(error) -> str:
-    """What the person who clicked is told privately when their click changes nothing (a ``DomainError``)."""
+    """What a person is told privately when a click or a command changes nothing (a ``DomainError``), the same
+    whichever way they asked: a decision or revocation someone else made names them (a mention), anything else
+    is the error's sentence."""
+    if isinstance(error, GrantNotActive) and error.outcome == "revoked" and error.ended_by:
+        return f"This grant was already revoked by {by(error.ended_by)}; nothing changed."
     outcome, decided_by = getattr(error, "outcome", None), getattr(error, "decided_by", None)
-    if outcome == "revoked":
-        return f"This grant was already revoked by {by(decided_by)}."
     if outcome and decided_by and decided_by not in ("policy", "timeout", "expiry"):
         return f"This request was already {escape(outcome)} by <@{decided_by}>."
     return escape(error.detail)

@@ -21,6 +21,7 @@ from bot.slack.blocks import (
     clock_time,
     duration,
     escape,
+    refusal_text,
     summary_line,
     truncate,
 )
@@ -70,6 +71,11 @@ def _who(decided_by: str | None) -> str:
     if decided_by in (None, "policy", "timeout"):
         return decided_by or "nobody"
     return f"<@{escape(decided_by)}>"
+
+
+def refusal_message(error, emoji: str) -> dict:
+    """A refusal (a ``DomainError``), worded as on a card's click (``refusal_text``)."""
+    return _message(error.detail, [_section(f"{emoji} {refusal_text(error)}")])
 
 
 def notice_message(text: str, emoji: str = "") -> dict:

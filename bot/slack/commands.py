@@ -21,7 +21,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot.domain import usecases
 from bot.domain.errors import DomainError, InvalidRequest
 from bot.domain.ids import is_uuid
-from bot.domain.usecases.revoke_by_person import clean_reason
+from bot.domain.usecases.revoke import clean_reason
 from bot.slack import command_blocks as cb
 from bot.store.outage import is_outage
 
@@ -97,7 +97,7 @@ async def answer(deps: usecases.Deps, user: str, text: str) -> dict:
     try:
         return await handler(deps, user, args.strip())
     except DomainError as exc:
-        return cb.notice_message(exc.detail, REFUSED)
+        return cb.refusal_message(exc, REFUSED)
 
 
 def register_commands(bolt: AsyncApp, deps: usecases.Deps) -> None:
@@ -137,7 +137,7 @@ def register_commands(bolt: AsyncApp, deps: usecases.Deps) -> None:
         try:
             ended = await usecases.revoke_all(deps, glob, user, reason, as_of)
         except DomainError as exc:
-            await respond(cb.notice_message(exc.detail, REFUSED))
+            await respond(cb.refusal_message(exc, REFUSED))
             return
         message = cb.revoke_all_done_message(glob, len(ended), user, reason)
         # The first click replaces the confirmation (its button goes); a repeat only adds a note.
