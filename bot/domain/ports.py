@@ -170,6 +170,9 @@ class Store(CredentialStore, Protocol):
 
     async def get_grant(self, grant_id: str) -> Grant | None: ...
 
+    async def ids_starting_with(self, prefix: str, *, grants: bool, limit: int) -> list[str]:
+        """Up to ``limit`` request ids (or grant ids) starting with ``prefix`` (lower-case hex and dashes)."""
+
     async def grant_for_request(self, request_id: str) -> Grant | None: ...
 
     async def grant_by_jti(self, jti: str) -> Grant | None: ...
