@@ -154,13 +154,15 @@ async def test_show_by_request_id_or_grant_id(grantbot, sandbox):
 async def test_explain_gives_the_policy_reasons_rule_by_rule(grantbot, sandbox):
     status, created = await grantbot.api.request_access(PROD_WRITE)
     card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
-    # The card's "Why" lines are the stored reasons; explain must give each of them.
-    why = message_text(card).split("Why (policy, rule by rule):*\n", 1)[1].split("\n")
+    # The card's "Why" shows the deciding rule and collapses the others into the command that lists them all;
+    # explain gives every line the card shows, and the collapsed ones too.
+    why = message_text(card).split("*Why:*\n", 1)[1].split("\n")
     reasons = [line for line in why if line.startswith("• ")]
-    assert reasons
-    shown = message_text(await access(sandbox, f"explain {created['id']}", OTHER))
+    assert reasons == ["• prod-write (require_approval): matches"]
+    assert f"_2 other rules did not decide it: `/access explain {created['id'][:8]}` lists them all_" in why
+    shown = message_text(await access(sandbox, f"explain {created['id'][:8]}", OTHER))
     assert "require_approval" in shown and "prod-write" in shown
-    for line in reasons:
+    for line in reasons + ["• no-admin (deny): no: no requested scope matches ['*:admin']"]:
         assert line in shown
 
 
