@@ -117,6 +117,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     app[TOKENS] = tokens
     app[INTROSPECTION_CLIENTS] = introspection_clients
     app[METRICS] = metrics = Metrics()
+    deps.observer = metrics
     issuer_keys = JwksCache(clock, ALLOWED_ALGORITHMS)
     hmac_auth = HmacAuthenticator(identity_secrets, clock, store.remember_signature)
     oidc_auth = OidcAuthenticator(policy, issuer_keys, clock, store.remember_signature)

@@ -354,7 +354,7 @@ async def _dev(args: argparse.Namespace) -> None:
     """grantbot on this machine: SQLite, the example policy, an HMAC identity for `grantbot request`, and the
     local Slack sandbox unless real Slack credentials (SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET) are set."""
     from bot.app import create_app
-    from bot.slack.sandbox import SlackSandbox
+    from bot.sandbox import SlackSandbox
 
     identity = _dev_identity()
     os.environ["GRANTBOT_SECRET_DEPLOY_BOT"] = identity["secret"]

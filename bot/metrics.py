@@ -11,6 +11,7 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from bot.domain.models import AccessRequest, Grant
 from bot.store.repository import Backlog
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class Metrics:
             "grows beyond a few seconds, the sweep is falling behind or failing",
             registry=self.registry,
         )
+        self.grants_issued = Counter("grantbot_grants_issued", "Grants issued (automatically or by people)",
+                                     registry=self.registry)
+        self.grants_revoked = Counter("grantbot_grants_revoked", "Grants ended early, by any path",
+                                      registry=self.registry)
         self.database_up = Gauge(
             "grantbot_database_up", "1 if the database answered this scrape's reads, else 0", registry=self.registry
         )
@@ -103,6 +108,20 @@ class Metrics:
             "`grantbot credentials reconcile` retries them",
             registry=self.registry,
         )
+
+    # -- the domain's Observer port (bot.domain.ports.Observer) ----------------------------------------------------
+
+    def request_decided(self, request: AccessRequest, by: str) -> None:
+        self.decisions.labels(rule=request.rule or "default", decision=request.status.value, by=by).inc()
+        if by != "policy" and request.decided_at is not None:
+            self.decision_seconds.labels(decision=request.status.value).observe(
+                max((request.decided_at - request.created_at).total_seconds(), 0.0))
+
+    def grant_issued(self, grant: Grant) -> None:
+        self.grants_issued.inc()
+
+    def grant_revoked(self, grant: Grant) -> None:
+        self.grants_revoked.inc()
 
     def observe_sweep(self, seconds: float) -> None:
         self.sweep_duration.observe(seconds)

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from bot.app import create_app
 from bot.config import Settings
 from bot.domain.clock import FakeClock
-from bot.slack.sandbox import SlackSandbox
+from bot.sandbox import SlackSandbox
 from bot.store.engine import create_engine
 from bot.web.serving import Listener, listen
 from tests.support import BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, assert_no_secrets

@@ -107,13 +107,15 @@ async def test_list_shows_active_grants_only(grantbot, sandbox, clock):
     _, auto = await auto_approved(grantbot, "other-bot", {**STAGING_READ, "ttl_seconds": 60})
     shown = message_text(await access(sandbox, "list", OTHER))
     assert "2 active grants" in shown
-    assert grant["id"] in shown and request_id in shown and "deploy-bot" in shown and "db:write" in shown
-    assert auto["id"] in shown and "other-bot" in shown
-    assert shown.index(auto["id"]) < shown.index(grant["id"])  # soonest to expire first
+    # Ids are shown by their first 8 characters, which /access show and revoke take.
+    assert grant["id"][:8] in shown and request_id[:8] in shown and "deploy-bot" in shown and "db:write" in shown
+    assert grant["id"] not in shown
+    assert auto["id"][:8] in shown and "other-bot" in shown
+    assert shown.index(auto["id"][:8]) < shown.index(grant["id"][:8])  # soonest to expire first
     assert "<@U0APPROVER>" in shown
     clock.advance(61)  # the auto-approved one expires
     shown = message_text(await access(sandbox, "list", OTHER))
-    assert "1 active grant" in shown and auto["id"] not in shown and grant["id"] in shown
+    assert "1 active grant" in shown and auto["id"][:8] not in shown and grant["id"][:8] in shown
 
 
 async def test_pending_lists_requests_waiting_for_people(grantbot, sandbox):
@@ -121,8 +123,21 @@ async def test_pending_lists_requests_waiting_for_people(grantbot, sandbox):
     status, waiting = await grantbot.api.request_access(PROD_WRITE)
     await auto_approved(grantbot)
     shown = message_text(await access(sandbox, "pending", OTHER))
-    assert "1 pending request" in shown and waiting["id"] in shown and "prod-write" in shown
+    assert "1 pending request" in shown and waiting["id"][:8] in shown and "prod-write" in shown
     assert "db:write" in shown and "production" in shown
+
+
+async def test_show_and_revoke_take_a_unique_prefix_as_lists_print_it(grantbot, sandbox):
+    request_id, grant, _ = await approved(grantbot, sandbox)
+    by_prefix = message_text(await access(sandbox, f"show {grant['id'][:8]}", OTHER))
+    assert by_prefix == message_text(await access(sandbox, f"show {request_id}", OTHER))
+    too_short = message_text(await access(sandbox, f"show {grant['id'][:5]}", OTHER))
+    assert "is not a request or grant id" in too_short and "first 8 characters" in too_short
+    unknown = message_text(await access(sandbox, "show 00000000", OTHER))
+    assert "no access request or grant whose id starts with 00000000" in unknown
+    revoked = message_text(await access(sandbox, f"revoke {request_id[:8]} done", APPROVER))
+    assert f"Revoked grant `{grant['id']}`" in revoked
+    assert not await active(grantbot, grant["access_token"])
 
 
 async def test_show_by_request_id_or_grant_id(grantbot, sandbox):
@@ -139,13 +154,15 @@ async def test_show_by_request_id_or_grant_id(grantbot, sandbox):
 async def test_explain_gives_the_policy_reasons_rule_by_rule(grantbot, sandbox):
     status, created = await grantbot.api.request_access(PROD_WRITE)
     card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
-    # The card's "Why" lines are the stored reasons; explain must give each of them.
-    why = message_text(card).split("Why (policy, rule by rule):*\n", 1)[1].split("\n")
+    # The card's "Why" shows the deciding rule and collapses the others into the command that lists them all;
+    # explain gives every line the card shows, and the collapsed ones too.
+    why = message_text(card).split("*Why:*\n", 1)[1].split("\n")
     reasons = [line for line in why if line.startswith("• ")]
-    assert reasons
-    shown = message_text(await access(sandbox, f"explain {created['id']}", OTHER))
+    assert reasons == ["• prod-write (require_approval): matches"]
+    assert f"_2 other rules did not decide it: `/access explain {created['id'][:8]}` lists them all_" in why
+    shown = message_text(await access(sandbox, f"explain {created['id'][:8]}", OTHER))
     assert "require_approval" in shown and "prod-write" in shown
-    for line in reasons:
+    for line in reasons + ["• no-admin (deny): no: no requested scope matches ['*:admin']"]:
         assert line in shown
 
 
@@ -199,7 +216,7 @@ async def test_revoking_twice_or_after_expiry_changes_nothing(grantbot, sandbox,
     _, grant, card = await approved(grantbot, sandbox)
     await access(sandbox, f"revoke {grant['id']}", APPROVER)
     again = message_text(await access(sandbox, f"revoke {grant['id']}", ADMIN))
-    assert f"Grant {grant['id']} was already revoked; nothing changed." in again
+    assert f"This grant was already revoked by <@{APPROVER}>; nothing changed." in again  # as on the card's button
     _, other, _ = await approved(grantbot, sandbox, {**PROD_WRITE, "ttl_seconds": 60})
     clock.advance(60)
     late = message_text(await access(sandbox, f"revoke {other['id']}", APPROVER))
@@ -228,8 +245,8 @@ async def test_revoke_all_asks_then_revokes_matching_identities_once(grantbot, s
     _, bystander = await auto_approved(grantbot, "other-bot")
     confirmation = await access(sandbox, "revoke-all deploy-* incident 42", ADMIN)
     shown = message_text(confirmation)
-    assert "2 active grants" in shown and prod["id"] in shown and staging["id"] in shown
-    assert bystander["id"] not in shown and "incident 42" in shown
+    assert "2 active grants" in shown and prod["id"][:8] in shown and staging["id"][:8] in shown
+    assert bystander["id"][:8] not in shown and "incident 42" in shown
     button = confirm_button(confirmation)
     assert button["action_id"] == REVOKE_ALL_ACTION and button["text"]["text"] == "Revoke all 2"
     assert button["style"] == "danger"

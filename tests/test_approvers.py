@@ -13,7 +13,7 @@ from bot.domain.errors import ApproverDirectoryUnavailable, PolicyError
 from bot.domain.models import Caller, RequestStatus, Tally
 from bot.policy_file import parse_policy
 from bot.slack.directory import SlackApproverDirectory
-from bot.slack.sandbox import SlackSandbox
+from bot.sandbox import SlackSandbox
 
 POLICY = parse_policy("""
 people: {octocat: U0OCTO, gitlab-gil: U0GIL}

@@ -48,7 +48,10 @@ def req(n: int = 1, **changes) -> AccessRequest:
         status=RequestStatus.PENDING, decision=Decision.REQUIRE_APPROVAL, rule="prod-write",
         decision_reason="rule 'prod-write' requires approval", approvers=("U0APPROVER", "U0SECOND"),
         channel="C0SANDBOX", created_at=T0, expires_at=at(30),
-        decision_reasons=("rule 'no-admin': scope db:write does not match *:admin", "rule 'prod-write': matches"),
+        # As bot.domain.policy.decide words them: a line per rule in file order.
+        decision_reasons=("no-admin (deny): no: no requested scope matches ['*:admin']",
+                          "staging-read (auto_approve): no: environment 'production' is not one of ['staging']",
+                          "prod-write (require_approval): matches"),
     )
     values.update(changes)
     return AccessRequest(**values)
@@ -275,3 +278,23 @@ def test_what_the_goldens_show_a_digest_counts_every_grant_lists_a_few_and_escap
     assert len(long) <= blocks.SECTION_TEXT_LIMIT and all(len(line) <= 300 for line in long.splitlines())
     listed = long.count("\n• ")
     assert 5 < listed < 20 and long.endswith(f"… and {2411 - listed} more: `grantbot audit export` has every one.")
+
+
+def test_why_shows_the_deciding_rule_and_what_the_policy_added_and_collapses_the_rest():
+    from dataclasses import replace
+
+    from bot.slack.blocks import why_text
+
+    base = req()
+    guarded = replace(base, rule="staging-read", decision_reasons=(
+        "no-admin (deny): no: no requested scope matches ['*:admin']",
+        "staging-read (auto_approve): matches",
+        "first use: deploy-bot has never been granted 'db:read'; people decide the first time"))
+    assert why_text(guarded) == (
+        "*Why:*\n• staging-read (auto_approve): matches\n• first use: deploy-bot has never been granted 'db:read'; "
+        "people decide the first time\n_1 other rule did not decide it: `/access explain 00000000` lists them all_")
+    nothing = replace(base, rule=None, decision_reasons=(
+        "no-admin (deny): no: no requested scope matches ['*:admin']",
+        "prod-write (require_approval): no: environment 'dev' is not one of ['production']", "default: deny"))
+    assert why_text(nothing) == ("*Why:*\n• default: deny\n_2 other rules did not decide it: `/access explain "
+                                 "00000000` lists them all_")

@@ -57,7 +57,8 @@ def test_help():
                     "grant of matching identities, after a confirmation (admins only)\n"
                     "• `/access help`: this text"),
             context("Anyone in the workspace can use list, pending, show and explain: they show what the approval "
-                    "cards show, never a token. An &lt;id&gt; is a request id (as on the cards) or a grant id."),
+                    "cards show, never a token. An &lt;id&gt; is a request id (as on the cards) or a grant id, or its "
+                    "first 8 characters as lists show them."),
         ],
     }
     assert cb.help_message()["blocks"] == cb.help_message("x")["blocks"][1:]
@@ -78,7 +79,7 @@ def test_grants_list():
         "blocks": [
             section("*3 active grants*"),
             section(f"*deploy-bot* · `db:write` on *production* · expires in 13 min (2025-11-29 12:13:00 UTC)\n"
-                    f"Grant `{GRANT_ID}` · request `{REQUEST_ID}` · rule prod-write · approved by <@U0APPROVER>"),
+                    f"Grant `{GRANT_ID[:8]}` · request `{REQUEST_ID[:8]}` · rule prod-write · approved by <@U0APPROVER>"),
             context("Showing the 1 that expire soonest of 3."),
         ],
     }
@@ -94,7 +95,7 @@ def test_pending_list():
         "blocks": [
             section("*1 pending request*"),
             section(f"*deploy-bot* asks for `db:write` on *production* for 15 min\n"
-                    f"Request `{REQUEST_ID}` · rule prod-write · waiting 5 min · times out at 2025-11-29 12:25:00 UTC"),
+                    f"Request `{REQUEST_ID[:8]}` · rule prod-write · waiting 5 min · times out at 2025-11-29 12:25:00 UTC"),
         ],
     }
     assert cb.pending_message([], 0, NOW)["blocks"] == [section("No pending requests.")]
@@ -158,7 +159,7 @@ def test_revoke_all_confirmation():
         "text": "1 active grant matches deploy-*: confirm to revoke",
         "blocks": [
             section(":rotating_light: *1 active grant* of identities matching `deploy-*`:\n"
-                    f"• *deploy-bot* · `db:write` · grant `{GRANT_ID}` · expires in 13 min\n"
+                    f"• *deploy-bot* · `db:write` · grant `{GRANT_ID[:8]}` · expires in 13 min\n"
                     "*Reason:* incident"),
             {"type": "actions", "block_id": "revoke_all", "elements": [{
                 "type": "button",

@@ -142,9 +142,12 @@ def test_thread_replies():
 
 
 def test_refusals_name_who_ended_a_grant():
-    from bot.domain.errors import AlreadyDecided
+    from bot.domain.errors import AlreadyDecided, GrantNotActive
 
-    assert refusal_text(AlreadyDecided("x", "revoked", "U0SECOND")) == "This grant was already revoked by <@U0SECOND>."
-    assert refusal_text(AlreadyDecided("x", "revoked", "deploy-bot")) == "This grant was already revoked by deploy-bot."
-    assert refusal_text(AlreadyDecided("This grant already expired; there is nothing to revoke.", "expired",
-                                       "expiry")) == "This grant already expired; there is nothing to revoke."
+    assert refusal_text(GrantNotActive("x", "revoked", "U0SECOND")) == (
+        "This grant was already revoked by <@U0SECOND>; nothing changed.")
+    assert refusal_text(GrantNotActive("x", "revoked", "deploy-bot")) == (
+        "This grant was already revoked by deploy-bot; nothing changed.")
+    assert refusal_text(GrantNotActive("Grant 1 has already expired; nothing changed.", "expired", "expiry")) == (
+        "Grant 1 has already expired; nothing changed.")
+    assert refusal_text(AlreadyDecided("x", "approved", "U0SECOND")) == "This request was already approved by <@U0SECOND>."

@@ -221,7 +221,9 @@ async def test_the_revoke_button_works_for_approvers_only(grantbot, sandbox, clo
 
     assert await sandbox.click(channel=card["channel"], ts=card["ts"], action_id="revoke_grant", user_id="U0OTHER") == 200
     said = await eventually(lambda: ephemerals_for(sandbox, "U0OTHER"))
-    assert said == ["Only the approvers of rule 'prod-write' or grantbot admins can revoke this grant; you are neither."]
+    # The same refusal as /access revoke gives (one use case for every way a person revokes).
+    assert said == ["Only approvers of rule prod-write or grantbot admins can revoke this grant; you are neither, so "
+                    "nothing changed."]
     assert (await grantbot.api.introspect(token))[1]["active"] is True
 
     clock.advance(60)
@@ -242,7 +244,7 @@ async def test_the_revoke_button_works_for_approvers_only(grantbot, sandbox, clo
                              "blocks": [{"type": "actions", "block_id": "grant", "elements": [revoke]}]})
     assert await sandbox.click(channel=card["channel"], ts=stale_ts, action_id="revoke_grant", user_id="U0APPROVER") == 200
     said = await eventually(lambda: ephemerals_for(sandbox, "U0APPROVER"))
-    assert said == ["This grant was already revoked by <@U0SECOND>."]
+    assert said == ["This grant was already revoked by <@U0SECOND>; nothing changed."]
     await asyncio.sleep(0.3)
     assert len(thread(sandbox, card)) == 3 and [t for t, *_ in await audit_trail(grantbot, created["id"])].count(
         "grant.revoked") == 1

@@ -13,7 +13,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.slack.sandbox import SlackSandbox
+from bot.sandbox import SlackSandbox
 
 TOKEN = "xoxb-sandbox"
 SECRET = "sandbox-signing-secret"

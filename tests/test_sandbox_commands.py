@@ -13,7 +13,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.slack.sandbox import SlackSandbox
+from bot.sandbox import SlackSandbox
 
 TOKEN, SECRET, CHANNEL = "xoxb-sandbox", "sandbox-signing-secret", "C0SANDBOX"
 CONFIRM = {"type": "actions", "block_id": "go", "elements": [{

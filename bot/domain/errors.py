@@ -158,14 +158,16 @@ class NotAllowed(DomainError):
 
 
 class GrantNotActive(DomainError):
-    """The grant already ended (expired or revoked); ``outcome`` is ``expired`` or ``revoked``. Nothing changed."""
+    """The grant already ended (expired or revoked); ``outcome`` is ``expired`` or ``revoked``, ``ended_by`` who
+    ended it (an identity, a Slack user ID, ``expiry``) when known. Nothing changed."""
 
     code = "grant_not_active"
     status = 409
 
-    def __init__(self, detail: str, outcome: str) -> None:
+    def __init__(self, detail: str, outcome: str, ended_by: str | None = None) -> None:
         super().__init__(detail)
         self.outcome = outcome
+        self.ended_by = ended_by
 
 
 class NotHandedOver(DomainError):

@@ -31,6 +31,33 @@ from bot.domain.policy import Usage
 from bot.domain.refusals import Refusal
 
 
+class Observer(Protocol):
+    """What happened, told as it happens so operators can count it (implemented by ``bot.metrics.Metrics``; the
+    domain never imports a metrics library). Each call is cheap and never raises."""
+
+    def request_decided(self, request: AccessRequest, by: str) -> None:
+        """``request`` got its final status (approved, denied, expired); ``by``: ``policy``, ``people`` or
+        ``timeout``."""
+
+    def grant_issued(self, grant: Grant) -> None: ...
+
+    def grant_revoked(self, grant: Grant) -> None:
+        """``grant`` ended early (any path: its holder, a person in Slack, RFC 7009, revoke-all)."""
+
+
+class NoObserver:
+    """An :class:`Observer` that counts nothing (tests and tools that have no metrics)."""
+
+    def request_decided(self, request: AccessRequest, by: str) -> None:
+        pass
+
+    def grant_issued(self, grant: Grant) -> None:
+        pass
+
+    def grant_revoked(self, grant: Grant) -> None:
+        pass
+
+
 class Clock(Protocol):
     def now(self) -> datetime:
         """Aware UTC now."""
@@ -142,6 +169,9 @@ class Store(CredentialStore, Protocol):
     async def get_request(self, request_id: str) -> AccessRequest | None: ...
 
     async def get_grant(self, grant_id: str) -> Grant | None: ...
+
+    async def ids_starting_with(self, prefix: str, *, grants: bool, limit: int) -> list[str]:
+        """Up to ``limit`` request ids (or grant ids) starting with ``prefix`` (lower-case hex and dashes)."""
 
     async def grant_for_request(self, request_id: str) -> Grant | None: ...
 

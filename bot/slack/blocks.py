@@ -11,6 +11,8 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
+from bot.domain.errors import GrantNotActive
+from bot.domain.ids import short_id
 from bot.domain.models import AccessRequest, Approval, Decision, Grant, GrantStatus, RequestStatus, Verdict
 
 SECTION_TEXT_LIMIT = 3000
@@ -159,6 +161,27 @@ def decision_buttons(request_id: str) -> list[dict]:
     ]
 
 
+# A line of the policy's explanation about one rule ("prod-write (require_approval): matches", "… no: …").
+_RULE_LINE = re.compile(r".+ \((auto_approve|require_approval|deny)\): (matches|no: )")
+
+
+def why_text(request: AccessRequest) -> str:
+    """The card's "Why": the deciding rule's line and what the policy added (a guard rail, a missing reason, the
+    default), with the rules that did not match collapsed to a count and the command that lists them all."""
+    deciding = f"{request.rule} (" if request.rule else None
+    shown, others = [], 0
+    for line in request.decision_reasons:
+        if _RULE_LINE.match(line) and not (deciding and line.startswith(deciding)):
+            others += 1
+        else:
+            shown.append("• " + escape(line))
+    if others:
+        rules = "rule" if others == 1 else "rules"
+        shown.append(f"_{others} other {rules} did not decide it: `/access explain {short_id(request.id)}` "
+                     "lists them all_")
+    return truncate("*Why:*\n" + "\n".join(shown), CONTEXT_TEXT_LIMIT)
+
+
 def card_blocks(
     request: AccessRequest, grant: Grant | None = None, approvals: Sequence[Approval] = ()
 ) -> list[dict]:
@@ -198,9 +221,7 @@ def card_blocks(
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Request `{request.id}` · {escape(request.decision_reason)}"}]}
     )
     if request.decision_reasons:
-        # The policy's explanation, rule by rule: what `grantbot policy explain` prints for this request.
-        why = "*Why (policy, rule by rule):*\n" + "\n".join("• " + escape(line) for line in request.decision_reasons)
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": truncate(why, CONTEXT_TEXT_LIMIT)}]})
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": why_text(request)}]})
     if request.status is RequestStatus.PENDING:
         if request.excluded_approvers:
             blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": truncate(
@@ -292,10 +313,12 @@ def handed_over_text(request: AccessRequest, grant: Grant) -> str:
 
 
 def refusal_text(error) -> str:
-    """What the person who clicked is told privately when their click changes nothing (a ``DomainError``)."""
+    """What a person is told privately when a click or a command changes nothing (a ``DomainError``), the same
+    whichever way they asked: a decision or revocation someone else made names them (a mention), anything else
+    is the error's sentence."""
+    if isinstance(error, GrantNotActive) and error.outcome == "revoked" and error.ended_by:
+        return f"This grant was already revoked by {by(error.ended_by)}; nothing changed."
     outcome, decided_by = getattr(error, "outcome", None), getattr(error, "decided_by", None)
-    if outcome == "revoked":
-        return f"This grant was already revoked by {by(decided_by)}."
     if outcome and decided_by and decided_by not in ("policy", "timeout", "expiry"):
         return f"This request was already {escape(outcome)} by <@{decided_by}>."
     return escape(error.detail)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from bot.domain.credentials import CredentialState
+from bot.domain.ids import short_id
 from bot.domain.models import AccessRequest, Grant, GrantStatus, RequestStatus
 from bot.slack.blocks import (
     FALLBACK_TEXT_LIMIT,
@@ -21,6 +22,7 @@ from bot.slack.blocks import (
     clock_time,
     duration,
     escape,
+    refusal_text,
     summary_line,
     truncate,
 )
@@ -72,6 +74,11 @@ def _who(decided_by: str | None) -> str:
     return f"<@{escape(decided_by)}>"
 
 
+def refusal_message(error, emoji: str) -> dict:
+    """A refusal (a ``DomainError``), worded as on a card's click (``refusal_text``)."""
+    return _message(error.detail, [_section(f"{emoji} {refusal_text(error)}")])
+
+
 def notice_message(text: str, emoji: str = "") -> dict:
     """A one-sentence answer (a refusal, a bad id); ``text`` is plain and gets escaped."""
     shown = f"{emoji} {escape(text)}" if emoji else escape(text)
@@ -86,7 +93,8 @@ def help_message(problem: str | None = None) -> dict:
     blocks += [
         _section(f"*{ACCESS_COMMAND}*: see and end grantbot's access grants\n{lines}"),
         _context("Anyone in the workspace can use list, pending, show and explain: they show what the approval "
-                 "cards show, never a token. An &lt;id&gt; is a request id (as on the cards) or a grant id."),
+                 "cards show, never a token. An &lt;id&gt; is a request id (as on the cards) or a grant id, or its first "
+                 "8 characters as lists show them."),
     ]
     return _message((problem + " " if problem else "") + f"{ACCESS_COMMAND} help", blocks)
 
@@ -96,7 +104,8 @@ def _grant_line(request: AccessRequest, grant: Grant, now: datetime) -> str:
     return (
         f"*{escape(grant.identity)}* · {_scopes(grant.scopes)} on *{escape(request.environment)}* · "
         f"expires in {duration(left)} ({clock_time(grant.expires_at)})\n"
-        f"Grant `{grant.id}` · request `{request.id}` · rule {escape(request.rule or 'default')} · "
+        f"Grant `{short_id(grant.id)}` · request `{short_id(request.id)}` · "
+        f"rule {escape(request.rule or 'default')} · "
         f"approved by {_who(request.decided_by)}"
     )
 
@@ -114,8 +123,8 @@ def grants_message(items: Sequence[tuple[AccessRequest, Grant]], total: int, now
 
 def _pending_line(request: AccessRequest, now: datetime) -> str:
     waited = max(int((now - request.created_at).total_seconds()), 0)
-    line = f"{summary_line(request)}\nRequest `{request.id}` · rule {escape(request.rule or 'default')} · " \
-           f"waiting {duration(waited)}"
+    line = (f"{summary_line(request)}\nRequest `{short_id(request.id)}` · rule {escape(request.rule or 'default')}"
+            f" · waiting {duration(waited)}")
     if request.expires_at is not None:
         line += f" · times out at {clock_time(request.expires_at)}"
     return line
@@ -221,7 +230,7 @@ def revoke_all_confirm_message(glob: str, grants: Sequence[Grant], reason: str |
                                                                        f"`{shown}`; nothing to revoke.")])
     n = len(grants)
     lines = "\n".join(
-        f"• *{escape(g.identity)}* · {_scopes(g.scopes)} · grant `{g.id}` · expires in "
+        f"• *{escape(g.identity)}* · {_scopes(g.scopes)} · grant `{short_id(g.id)}` · expires in "
         f"{duration(max(int((g.expires_at - now).total_seconds()), 0))}"
         for g in grants[:PREVIEW_LIMIT]
     )

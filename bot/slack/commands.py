@@ -20,8 +20,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.domain import usecases
 from bot.domain.errors import DomainError, InvalidRequest
-from bot.domain.ids import is_uuid
-from bot.domain.usecases.revoke_by_person import clean_reason
+from bot.domain.usecases.revoke import clean_reason
 from bot.slack import command_blocks as cb
 from bot.store.outage import is_outage
 
@@ -35,11 +34,8 @@ def _one_id(subcommand: str, args: str) -> tuple[str, str]:
     parts = args.split(None, 1)
     if not parts:
         raise InvalidRequest(f"{subcommand} needs an id: {cb.ACCESS_COMMAND} {subcommand} <request or grant id>.")
-    some_id = parts[0]
-    if not is_uuid(some_id):
-        raise InvalidRequest(f"{some_id[:80]} is not a request or grant id; ids look like "
-                             "3f2a6c1e-8b0d-4c7e-9a51-2d4e6f8a0b1c (see /access list or the approval card).")
-    return some_id, parts[1].strip() if len(parts) > 1 else ""
+    # A full id or a prefix (as /access list prints them): find_access says what it names, or why not.
+    return parts[0], parts[1].strip() if len(parts) > 1 else ""
 
 
 async def _list(deps: usecases.Deps, user: str, args: str) -> dict:
@@ -97,7 +93,7 @@ async def answer(deps: usecases.Deps, user: str, text: str) -> dict:
     try:
         return await handler(deps, user, args.strip())
     except DomainError as exc:
-        return cb.notice_message(exc.detail, REFUSED)
+        return cb.refusal_message(exc, REFUSED)
 
 
 def register_commands(bolt: AsyncApp, deps: usecases.Deps) -> None:
@@ -137,7 +133,7 @@ def register_commands(bolt: AsyncApp, deps: usecases.Deps) -> None:
         try:
             ended = await usecases.revoke_all(deps, glob, user, reason, as_of)
         except DomainError as exc:
-            await respond(cb.notice_message(exc.detail, REFUSED))
+            await respond(cb.refusal_message(exc, REFUSED))
             return
         message = cb.revoke_all_done_message(glob, len(ended), user, reason)
         # The first click replaces the confirmation (its button goes); a repeat only adds a note.

@@ -223,7 +223,7 @@ def register_modals(bolt: AsyncApp, deps: usecases.Deps) -> None:
             log.warning("ignored a revoke click without a user or a request id")
             return
         try:
-            await usecases.revoke_as_approver(deps, request_id, user)
+            await usecases.revoke_by_person(deps, request_id, user, via="slack:card")
         except DomainError as exc:
             await tell(client, channel, user, refusal_text(exc))
 

@@ -509,6 +509,15 @@ class SqlStore(CredentialQueries):
             row = (await conn.execute(select(G).where(*where))).first()
         return _grant_from_row(row) if row else None
 
+    async def ids_starting_with(self, prefix: str, *, grants: bool, limit: int) -> list[str]:
+        """Up to ``limit`` request ids (``grants``: grant ids) starting with ``prefix``. A range on the primary key
+        (``prefix <= id < prefix + "\uffff"``) rather than LIKE, which SQLite's index cannot serve."""
+        column = (G if grants else R).c.id
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(
+                select(column).where(column >= prefix, column < prefix + "\uffff").order_by(column).limit(limit)
+            )).scalars())
+
     async def get_grant(self, grant_id: str) -> Grant | None:
         return await self._one_grant(G.c.id == grant_id)
 

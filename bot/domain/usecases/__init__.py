@@ -11,11 +11,9 @@ from bot.domain.usecases.read_request import RequestView, read_request
 from bot.domain.usecases.reissue import ReissueView, reissue
 from bot.domain.usecases.reconcile_credentials import reconcile_credentials
 from bot.domain.usecases.request_access import request_access
-from bot.domain.usecases.revoke import revoke_as_approver, revoke_own_grant
+from bot.domain.usecases.revoke import revoke_by_person, revoke_own_grant, revoke_token
 from bot.domain.usecases.revoke_all import preview_revoke_all, revoke_all
-from bot.domain.usecases.revoke_by_person import revoke_by_person
 from bot.domain.usecases.revoke_credentials import revoke_due_credentials
-from bot.domain.usecases.revoke_token import revoke_token
 
 __all__ = [
     "Deps",
@@ -38,7 +36,6 @@ __all__ = [
     "request_access",
     "reset_credentials",
     "revoke_all",
-    "revoke_as_approver",
     "revoke_by_person",
     "revoke_due_credentials",
     "revoke_own_grant",

@@ -124,6 +124,10 @@ async def _decide(deps: Deps, request_id: str, approver: str, verdict: Verdict, 
         await record_refusal(deps, APPROVAL_REFUSED, approver, refusal, request_id)
         raise refusal
     deps.changes.notify(request_id)
+    if vote.outcome is VoteOutcome.RESOLVED:
+        deps.observer.request_decided(current, "people")
+        if current.status is RequestStatus.APPROVED and grant is not None:
+            deps.observer.grant_issued(grant)
     outcome = current.status.value if vote.outcome is VoteOutcome.RESOLVED else f"{verdict.value} counted, still pending"
     log.info("access request %s: %s by %s (%d approval(s), %d denial(s))", request_id, outcome, approver,
              vote.tally.approvals, vote.tally.denials,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.domain.policy import Policy
-from bot.domain.ports import ApproverDirectory, Changes, Clock, CredentialProviders, RefusalLog, Store, TokenMinter
+from bot.domain.ports import (
+    ApproverDirectory, Changes, Clock, CredentialProviders, NoObserver, Observer, RefusalLog, Store, TokenMinter,
+)
 
 
 @dataclass
@@ -20,3 +22,4 @@ class Deps:
     directory: ApproverDirectory | None = None  # Slack user groups; None (no Slack): groups have no members
     refusals: RefusalLog | None = None  # refused clicks and commands, audited; None: not recorded
     credentials: CredentialProviders | None = None  # real credentials (bot.providers); None: rules may not use any
+    observer: Observer = field(default_factory=NoObserver)  # metrics of decisions and grants

@@ -25,7 +25,8 @@ async def expire_due(deps: Deps) -> SweepResult:
     """
     now = deps.clock.now()
     grants = await _in_batches(deps, deps.store.expire_due_grants, now, lambda grant: grant.request_id)
-    requests = await _in_batches(deps, deps.store.expire_pending_requests, now, lambda request: request.id)
+    requests = await _in_batches(deps, deps.store.expire_pending_requests, now, lambda request: request.id,
+                                 lambda request: deps.observer.request_decided(request, "timeout"))
     reminders = await _in_batches(deps, deps.store.remind_pending_requests, now, lambda request: request.id)
     # Stale replay records refuse nothing (a new signature takes one over); deleting them keeps the table small.
     while await deps.store.forget_stale_signatures(now, BATCH * 10) == BATCH * 10:
@@ -37,12 +38,14 @@ async def expire_due(deps: Deps) -> SweepResult:
     return SweepResult(grants, requests, reminders)
 
 
-async def _in_batches(deps: Deps, expire, now, request_id_of) -> int:
+async def _in_batches(deps: Deps, expire, now, request_id_of, observe=None) -> int:
     done = 0
     while batch := await expire(now, BATCH):
         done += len(batch)
         for item in batch:
             deps.changes.notify(request_id_of(item))
+            if observe is not None:
+                observe(item)
         if len(batch) < BATCH:
             break
     return done

@@ -205,6 +205,10 @@ async def _store(
             raise InvalidRequest("The Idempotency-Key conflicted with a request that no longer exists; retry.")
         return await _replay(deps, earlier, body_hash)
     deps.changes.notify(request.id)
+    if request.status is not RequestStatus.PENDING:
+        deps.observer.request_decided(request, "policy")
+    if grant is not None:
+        deps.observer.grant_issued(grant)
     log.info("access request %s of %s for %s in %s: %s (%s)", request.id, request.identity, " ".join(request.scopes),
              request.environment, request.status.value, request.decision_reason,
              extra={"access_request": request.id, "identity": request.identity, "decision": request.decision.value,

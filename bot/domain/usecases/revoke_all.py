@@ -19,7 +19,7 @@ from bot.domain.permissions import is_admin
 from bot.domain.refusals import REVOKE_REFUSED
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.refusals import record_refusal
-from bot.domain.usecases.revoke_by_person import clean_reason, person_revocation_events
+from bot.domain.usecases.revoke import clean_reason, end_grant, revocation_events
 
 MAX_GLOB = 200
 
@@ -75,8 +75,7 @@ async def revoke_all(deps: Deps, glob: str, user: str, reason: str | None, as_of
     # One transaction per grant: each ends with its own events, and a failure halfway leaves the rest active
     # (and still listed by a new preview) rather than half-written.
     for grant in await _matching(deps, glob, now, as_of):
-        if await deps.store.revoke_grant(grant.id, user, now, person_revocation_events(grant, user, reason),
-                                         reason=reason, via="slack:/access revoke-all", identity_glob=glob):
+        if await end_grant(deps, grant, user, revocation_events(grant, user, reason), via="slack:/access revoke-all",
+                           reason=reason, identity_glob=glob):
             ended.append(grant)
-            deps.changes.notify(grant.request_id)
     return ended

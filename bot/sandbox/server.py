@@ -47,7 +47,7 @@ FAULTS = ("ratelimited", "server_error", "bad_gateway", "empty", "hang")
 
 BOT_ID = "B0GRANTBOT"
 APP_ID = "A0GRANTBOT"
-_PAGE = Path(__file__).with_name("sandbox.html")
+_PAGE = Path(__file__).with_name("page.html")
 
 Args = dict[str, Any]
 

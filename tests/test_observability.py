@@ -79,3 +79,31 @@ async def test_metrics_count_refused_callers_by_scheme_and_reason(grantbot):
     for scheme, reason in (("hmac", "unsigned"), ("hmac", "bad_signature"), ("hmac", "unknown_identity"),
                            ("basic", "bad_client")):
         assert f'grantbot_auth_failures_total{{reason="{reason}",scheme="{scheme}"}} 1.0' in text, text
+
+
+async def test_metrics_count_decisions_by_rule_and_who_and_grants_issued_and_revoked(grantbot, sandbox, clock):
+    from tests.support import cards, eventually, message_text
+
+    status, auto = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
+    assert status == 201
+    status, _ = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:write"]})
+    assert status == 403
+    status, pending = await grantbot.api.request_access(
+        {"environment": "production", "scopes": ["db:write"], "ttl_seconds": 60})
+    assert status == 202
+    card = await eventually(lambda: next((c for c in cards(sandbox) if pending["id"] in message_text(c)), None))
+    clock.advance(90)  # people take a minute and a half to decide
+    assert await grantbot.api.click(card, "approve", "U0APPROVER") == 200
+    _, decided = await grantbot.api.get_request(pending["id"], wait=10)
+    assert decided["status"] == "approved"
+    status, _ = await grantbot.api.call("POST", f"/v1/grants/{auto['grant']['id']}/revoke")
+    assert status == 200
+    async with grantbot.api.http.get(grantbot.base_url + "/metrics") as resp:
+        text = await resp.text()
+    for line in ('grantbot_decisions_total{by="policy",decision="approved",rule="staging-read"} 1.0',
+                 'grantbot_decisions_total{by="policy",decision="denied",rule="default"} 1.0',
+                 'grantbot_decisions_total{by="people",decision="approved",rule="prod-write"} 1.0',
+                 'grantbot_decision_seconds_bucket{decision="approved",le="60.0"} 0.0',
+                 'grantbot_decision_seconds_bucket{decision="approved",le="120.0"} 1.0',
+                 "grantbot_grants_issued_total 2.0", "grantbot_grants_revoked_total 1.0"):
+        assert line in text, line
