@@ -97,7 +97,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
                                    command_timeout=settings.database_command_timeout_seconds))
     changes = LocalChanges()
     refusals = SqlRefusalLog(store.engine)
-    providers = ProviderPool()
+    metrics = Metrics()
+    providers = ProviderPool(observe=metrics.provider_operation)
     deps = Deps(
         store=store,
         tokens=tokens,
@@ -108,6 +109,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         default_channel=settings.slack_channel,
         refusals=refusals,
         credentials=providers,
+        observer=metrics,
     )
 
     app = web.Application(middlewares=[observe, error_middleware], client_max_size=MAX_BODY_BYTES)
@@ -116,8 +118,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     app[STORE] = store
     app[TOKENS] = tokens
     app[INTROSPECTION_CLIENTS] = introspection_clients
-    app[METRICS] = metrics = Metrics()
-    deps.observer = metrics
+    app[METRICS] = metrics
     issuer_keys = JwksCache(clock, ALLOWED_ALGORITHMS)
     hmac_auth = HmacAuthenticator(identity_secrets, clock, store.remember_signature)
     oidc_auth = OidcAuthenticator(policy, issuer_keys, clock, store.remember_signature)

@@ -77,6 +77,17 @@ class Metrics:
                                      registry=self.registry)
         self.grants_revoked = Counter("grantbot_grants_revoked", "Grants ended early, by any path",
                                       registry=self.registry)
+        self.provider_operations = Counter(
+            "grantbot_provider_operations",
+            "Operations of credential providers, by kind (postgresql, mysql, …), operation (create, issue, revoke, "
+            "verify_revoked, accounts) and result (ok, error)",
+            ["kind", "operation", "result"], registry=self.registry,
+        )
+        self.provider_seconds = Histogram(
+            "grantbot_provider_operation_seconds", "How long credential providers' operations took",
+            ["kind", "operation"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
         self.database_up = Gauge(
             "grantbot_database_up", "1 if the database answered this scrape's reads, else 0", registry=self.registry
         )
@@ -122,6 +133,11 @@ class Metrics:
 
     def grant_revoked(self, grant: Grant) -> None:
         self.grants_revoked.inc()
+
+    def provider_operation(self, kind: str, operation: str, result: str, seconds: float) -> None:
+        """A credential provider's operation (``bot.providers.pool``): ``result`` is ``ok`` or ``error``."""
+        self.provider_operations.labels(kind=kind, operation=operation, result=result).inc()
+        self.provider_seconds.labels(kind=kind, operation=operation).observe(seconds)
 
     def observe_sweep(self, seconds: float) -> None:
         self.sweep_duration.observe(seconds)

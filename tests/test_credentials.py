@@ -180,3 +180,8 @@ async def test_a_reissue_also_resets_the_password_so_the_lost_one_stops_working(
     pipeline = await target.login(fresh)
     assert await pipeline.fetchval("SELECT item FROM orders WHERE id = 1") == "espresso"
     await pipeline.close()
+    async with grantbot.api.http.get(grantbot.base_url + "/metrics") as resp:
+        metrics = await resp.text()
+    # Two issues (the 201, the reissue), counted and timed by kind and operation.
+    assert 'grantbot_provider_operations_total{kind="postgresql",operation="issue",result="ok"} 2.0' in metrics
+    assert 'grantbot_provider_operation_seconds_count{kind="postgresql",operation="issue"} 2.0' in metrics

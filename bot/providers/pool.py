@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 from bot.domain.credentials import ProviderSpec
 from bot.domain.errors import CredentialsUnavailable
@@ -16,11 +17,42 @@ from bot.providers.kinds import KINDS
 log = logging.getLogger(__name__)
 
 
-class ProviderPool:
-    """Providers keyed by their whole spec: the same spec gives the same provider (and its connections)."""
+# (kind, operation, result "ok" or "error", seconds): what a provider did, for metrics
+Observe = Callable[[str, str, str, float], None]
+MEASURED = ("create", "issue", "revoke", "verify_revoked", "accounts")
 
-    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+
+class _Measured:
+    """A provider whose port operations (``MEASURED``) are timed and counted by kind and result; anything else is
+    the provider's own."""
+
+    def __init__(self, provider, kind: str, observe: Observe) -> None:
+        self._provider, self._kind, self._observe = provider, kind, observe
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._provider, name)
+        if name not in MEASURED:
+            return attribute
+
+        async def measured(*args, **kwargs):
+            started, result = time.perf_counter(), "error"
+            try:
+                value = await attribute(*args, **kwargs)
+                result = "ok"
+                return value
+            finally:
+                self._observe(self._kind, name, result, time.perf_counter() - started)
+
+        return measured
+
+
+class ProviderPool:
+    """Providers keyed by their whole spec: the same spec gives the same provider (and its connections).
+    ``observe`` is told of every operation of theirs (kind, operation, result, seconds)."""
+
+    def __init__(self, environ: Mapping[str, str] = os.environ, observe: Observe | None = None) -> None:
         self._environ = environ
+        self._observe = observe
         self._providers: dict[str, object] = {}
 
     def provider(self, spec: ProviderSpec):
@@ -31,7 +63,10 @@ class ProviderPool:
             if kind is None:
                 raise CredentialsUnavailable(
                     f"provider {spec.name}: kind {spec.kind!r} is unknown to this grantbot version", spec.name)
-            provider = self._providers[key] = kind.build(spec, self._environ)
+            provider = kind.build(spec, self._environ)
+            if self._observe is not None:
+                provider = _Measured(provider, spec.kind, self._observe)
+            self._providers[key] = provider
         return provider
 
     async def close(self) -> None:
