@@ -11,8 +11,7 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from bot.domain.models import AccessRequest, Grant
-from bot.store.repository import Backlog
+from bot.domain.models import AccessRequest, Backlog, Grant
 
 log = logging.getLogger(__name__)
 

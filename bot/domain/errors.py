@@ -150,6 +150,16 @@ class Unavailable(DomainError):
     retry_after = 5
 
 
+class DatabaseUnavailable(Unavailable):
+    """grantbot's own database cannot be used now (down, silent past its time limits, starting up, out of
+    connections); raised by the store in place of the driver's error, so callers above it need not know the driver.
+    Nothing was changed; retrying later helps."""
+
+    def __init__(self, detail: str = "The database is unavailable; retry shortly.", cause: str = "") -> None:
+        super().__init__(detail)
+        self.cause = cause  # the driver error's class name, for one log line (never its message: it may quote data)
+
+
 class NotAllowed(DomainError):
     """The person may not do this (e.g. revoke a grant: approvers of the request's rule and policy ``admins`` may)."""
 

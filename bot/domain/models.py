@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class RequestStatus(StrEnum):
@@ -227,3 +228,29 @@ class AutoApproveQuota:
 
     count: int
     since: datetime
+
+
+class Backlog(NamedTuple):
+    """What waits right now, across all replicas (``Operations.backlog``; the gauges of ``/metrics``): pending
+    requests, grants active now, outbox items not sent yet and the ``created_at`` of the oldest, the ``expires_at``
+    of the grant longest overdue (still active past it), and credential revocations pending and failed."""
+
+    pending_requests: int
+    active_grants: int
+    outbox_unsent: int
+    outbox_oldest: datetime | None
+    oldest_overdue_grant: datetime | None = None
+    revocations_pending: int = 0
+    revocations_failed: int = 0
+
+
+@dataclass(frozen=True)
+class NoticeFolding:
+    """How notices of auto-approved grants are told: at most ``one_by_one`` messages each per channel per
+    ``interval_seconds``, more fold into one digest per channel per interval; a digest lists ``listed`` of its
+    grants (Slack's message limits) and one transaction folds at most ``batch`` notices."""
+
+    one_by_one: int = 3
+    interval_seconds: float = 60.0
+    listed: int = 20
+    batch: int = 5000

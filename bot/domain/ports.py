@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Protocol
 
@@ -20,8 +20,11 @@ from bot.domain.models import (
     AccessRequest,
     Approval,
     AutoApproveQuota,
+    Backlog,
     Grant,
+    NoticeFolding,
     OutboxEvent,
+    OutboxItem,
     RequestStatus,
     Tally,
     Verdict,
@@ -255,6 +258,57 @@ class Store(CredentialStore, Protocol):
 
     async def activity(self, since: datetime, until: datetime, now: datetime, top: int = 5) -> dict:
         """Counts of what happened in ``[since, until)`` and what is active at ``now`` (the daily summary)."""
+
+
+class OutboxQueue(Protocol):
+    """The outbox as its worker sees it (implemented by the SQL store; semantics: ``bot.slack.notifier``): items
+    leased to one worker at a time, renewed before each post, completed, retried or given back; and the records a
+    message is rendered from."""
+
+    async def claim_outbox(self, now: datetime, lease_seconds: float, limit: int, per_channel: int | None = None,
+                           held: Mapping[str, int] | None = None) -> list[OutboxItem]: ...
+
+    async def renew_outbox_lease(self, item_id: int, attempts: int, until: datetime) -> bool: ...
+
+    async def complete_outbox(self, item_id: int, now: datetime) -> None: ...
+
+    async def retry_outbox(self, item_id: int, not_before: datetime, error: str, failed: bool = True) -> None: ...
+
+    async def release_outbox(self, item_id: int, not_before: datetime) -> None: ...
+
+    async def set_card(self, request_id: str, channel: str, ts: str) -> None:
+        """Remember where a request's approval card was posted."""
+
+    async def get_request(self, request_id: str) -> AccessRequest | None: ...
+
+    async def get_grant(self, grant_id: str) -> Grant | None: ...
+
+    async def grant_for_request(self, request_id: str) -> Grant | None: ...
+
+    async def approvals(self, request_id: str) -> list[Approval]: ...
+
+
+class ChannelPacing(Protocol):
+    """Slack channels shared by every replica (implemented in ``bot.store.outbox_channels``): each channel's next
+    write slot, and the notices of auto-approved grants handed out one by one or folded into digests."""
+
+    async def take_write_slot(self, channel: str, pace_seconds: float,
+                              lease: tuple[int, int, datetime] | None = None) -> float | None:
+        """Seconds to wait for ``channel``'s next write slot; with ``lease`` (item id, its claim count, until) that
+        item's lease is renewed in the same transaction, and None means another worker holds it now."""
+
+    async def claim_notices(self, now: datetime, lease_seconds: float, folding: NoticeFolding,
+                            skip: Collection[str] = ()) -> list[OutboxItem]: ...
+
+
+class Operations(Protocol):
+    """What the operators' endpoints read (implemented by the SQL store): readiness and the backlog gauges."""
+
+    async def answers(self, timeout: float) -> bool:
+        """True when the database answers within ``timeout`` seconds, else False (after at most that long)."""
+
+    async def backlog(self, now: datetime) -> Backlog:
+        """What waits right now, across all replicas (a few aggregate reads)."""
 
 
 class ApproverDirectory(Protocol):

@@ -19,10 +19,9 @@ import logging
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.domain import usecases
-from bot.domain.errors import DomainError, InvalidRequest
+from bot.domain.errors import DatabaseUnavailable, DomainError, InvalidRequest
 from bot.domain.usecases.revoke import clean_reason
 from bot.slack import command_blocks as cb
-from bot.store.outage import is_outage
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +91,8 @@ async def answer(deps: usecases.Deps, user: str, text: str) -> dict:
         return cb.help_message(problem)
     try:
         return await handler(deps, user, args.strip())
+    except DatabaseUnavailable:
+        raise  # not a refusal: the listener says grantbot cannot reach its database, and logs it
     except DomainError as exc:
         return cb.refusal_message(exc, REFUSED)
 
@@ -109,9 +110,8 @@ def register_commands(bolt: AsyncApp, deps: usecases.Deps) -> None:
         try:
             message = await answer(deps, user, str(command.get("text") or ""))
         except Exception as exc:  # the person must hear something rather than see nothing happen
-            if is_outage(exc):
-                log.warning("/access %r failed: the database is unavailable (%s)", command.get("text"),
-                            type(exc).__name__)
+            if isinstance(exc, DatabaseUnavailable):
+                log.warning("/access %r failed: the database is unavailable (%s)", command.get("text"), exc.cause)
                 message = cb.notice_message("grantbot cannot reach its database right now; try again in a minute.",
                                             REFUSED)
             else:

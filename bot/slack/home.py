@@ -15,8 +15,8 @@ import logging
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy.exc import DBAPIError
 
+from bot.domain.errors import DatabaseUnavailable
 from bot.domain.usecases import Deps
 from bot.domain.usecases.home import home_view
 from bot.slack.home_blocks import home_view as home_blocks
@@ -41,8 +41,8 @@ async def publish_home(deps: Deps, client: AsyncWebClient, user: str, notice: st
     except SlackApiError as exc:
         log.warning("views.publish for %s failed: %s", user, exc.response.get("error"))
         return False
-    except (DBAPIError, OSError) as exc:
-        log.warning("could not render the App Home of %s: %s", user, type(exc).__name__)
+    except DatabaseUnavailable as exc:
+        log.warning("could not render the App Home of %s: the database is unavailable (%s)", user, exc.cause)
         return False
     return True
 

@@ -67,15 +67,13 @@ from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryInterv
 from slack_sdk.http_retry.jitter import RandomJitter
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.domain.models import URGENT_EVENTS, Decision, EventKind, OutboxItem, RequestStatus
-from bot.domain.ports import Clock
+from bot.domain.errors import DatabaseUnavailable
+from bot.domain.models import URGENT_EVENTS, Decision, EventKind, NoticeFolding, OutboxItem, RequestStatus
+from bot.domain.ports import ChannelPacing, Clock, OutboxQueue
 from bot.metrics import Metrics
 from bot.slack import blocks, credential_blocks
 from bot.slack.digest_message import digest_text
 from bot.slack.summary_blocks import summary_blocks, summary_text
-from bot.store.outage import is_outage
-from bot.store.outbox_channels import NoticeFolding, OutboxChannels
-from bot.store.repository import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +134,7 @@ class SlackNotifier:
     """Drains the outbox into Slack. ``wake()`` after a commit; it also polls every ``poll_seconds``."""
 
     def __init__(
-        self, store: SqlStore, channels: OutboxChannels, client: AsyncWebClient, clock: Clock, metrics: Metrics,
+        self, store: OutboxQueue, channels: ChannelPacing, client: AsyncWebClient, clock: Clock, metrics: Metrics,
         poll_seconds: float = 1.0, default_channel: str | None = None, timezone: str = "UTC",
         pace_seconds: float = PACE_SECONDS, folding: NoticeFolding = NoticeFolding(),
     ) -> None:
@@ -175,8 +173,8 @@ class SlackNotifier:
                 try:
                     claimed = await self.drain_once()
                 except Exception as exc:
-                    if is_outage(exc):  # the database is away: try again next round
-                        log.warning("outbox round failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
+                    if isinstance(exc, DatabaseUnavailable):  # the database is away: try again next round
+                        log.warning("outbox round failed: the database is unavailable (%s)", exc.cause)
                     else:
                         log.exception("outbox round failed")
                     claimed = 0
@@ -247,9 +245,9 @@ class SlackNotifier:
                 self.wake()  # room in this lane: claim more
         except Exception as exc:
             # The items left keep their lease and are claimed again after it (the database went away mid-way).
-            if is_outage(exc):
-                log.warning("outbox lane for channel %s stopped: %s: %s", channel, type(exc).__name__,
-                            getattr(exc, "orig", None) or exc)
+            if isinstance(exc, DatabaseUnavailable):
+                log.warning("outbox lane for channel %s stopped: the database is unavailable (%s)", channel,
+                            exc.cause)
             else:
                 log.exception("outbox lane for channel %s stopped", channel)
         finally:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.domain.credentials import Account, CredentialState, RevocationJob, RevocationStatus
 from bot.domain.models import EventKind, GrantStatus, OutboxEvent
+from bot.store.outage import translate_outages
 from bot.store.tables import CredentialRow, GrantRow
 
 C = CredentialRow.__table__
@@ -68,6 +69,7 @@ def _account(row, expires_at: datetime) -> Account:
                    dict(row.target), row.request_id)
 
 
+@translate_outages
 class CredentialQueries:
     """Mixed into ``SqlStore`` (its ``engine``, ``_writer``, ``_audit`` and ``_add_events``)."""
 

@@ -5,12 +5,16 @@ that does not."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.domain.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,33 @@ def is_outage(exc: BaseException) -> bool:
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
     return sqlstate[:2] in OUTAGE_SQLSTATE_CLASSES or sqlstate in OUTAGE_SQLSTATES
+
+
+def translate_outages(cls):
+    """Class decorator for the store's classes: every public coroutine method raises
+    :class:`~bot.domain.errors.DatabaseUnavailable` (chained to the driver's error) where the database cannot be
+    used now (:func:`is_outage`), so the layers above the store see a domain error, never SQLAlchemy's or a
+    driver's. Errors that are not outages (a refused statement: a bug) pass unchanged."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.iscoroutinefunction(method):
+            continue
+        setattr(cls, name, _translating(method))
+    return cls
+
+
+def _translating(method):
+    @functools.wraps(method)
+    async def translated(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            if is_outage(exc):
+                raise DatabaseUnavailable(cause=type(exc).__name__) from exc
+            raise
+
+    return translated
 
 
 # Probes past their deadline that are still closing their connection (kept referenced until they end).

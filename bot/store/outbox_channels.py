@@ -22,7 +22,6 @@ claimed before (an earlier attempt may have posted it) is never folded: it is re
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Float, and_, bindparam, cast, exists, extract, func, or_, select, update
@@ -30,7 +29,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.domain.models import Decision, EventKind, OutboxItem
+from bot.domain.models import Decision, EventKind, NoticeFolding, OutboxItem
+from bot.store.outage import translate_outages
 from bot.store.engine import writer
 from bot.store.tables import AccessRequestRow, GrantRow, OutboxChannelRow, OutboxRow
 
@@ -71,18 +71,6 @@ def _take_slot_statement(dialect: str):
 _TAKE_SLOT = {dialect: _take_slot_statement(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-@dataclass(frozen=True)
-class NoticeFolding:
-    """How notices of auto-approved grants are told: at most ``one_by_one`` messages each per channel per
-    ``interval_seconds``, more fold into one digest per channel per interval; a digest lists ``listed`` of its
-    grants (Slack's message limits) and one transaction folds at most ``batch`` notices."""
-
-    one_by_one: int = 3
-    interval_seconds: float = 60.0
-    listed: int = 20
-    batch: int = 5000
-
-
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
@@ -117,6 +105,7 @@ def _merged(digest: dict | None, rows: list, listed: int) -> dict:
     return digest
 
 
+@translate_outages
 class OutboxChannels:
     """Per-channel coordination of the outbox workers across replicas (see the module docstring)."""
 
@@ -295,4 +284,4 @@ class OutboxChannels:
         await conn.execute(update(O).where(O.c.id == digest.id).values(payload=payload))
 
 
-__all__ = ["NoticeFolding", "OutboxChannels", "notice_of_auto_grant"]
+__all__ = ["OutboxChannels", "notice_of_auto_grant"]

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain.refusals import Refusal
+from bot.store.outage import translate_outages
 from bot.store.engine import writer
 from bot.store.repository import _audit_row
 from bot.store.tables import AuditEventRow, RefusalCountRow
@@ -62,6 +63,7 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+@translate_outages
 class SqlRefusalLog:
     """:class:`bot.domain.ports.RefusalLog` on the grantbot database (SQLite or PostgreSQL)."""
 

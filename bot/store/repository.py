@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import NamedTuple
 
 from sqlalchemy import and_, bindparam, case, exists, false, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -27,6 +26,7 @@ from bot.domain.errors import AutoApproveLimitReached
 from bot.domain.models import (
     AccessRequest,
     Approval,
+    Backlog,
     AutoApproveQuota,
     Decision,
     EventKind,
@@ -45,6 +45,7 @@ from bot.domain.policy import Usage
 from bot.logs import current_request_id
 from bot.store.credentials import CredentialQueries, revocation_backlog
 from bot.store.engine import writer
+from bot.store.outage import database_answers, translate_outages
 from bot.store.outbox_channels import notice_of_auto_grant
 from bot.store.tables import (
     AccessRequestRow,
@@ -55,18 +56,6 @@ from bot.store.tables import (
     OutboxRow,
     UsedSignatureRow,
 )
-
-class Backlog(NamedTuple):
-    """See :meth:`SqlStore.backlog`."""
-
-    pending_requests: int
-    active_grants: int
-    outbox_unsent: int
-    outbox_oldest: datetime | None
-    oldest_overdue_grant: datetime | None = None  # the earliest expires_at of a grant still active past it
-    revocations_pending: int = 0
-    revocations_failed: int = 0
-
 
 R = AccessRequestRow.__table__
 S = IdentityScopeRow.__table__
@@ -194,6 +183,7 @@ def _grant_values(grant: Grant) -> dict:
     }
 
 
+@translate_outages
 class SqlStore(CredentialQueries):
     """SQLAlchemy Core over the SQLModel tables; works on SQLite (aiosqlite) and PostgreSQL (asyncpg). The
     credential lifecycle's queries are in ``bot.store.credentials``."""
@@ -870,6 +860,10 @@ class SqlStore(CredentialQueries):
                 .where(O.c.id == item_id, O.c.sent_at.is_(None))
                 .values(not_before=not_before, locked_until=None, attempts=O.c.attempts - 1)
             )
+
+    async def answers(self, timeout: float) -> bool:
+        """True when the database answers ``SELECT 1`` within ``timeout`` seconds (``database_answers``)."""
+        return await database_answers(self.engine, timeout)
 
     async def backlog(self, now: datetime) -> Backlog:
         """What waits right now, across all replicas: pending requests, grants active at ``now``, and outbox items

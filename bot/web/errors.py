@@ -1,7 +1,8 @@
 """Error responses: every failure is ``{"error": code, "detail": sentence}`` JSON (DESIGN.md HTTP contract).
 
-Domain errors carry their own status; aiohttp's HTTP errors (404 route, 405, 413) are re-shaped; a database
-outage is 503 with ``Retry-After``; anything else is logged and answered 500 without a traceback.
+Domain errors carry their own status (a database outage is the store's ``DatabaseUnavailable``: 503 with
+``Retry-After``); aiohttp's HTTP errors (404 route, 405, 413) are re-shaped; anything else is logged and answered
+500 without a traceback.
 """
 
 from __future__ import annotations
@@ -11,11 +12,8 @@ import logging
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from bot.domain.errors import DomainError, Unauthenticated, Unavailable
-from bot.store.outage import is_outage
+from bot.domain.errors import DatabaseUnavailable, DomainError, Unauthenticated, Unavailable
 from bot.web.keys import METRICS
 
 log = logging.getLogger(__name__)
@@ -48,6 +46,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
                 request.app[METRICS].auth_failures.labels(scheme=scheme, reason=exc.reason).inc()
         elif isinstance(exc, Unavailable):
             headers = {"Retry-After": str(exc.retry_after)}
+            if isinstance(exc, DatabaseUnavailable):  # one line, no traceback: retrying is the remedy
+                log.error("database unavailable while serving %s %s: %s", request.method, request.path, exc.cause)
         return error_response(exc.status, exc.code, exc.detail, headers)
     except (RequestPayloadError, HttpProcessingError):
         # The body cannot be read (e.g. ``Content-Encoding: gzip`` over bytes that are not gzip). After the answer
@@ -64,14 +64,6 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         code, detail = _HTTP_CODES.get(exc.status, (exc.reason.lower().replace(" ", "_"), exc.reason))
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, detail, allow)
-    except (DBAPIError, PoolTimeout, OSError) as exc:  # OSError: ConnectionError, TimeoutError (bot.store.outage)
-        if not is_outage(exc):
-            log.exception("database refused a statement serving %s %s", request.method, request.path)
-            return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
-        log.error("database unavailable while serving %s %s: %s", request.method, request.path, type(exc).__name__)
-        return error_response(
-            503, "unavailable", "The database is unavailable; retry shortly.", {"Retry-After": "5"}
-        )
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")

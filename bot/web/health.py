@@ -7,7 +7,6 @@ import logging
 
 from aiohttp import web
 
-from bot.store.outage import database_answers
 from bot.web.keys import DEPS, METRICS, SETTINGS, STORE
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ async def healthz(_: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: 200 when the database answers within ``GRANTBOT_READINESS_TIMEOUT_SECONDS``, else 503 with
     ``Retry-After`` (after at most that time)."""
-    if not await database_answers(request.app[STORE].engine, request.app[SETTINGS].readiness_timeout_seconds):
+    if not await request.app[STORE].answers(request.app[SETTINGS].readiness_timeout_seconds):
         return web.json_response(
             {"status": "unavailable", "detail": "The database does not answer."}, status=503, headers={"Retry-After": "5"}
         )

@@ -7,16 +7,16 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.signature import SignatureVerifier
 
 from bot.config import Settings
+from bot.domain.ports import Operations
 from bot.domain.usecases import Deps
 from bot.metrics import Metrics
 from bot.identity.callers import CallerAuthenticator
 from bot.policy_reload import PolicyReloader
-from bot.store.repository import SqlStore
 from bot.tokens.access_tokens import AccessTokenIssuer
 
 SETTINGS = web.AppKey("settings", Settings)
 DEPS = web.AppKey("deps", Deps)
-STORE = web.AppKey("store", SqlStore)
+STORE = web.AppKey("store", Operations)  # the SQL store, as the operators' endpoints see it
 AUTH = web.AppKey("caller_auth", CallerAuthenticator)
 TOKENS = web.AppKey("tokens", AccessTokenIssuer)
 BOLT = web.AppKey("bolt", AsyncApp)
