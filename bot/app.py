@@ -28,7 +28,7 @@ from bot.domain.clock import OffsetFileClock, SystemClock
 from bot.domain.policy import Policy
 from bot.policy_file import load_policy
 from bot.policy_reload import PolicyReloader
-from bot.providers.pool import ProviderPool
+from bot.providers.pool import ProviderPool, ProviderServices
 from bot.policy_reload import digest as policy_digest
 from bot.slack import blocks
 from bot.domain.ports import Clock
@@ -96,7 +96,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
                                    command_timeout=settings.database_command_timeout_seconds))
     changes = LocalChanges()
     refusals = SqlRefusalLog(store.engine)
-    providers = ProviderPool()
+    providers = ProviderPool(services=ProviderServices(revoked_certificates=store))
     deps = Deps(
         store=store,
         tokens=tokens,

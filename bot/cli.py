@@ -191,7 +191,7 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
     from bot.domain.usecases.reconcile_credentials import reconcile_credentials
     from bot.domain.usecases.revoke_credentials import revoke_due_credentials
     from bot.policy_file import load_policy
-    from bot.providers.pool import ProviderPool
+    from bot.providers.pool import ProviderPool, ProviderServices
     from bot.store.engine import create_engine
     from bot.store.repository import SqlStore
     from bot.store.schema import check_current
@@ -200,7 +200,7 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
     policy = load_policy(settings.policy_path, os.environ)
     store = SqlStore(create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds,
                                    command_timeout=settings.database_command_timeout_seconds))
-    providers = ProviderPool()
+    providers = ProviderPool(services=ProviderServices(revoked_certificates=store))
     # No token is minted here: reconciliation and revocation need the store, the clock and the providers.
     deps = Deps(store=store, tokens=None, clock=default_clock(settings), changes=LocalChanges(),  # type: ignore[arg-type]
                 policy=policy, issuer=settings.issuer_url, credentials=providers)

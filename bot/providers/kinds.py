@@ -1,8 +1,9 @@
 """The kinds of provider grantbot knows, and the policy checks that need them (DESIGN.md "Real credentials").
 
-A kind is a module with ``KIND`` (its name in the policy), ``build(spec, environ)``, ``check_spec(spec)`` and
-``check_params(params)`` (problems as (key path, sentence), for the policy file's file:line:key errors) and
-``describe(spec, params)`` (a sentence for ``grantbot policy explain``). A new kind is one module and one line here.
+A kind is a module with ``KIND`` (its name in the policy), ``build(spec, environ, services)``, ``check_spec(spec)``
+and ``check_params(params)`` (problems as (key path, sentence), for the policy file's file:line:key errors) and
+``describe(spec, params)`` (a sentence for ``grantbot policy explain`` and the approval card). A new kind is one
+module and one line here.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from collections.abc import Mapping
 from types import ModuleType
 
 from bot.domain.policy import Policy, Rule
-from bot.providers import postgresql
+from bot.providers import mysql, postgresql
 
-KINDS: dict[str, ModuleType] = {postgresql.KIND: postgresql}
+KINDS: dict[str, ModuleType] = {kind.KIND: kind for kind in (postgresql, mysql)}
 
 
 def provider_problems(policy: Policy, environ: Mapping[str, str] | None = None) -> list[tuple[tuple, str]]:

@@ -8,19 +8,30 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from bot.domain.credentials import ProviderSpec
 from bot.domain.errors import CredentialsUnavailable
+from bot.domain.ports import RevokedCertificates
 from bot.providers.kinds import KINDS
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ProviderServices:
+    """What some kinds need from the rest of grantbot (wired in ``bot.app``): an ``ssh`` provider's revocation list
+    is made of the certificates whose grant ended, which the store knows."""
+
+    revoked_certificates: RevokedCertificates | None = None
+
+
 class ProviderPool:
     """Providers keyed by their whole spec: the same spec gives the same provider (and its connections)."""
 
-    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(self, environ: Mapping[str, str] = os.environ, services: ProviderServices = ProviderServices()) -> None:
         self._environ = environ
+        self._services = services
         self._providers: dict[str, object] = {}
 
     def provider(self, spec: ProviderSpec):
@@ -31,7 +42,7 @@ class ProviderPool:
             if kind is None:
                 raise CredentialsUnavailable(
                     f"provider {spec.name}: kind {spec.kind!r} is unknown to this grantbot version", spec.name)
-            provider = self._providers[key] = kind.build(spec, self._environ)
+            provider = self._providers[key] = kind.build(spec, self._environ, self._services)
         return provider
 
     async def close(self) -> None:

@@ -449,7 +449,7 @@ class PostgresProvider:
         return made
 
 
-def build(spec: ProviderSpec, environ: Any) -> PostgresProvider:
+def build(spec: ProviderSpec, environ: Any, services: Any = None) -> PostgresProvider:
     """The provider for ``spec``, its admin URL read from ``environ[spec.url_env]``; raises
     ``CredentialsUnavailable`` when the variable is unset."""
     url = environ.get(spec.url_env or "")
