@@ -265,16 +265,17 @@ class RedisTarget(KindTarget):
 
     async def session_ended(self, session: aioredis.Redis) -> bool:
         try:
-            await session.ping()
-        except (RedisConnectionError, AuthenticationError, ConnectionError, ResponseError):
+            await session.get(f"{self.space}:orders:1")  # what it may do (PING is not among it)
+        except (RedisConnectionError, AuthenticationError, ConnectionError):
             return True
         return False
 
     async def login_refused(self, credential: dict) -> bool:
         session = aioredis.Redis(host=REDIS[0], port=REDIS[1], username=credential["username"],
-                                 password=credential["password"], single_connection_client=True)
+                                 password=credential["password"], single_connection_client=True,
+                                 retry=Retry(NoBackoff(), 0))
         try:
-            await session.ping()
+            await session.get(f"{self.space}:orders:1")
         except AuthenticationError:
             return True
         finally:
@@ -289,7 +290,8 @@ class RedisTarget(KindTarget):
 
     async def accounts_made(self) -> list[str]:
         async with self._root() as root:
-            return sorted(name.decode() for name in await root.acl_users() if name.decode().startswith(self.prefix))
+            names = [n.decode() if isinstance(n, bytes) else n for n in await root.acl_users()]
+            return sorted(name for name in names if name.startswith(self.prefix))
 
     async def make_foreign(self, name: str) -> None:
         async with self._root() as root:
