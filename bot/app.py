@@ -49,7 +49,7 @@ from bot.store.refusals import SqlRefusalLog
 from bot.store.repository import SqlStore
 from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key, load_verification_key
-from bot.web import access_requests, health, oauth, openapi, slack_events
+from bot.web import access_requests, health, oauth, openapi, slack_events, ssh
 from bot.web.errors import MAX_BODY_BYTES, error_middleware
 from bot.web.observability import observe
 from bot.web.keys import (
@@ -96,7 +96,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
                                    command_timeout=settings.database_command_timeout_seconds))
     changes = LocalChanges()
     refusals = SqlRefusalLog(store.engine)
-    providers = ProviderPool(services=ProviderServices(revoked_certificates=store))
+    providers = ProviderPool(services=ProviderServices(revoked_certificates=store, clock=clock))
     deps = Deps(
         store=store,
         tokens=tokens,
@@ -137,7 +137,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
 
     app[RELOADER] = reloader = PolicyReloader(policy_path, loaded_digest, apply_policy, refuse_policy,
                                               settings.policy_watch_seconds)
-    for module in (access_requests, oauth, health, openapi, slack_events):
+    for module in (access_requests, oauth, health, openapi, slack_events, ssh):
         app.add_routes(module.routes)
 
     app.cleanup_ctx.append(partial(_database, store, migrate, settings))

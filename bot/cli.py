@@ -200,9 +200,10 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
     policy = load_policy(settings.policy_path, os.environ)
     store = SqlStore(create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds,
                                    command_timeout=settings.database_command_timeout_seconds))
-    providers = ProviderPool(services=ProviderServices(revoked_certificates=store))
+    clock = default_clock(settings)
+    providers = ProviderPool(services=ProviderServices(revoked_certificates=store, clock=clock))
     # No token is minted here: reconciliation and revocation need the store, the clock and the providers.
-    deps = Deps(store=store, tokens=None, clock=default_clock(settings), changes=LocalChanges(),  # type: ignore[arg-type]
+    deps = Deps(store=store, tokens=None, clock=clock, changes=LocalChanges(),  # type: ignore[arg-type]
                 policy=policy, issuer=settings.issuer_url, credentials=providers)
     try:
         await check_current(store.engine)

@@ -308,6 +308,17 @@ class CredentialProviders(Protocol):
         is unset, its kind unknown to this version)."""
 
 
+class CertificateAuthority(Protocol):
+    """An ``ssh`` provider as servers see it: the CA they trust and the revocation list they fetch."""
+
+    def ca_public_key(self) -> str:
+        """The CA's OpenSSH public key line (for ``TrustedUserCAKeys``)."""
+
+    async def revocation_list(self) -> bytes:
+        """The key revocation list in OpenSSH's binary format (for ``RevokedKeys``), as of now. Raises
+        ``CredentialsUnavailable`` when the certificates whose grant ended cannot be read."""
+
+
 class RevokedCertificates(Protocol):
     """The SSH certificates whose grant ended (implemented by ``bot.store``): what the revocation list an ``ssh``
     provider publishes is made of (``GET /ssh/{provider}/krl``)."""

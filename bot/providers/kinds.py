@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from types import ModuleType
 
 from bot.domain.policy import Policy, Rule
-from bot.providers import mysql, postgresql, rabbitmq, redis
+from bot.providers import mysql, postgresql, rabbitmq, redis, ssh
 
-KINDS: dict[str, ModuleType] = {kind.KIND: kind for kind in (postgresql, mysql, redis, rabbitmq)}
+KINDS: dict[str, ModuleType] = {kind.KIND: kind for kind in (postgresql, mysql, redis, rabbitmq, ssh)}
 
 
 def provider_problems(policy: Policy, environ: Mapping[str, str] | None = None) -> list[tuple[tuple, str]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bot.domain.credentials import ProviderSpec
 from bot.domain.errors import CredentialsUnavailable
-from bot.domain.ports import RevokedCertificates
+from bot.domain.ports import Clock, RevokedCertificates
 from bot.providers.kinds import KINDS
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ProviderServices:
     """What some kinds need from the rest of grantbot (wired in ``bot.app``): an ``ssh`` provider's revocation list
-    is made of the certificates whose grant ended, which the store knows."""
+    is made of the certificates whose grant ended, which the store knows, as of the clock's now."""
 
     revoked_certificates: RevokedCertificates | None = None
+    clock: Clock | None = None
 
 
 class ProviderPool:

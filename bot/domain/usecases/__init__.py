@@ -16,6 +16,7 @@ from bot.domain.usecases.revoke_all import preview_revoke_all, revoke_all
 from bot.domain.usecases.revoke_by_person import revoke_by_person
 from bot.domain.usecases.revoke_credentials import revoke_due_credentials
 from bot.domain.usecases.revoke_token import revoke_token
+from bot.domain.usecases.ssh_authority import ssh_ca_public_key, ssh_revocation_list
 
 __all__ = [
     "Deps",
@@ -38,6 +39,8 @@ __all__ = [
     "request_access",
     "reset_credentials",
     "revoke_all",
+    "ssh_ca_public_key",
+    "ssh_revocation_list",
     "revoke_as_approver",
     "revoke_by_person",
     "revoke_due_credentials",
