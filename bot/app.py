@@ -28,6 +28,7 @@ from bot.domain.clock import OffsetFileClock, SystemClock
 from bot.domain.policy import Policy
 from bot.policy_file import load_policy
 from bot.policy_reload import PolicyReloader
+from bot.providers.kinds import explain_credentials
 from bot.providers.pool import ProviderPool, ProviderServices
 from bot.policy_reload import digest as policy_digest
 from bot.slack import blocks
@@ -164,6 +165,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         notifier = SlackNotifier(
             store, outbox_client, clock, metrics, pace_seconds=1.0 / settings.slack_posts_per_second,
             default_channel=settings.slack_channel or policy.defaults.channel, timezone=settings.timezone,
+            hands_out=lambda rule: explain_credentials(deps.policy, deps.policy.rule_named(rule)),
         )
         changes.subscribe(notifier.wake)
         app.cleanup_ctx.append(partial(_background, notifier.run, notifier.stop, "outbox worker"))
