@@ -394,6 +394,9 @@ async def _dev(args: argparse.Namespace) -> None:
             await sandbox.stop()
         raise
     base = f"http://{settings.host}:{settings.port}"
+    from bot.providers.local_servers import find_local_servers, servers_text
+
+    local_servers = servers_text(await find_local_servers())
     if sandbox is not None:
         sandbox.events_url = f"{base}/slack/events"
         where = f"The Slack sandbox is at {sandbox.base_url}/ - open it in a browser: it shows #access-requests."
@@ -418,6 +421,8 @@ Try it, in a second terminal in this folder:
   Staging is auto-approved:  .venv/bin/grantbot request{url} --environment staging --scope db:read --ttl 30
   Check a token (RFC 7662):  curl -s -u {client_id}:{secret} -d token=TOKEN {base}/oauth/introspect
 {_demo_hint(demo, url)}
+{local_servers}
+
 Stop with Ctrl-C.
 """,
         flush=True,
