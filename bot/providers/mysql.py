@@ -93,6 +93,9 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_user_connections: int = Field(default=10, ge=1, le=10_000)
+    # Roles become the user's default roles (active at login). MariaDB's SET DEFAULT ROLE … FOR another user needs
+    # UPDATE on the mysql database; with false, the pipeline runs SET ROLE itself and the admin needs no such right.
+    default_roles: bool = True
     account_host: str = Field(default="%", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.%:-]+$")
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
     statement_timeout: float = Field(default=10.0, gt=0, le=3600)
@@ -269,7 +272,9 @@ class MySQLProvider:
         roles = account.params.get("roles") or []
         if roles:
             await cursor.execute(f"GRANT {', '.join(_quote_name(r) for r in roles)} TO %s@%s", user)
-            if await self._is_mariadb(cursor):
+            if not self.options.default_roles:
+                pass
+            elif await self._is_mariadb(cursor):
                 await cursor.execute(f"SET DEFAULT ROLE {_quote_name(roles[0])} FOR %s@%s", user)
             else:
                 await cursor.execute("SET DEFAULT ROLE ALL TO %s@%s", user)
