@@ -106,8 +106,9 @@ class Provider:
 
         async def one(name: str) -> None:
             async with slots:  # as the revocation worker does: remove, then check
-                report = await self.provider.revoke(name)
-                assert (await self.provider.verify_revoked(name, report)).gone
+                account = Account(str(uuid.uuid4()), "bench", "postgresql", name, datetime.now(UTC))
+                report = await self.provider.revoke(account)
+                assert (await self.provider.verify_revoked(account, report)).gone
 
         await asyncio.gather(*(one(name) for name in names))
 

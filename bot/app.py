@@ -28,7 +28,8 @@ from bot.domain.clock import OffsetFileClock, SystemClock
 from bot.domain.policy import Policy
 from bot.policy_file import load_policy
 from bot.policy_reload import PolicyReloader
-from bot.providers.pool import ProviderPool
+from bot.providers.kinds import explain_credentials
+from bot.providers.pool import ProviderPool, ProviderServices
 from bot.policy_reload import digest as policy_digest
 from bot.slack import blocks
 from bot.domain.ports import Clock
@@ -50,7 +51,7 @@ from bot.store.repository import SqlStore
 from bot.store.outbox_channels import OutboxChannels
 from bot.tokens.access_tokens import AccessTokenIssuer
 from bot.tokens.keys import load_or_create_signing_key, load_verification_key
-from bot.web import access_requests, health, oauth, openapi, slack_events
+from bot.web import access_requests, health, oauth, openapi, slack_events, ssh
 from bot.web.errors import MAX_BODY_BYTES, error_middleware
 from bot.web.observability import observe
 from bot.web.keys import (
@@ -98,7 +99,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     changes = LocalChanges()
     refusals = SqlRefusalLog(store.engine)
     metrics = Metrics()
-    providers = ProviderPool(observe=metrics.provider_operation)
+    providers = ProviderPool(services=ProviderServices(revoked_certificates=store, clock=clock),
+                             observe=metrics.provider_operation)
     deps = Deps(
         store=store,
         tokens=tokens,
@@ -140,7 +142,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
 
     app[RELOADER] = reloader = PolicyReloader(policy_path, loaded_digest, apply_policy, refuse_policy,
                                               settings.policy_watch_seconds)
-    for module in (access_requests, oauth, health, openapi, slack_events):
+    for module in (access_requests, oauth, health, openapi, slack_events, ssh):
         app.add_routes(module.routes)
 
     app.cleanup_ctx.append(partial(_database, store, migrate, settings))
@@ -168,6 +170,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
             store, OutboxChannels(store.engine), outbox_client, clock, metrics,
             pace_seconds=1.0 / settings.slack_posts_per_second,
             default_channel=settings.slack_channel or policy.defaults.channel, timezone=settings.timezone,
+            hands_out=lambda rule: explain_credentials(deps.policy, deps.policy.rule_named(rule)),
         )
         changes.subscribe(notifier.wake)
         app.cleanup_ctx.append(partial(_background, notifier.run, notifier.stop, "outbox worker"))

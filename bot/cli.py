@@ -189,7 +189,7 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
     from bot.domain.usecases.reconcile_credentials import reconcile_credentials
     from bot.domain.usecases.revoke_credentials import revoke_due_credentials
     from bot.policy_file import load_policy
-    from bot.providers.pool import ProviderPool
+    from bot.providers.pool import ProviderPool, ProviderServices
     from bot.store.engine import create_engine
     from bot.store.repository import SqlStore
     from bot.store.schema import check_current
@@ -198,9 +198,10 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
     policy = load_policy(settings.policy_path, os.environ)
     store = SqlStore(create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds,
                                    command_timeout=settings.database_command_timeout_seconds))
-    providers = ProviderPool()
+    clock = default_clock(settings)
+    providers = ProviderPool(services=ProviderServices(revoked_certificates=store, clock=clock))
     # No token is minted here: reconciliation and revocation need the store, the clock and the providers.
-    deps = Deps(store=store, tokens=None, clock=default_clock(settings), changes=LocalChanges(),  # type: ignore[arg-type]
+    deps = Deps(store=store, tokens=None, clock=clock, changes=LocalChanges(),  # type: ignore[arg-type]
                 policy=policy, issuer=settings.issuer_url, credentials=providers)
     try:
         await check_current(store.engine)
@@ -391,6 +392,9 @@ async def _dev(args: argparse.Namespace) -> None:
             await sandbox.stop()
         raise
     base = f"http://{settings.host}:{settings.port}"
+    from bot.providers.local_servers import find_local_servers, servers_text
+
+    local_servers = servers_text(await find_local_servers())
     if sandbox is not None:
         sandbox.events_url = f"{base}/slack/events"
         where = f"The Slack sandbox is at {sandbox.base_url}/ - open it in a browser: it shows #access-requests."
@@ -415,6 +419,8 @@ Try it, in a second terminal in this folder:
   Staging is auto-approved:  .venv/bin/grantbot request{url} --environment staging --scope db:read --ttl 30
   Check a token (RFC 7662):  curl -s -u {client_id}:{secret} -d token=TOKEN {base}/oauth/introspect
 {_demo_hint(demo, url)}
+{local_servers}
+
 Stop with Ctrl-C.
 """,
         flush=True,

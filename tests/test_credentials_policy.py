@@ -42,7 +42,8 @@ def check(path: Path) -> subprocess.CompletedProcess:
     (PROVIDERS + RULE.replace("- provider: orders-db", "- provider: orders_db"),
      "policy.yaml:14: rules[0].credentials[0].provider: unknown provider 'orders_db' (known: orders-db)"),
     (PROVIDERS.replace("kind: postgresql", "kind: postgress") + RULE,
-     "policy.yaml:4: providers[0].kind: unknown kind 'postgress'; grantbot knows postgresql"),
+     "policy.yaml:4: providers[0].kind: unknown kind 'postgress'; grantbot knows mysql, postgresql, rabbitmq, redis, "
+     "ssh, webhook"),
     (PROVIDERS.replace("    owner_role", "    ownr_role") + RULE,
      "policy.yaml:6: providers[0].ownr_role: unknown key for a postgresql provider (check its spelling and "
      "indentation)"),

@@ -84,7 +84,7 @@ async def test_a_role_grantbot_did_not_make_is_never_altered_or_dropped(target, 
     provider = deps.credentials.provider(deps.policy.provider_named("orders-db"))
     taken = Account(str(uuid.uuid4()), "orders-db", "postgresql", theirs, clock.now() + timedelta(minutes=5),
                     {"roles": [target.read_role]})
-    for step in (provider.issue(taken, clock.now()), provider.create(taken, clock.now()), provider.revoke(theirs)):
+    for step in (provider.issue(taken, clock.now()), provider.create(taken, clock.now()), provider.revoke(taken)):
         with pytest.raises(CredentialsRefused, match="grantbot did not make it"):
             await step
     role = await target.role(theirs)

@@ -138,3 +138,15 @@ async def test_the_walkthrough_works_as_printed_on_other_ports(dev):
 async def _ephemeral_for(state, user: str) -> str | None:
     found = [message_text(e) for e in (await state())["ephemerals"] if e.get("user") == user]
     return found[-1] if found else None
+
+
+async def test_grantbot_dev_lists_the_local_servers_it_found(dev):
+    """This machine runs PostgreSQL, MariaDB, Redis and RabbitMQ (with its management API): each is found by its
+    own protocol and named with what to put in a policy."""
+    lines = dev.printed().split("Servers on this machine that real credentials can be handed out in")[1].splitlines()
+    found = {line.split()[0]: line for line in lines[1:5]}
+    assert set(found) == {"PostgreSQL", "MariaDB", "Redis", "RabbitMQ"}, lines
+    assert "127.0.0.1:3306" in found["MariaDB"] and "found: kind: mysql" in found["MariaDB"]
+    assert re.search(r"MariaDB 10\.\d+", found["MariaDB"]), found["MariaDB"]
+    assert "found: grantbot dev --postgres postgresql://postgres@127.0.0.1:5432/postgres" in found["PostgreSQL"]
+    assert "found: kind: redis" in found["Redis"] and "found: kind: rabbitmq" in found["RabbitMQ"]

@@ -63,14 +63,14 @@ async def test_a_role_that_owns_things_in_two_schemas_and_two_databases_is_revok
         long_transaction = await target.login(fields)
         await long_transaction.execute("BEGIN; INSERT INTO public.mine DEFAULT VALUES")
 
-        report = await provider.revoke(account.username)
+        report = await provider.revoke(account)
         assert report.facts["sessions_ended"] == 3
         assert sorted(report.facts["databases"]) == sorted([target.database, other])
         # public.mine, its sequence (serial), the view and the function here; the table in the other database.
         assert report.facts["reassigned"] == {"function": 1, "sequence": 1, "table": 2, "view": 1}, report.facts
         assert report.summary == (f"role {account.username} dropped, 3 sessions ended, 1 function, 1 sequence, "
                                   f"2 tables, 1 view reassigned to {target.owner_role}")
-        check = await provider.verify_revoked(account.username, report)
+        check = await provider.verify_revoked(account, report)
         assert check.gone and check.facts == {"role_exists": False, "open_sessions": 0}
         for conn in (me, away, long_transaction):
             assert await session_ended(conn)
@@ -86,9 +86,9 @@ async def test_a_role_that_owns_things_in_two_schemas_and_two_databases_is_revok
             target.owner_role
         await elsewhere.close()
 
-        again = await provider.revoke(account.username)  # retried after a crash: already done
+        again = await provider.revoke(account)  # retried after a crash: already done
         assert again.summary == f"role {account.username} was already gone"
-        assert (await provider.verify_revoked(account.username, again)).gone
+        assert (await provider.verify_revoked(account, again)).gone
     finally:
         admin = await target.admin()
         await admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
@@ -116,10 +116,10 @@ async def test_an_admin_with_only_the_documented_rights_can_issue_and_hard_revok
     me = await target.login(fields)
     await me.execute("CREATE TABLE public.made_by_pipeline (n int)")
 
-    report = await provider.revoke(account.username)
+    report = await provider.revoke(account)
     assert report.summary == (f"role {account.username} dropped, 1 session ended, 1 table reassigned to "
                               f"{target.owner_role}")
-    assert (await provider.verify_revoked(account.username, report)).gone and await session_ended(me)
+    assert (await provider.verify_revoked(account, report)).gone and await session_ended(me)
 
 
 async def test_an_owner_role_the_admin_is_not_a_member_of_makes_the_revocation_fail_visibly(target, pool,
@@ -135,11 +135,11 @@ async def test_an_owner_role_the_admin_is_not_a_member_of_makes_the_revocation_f
     me = await target.login(fields)
     await me.execute("CREATE TABLE public.stuck (n int)")
     with pytest.raises(CredentialsUnavailable, match="42501") as failed:
-        await provider.revoke(account.username)
+        await provider.revoke(account)
     assert "hunter2-admin" not in str(failed.value)
     # It got as far as it could: no new session, the open one ended; the role stays until someone fixes the rights.
     assert await session_ended(me)
     role = await target.role(account.username)
     assert role is not None and not role["rolcanlogin"]
-    check = await provider.verify_revoked(account.username)
+    check = await provider.verify_revoked(account)
     assert not check.gone and check.problem == f"role {account.username} still exists"

@@ -1,8 +1,8 @@
 """Real credentials: the policy's ``providers:`` and rules' ``credentials:``, and the records of an account a
 provider makes for a grant, hands over once and removes when the grant ends (DESIGN.md "Real credentials").
 
-Kind-agnostic on purpose: what a ``postgresql`` (later ``mysql``, ``redis``, ``ssh``, ``webhook``) provider accepts
-is checked by its module in ``bot.providers``; here are only the shapes every kind shares. Secrets (a password, a
+Kind-agnostic on purpose: what a ``postgresql``, ``mysql``, ``redis``, ``rabbitmq``, ``ssh`` or ``webhook`` provider
+accepts is checked by its module in ``bot.providers``; here are only the shapes every kind shares. Secrets (a password, a
 private key) live in a :class:`Credential` for the one answer that hands them over, and nowhere else.
 """
 
@@ -73,7 +73,13 @@ class CredentialSpec(BaseModel):
 class Account:
     """The account one provider makes for one grant: its deterministic ``username`` (the provider's prefix and the
     grant's id, so every step can be retried after a crash), the rule's ``params``, the provider's ``target``
-    (:meth:`ProviderSpec.target`) and the grant's ``expires_at`` (aware UTC)."""
+    (:meth:`ProviderSpec.target`) and the grant's ``expires_at`` (aware UTC).
+
+    What a provider may tell the system about the grant (a webhook's ``grant``, an SSH certificate's key id and
+    validity): its ``identity``, ``environment``, ``scopes`` and ``valid_from`` (the approval, aware UTC), and the
+    ``public_key`` the pipeline sent with its request (``ssh_public_key``: an SSH certificate is made for it). An
+    account found by reconciliation, with no record, knows none of them.
+    """
 
     grant_id: str
     provider: str
@@ -83,6 +89,11 @@ class Account:
     params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     target: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     request_id: str | None = None
+    identity: str | None = None
+    environment: str | None = None
+    scopes: tuple[str, ...] = ()
+    valid_from: datetime | None = None
+    public_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -113,11 +124,24 @@ class RevocationReport:
 @dataclass(frozen=True)
 class RevocationCheck:
     """The check after a revocation: ``gone`` when nothing of the account is left (the role does not exist and none
-    of its sessions is open); ``facts`` what was looked at, ``problem`` a sentence when not gone."""
+    of its sessions is open); ``facts`` what was looked at, ``problem`` a sentence when not gone; ``checked``: what
+    was checked, for people (``the account is gone and none of its sessions is open``; an SSH certificate's check
+    says that the revocation list lists it)."""
 
     gone: bool
     facts: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
+    checked: str = "the account is gone and none of its sessions is open"
+
+
+@dataclass(frozen=True)
+class RevokedCertificate:
+    """An SSH certificate whose grant ended (``credentials`` row of an ``ssh`` provider with a revocation): the
+    account's ``username`` (the certificate's serial comes from it) and when the certificate expires by itself."""
+
+    username: str
+    grant_id: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -140,17 +164,36 @@ class RevocationStatus(StrEnum):
 
 @dataclass(frozen=True)
 class RevocationJob:
-    """A claimed revocation (a row of ``credentials`` whose grant ended): which account, where, and how many
-    attempts this claim makes it (the claim counts one; finishing is fenced by it)."""
+    """A claimed revocation (a row of ``credentials`` whose grant ended): which ``account``, and how many attempts
+    this claim makes it (the claim counts one; finishing is fenced by it)."""
 
     id: int
-    grant_id: str
-    request_id: str | None
-    provider: str
-    kind: str
-    username: str
-    target: dict[str, Any]
+    account: Account
     attempts: int
+
+    @property
+    def grant_id(self) -> str:
+        return self.account.grant_id
+
+    @property
+    def request_id(self) -> str | None:
+        return self.account.request_id
+
+    @property
+    def provider(self) -> str:
+        return self.account.provider
+
+    @property
+    def kind(self) -> str:
+        return self.account.kind
+
+    @property
+    def username(self) -> str:
+        return self.account.username
+
+    @property
+    def target(self) -> dict[str, Any]:
+        return self.account.target
 
 
 @dataclass(frozen=True)

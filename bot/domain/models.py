@@ -58,6 +58,7 @@ class AccessRequestInput:
     reason: str | None = None
     audience: str | None = None
     context: dict[str, str] = field(default_factory=dict)
+    ssh_public_key: str | None = None  # an OpenSSH public key: an ssh provider's certificate is made for it
 
 
 @dataclass
@@ -100,6 +101,7 @@ class AccessRequest:
     actor: str | None = None
     remind_at: datetime | None = None
     denial_reason: str | None = None  # what the approver whose denial decided it wrote (Slack deny modal)
+    ssh_public_key: str | None = None  # the pipeline's OpenSSH public key, for an ssh provider's certificate
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from bot.domain.credentials import (
     RevocationCheck,
     RevocationJob,
     RevocationReport,
+    RevokedCertificate,
 )
 from bot.domain.models import (
     AccessRequest,
@@ -347,7 +348,9 @@ class CredentialProvider(Protocol):
     Shaped after Vault's database plugins (sdk/database/dbplugin/v5: ``NewUser`` / ``UpdateUser`` /
     ``DeleteUser``, one module per database) and Infisical's dynamic-secret providers (``create`` / ``revoke``),
     with what neither has: a check that the account is gone, and a list of the accounts it made (reconciliation).
-    Every method is idempotent, keyed by the account's deterministic name. Errors: raises
+    Every method is idempotent, keyed by the account's deterministic name, and takes the whole :class:`Account`:
+    a kind may need more than the name to revoke (a webhook tells its hook which grant; an SSH certificate has no
+    account in any server: its revocation is an entry in the revocation list grantbot publishes). Errors: raises
     :class:`~bot.domain.errors.CredentialsUnavailable` (the system cannot be reached or refused a step; retrying
     may help) and :class:`~bot.domain.errors.CredentialsRefused` (the account is not grantbot's: never retried).
     Messages never carry a secret or a URL with a password.
@@ -366,16 +369,20 @@ class CredentialProvider(Protocol):
         """Set a fresh secret on the account, making it first if it is missing, usable until
         ``account.expires_at``; returns what the pipeline receives. Each call makes a new secret."""
 
-    async def revoke(self, username: str) -> RevocationReport:
+    async def revoke(self, account: Account) -> RevocationReport:
         """Remove the account for good (end its sessions, hand on what it owns, drop it); an account already gone
-        is not an error."""
+        is not an error. ``account`` may be one found by reconciliation, knowing only its name and grant."""
 
-    async def verify_revoked(self, username: str, report: RevocationReport | None = None) -> RevocationCheck:
+    async def verify_revoked(self, account: Account, report: RevocationReport | None = None) -> RevocationCheck:
         """Look whether anything of the account is left (``report``: what :meth:`revoke` said it did, e.g. the
         identifiers it saw, for looking after them too)."""
 
     async def accounts(self) -> list[MadeAccount]:
-        """Every account with this provider's prefix that grantbot made (marked as grantbot's)."""
+        """Every account with this provider's prefix that grantbot made (marked as grantbot's); empty for a kind
+        that cannot list them (a webhook)."""
+
+    async def close(self) -> None:
+        """Close its connections (at shutdown)."""
 
 
 class CredentialProviders(Protocol):
@@ -384,6 +391,26 @@ class CredentialProviders(Protocol):
     def provider(self, spec: ProviderSpec) -> CredentialProvider:
         """The provider for ``spec``; raises ``CredentialsUnavailable`` when it cannot be built (its variable
         is unset, its kind unknown to this version)."""
+
+
+class CertificateAuthority(Protocol):
+    """An ``ssh`` provider as servers see it: the CA they trust and the revocation list they fetch."""
+
+    def ca_public_key(self) -> str:
+        """The CA's OpenSSH public key line (for ``TrustedUserCAKeys``)."""
+
+    async def revocation_list(self) -> bytes:
+        """The key revocation list in OpenSSH's binary format (for ``RevokedKeys``), as of now. Raises
+        ``CredentialsUnavailable`` when the certificates whose grant ended cannot be read."""
+
+
+class RevokedCertificates(Protocol):
+    """The SSH certificates whose grant ended (implemented by ``bot.store``): what the revocation list an ``ssh``
+    provider publishes is made of (``GET /ssh/{provider}/krl``)."""
+
+    async def revoked_certificates(self, provider: str, since: datetime) -> list[RevokedCertificate]:
+        """Certificates of ``provider`` whose grant ended, still valid after ``since`` (older ones expired by
+        themselves and need no listing), oldest first."""
 
 
 class RefusalLog(Protocol):

@@ -1,8 +1,9 @@
 """The kinds of provider grantbot knows, and the policy checks that need them (DESIGN.md "Real credentials").
 
-A kind is a module with ``KIND`` (its name in the policy), ``build(spec, environ)``, ``check_spec(spec)`` and
-``check_params(params)`` (problems as (key path, sentence), for the policy file's file:line:key errors) and
-``describe(spec, params)`` (a sentence for ``grantbot policy explain``). A new kind is one module and one line here.
+A kind is a module with ``KIND`` (its name in the policy), ``build(spec, environ, services)``, ``check_spec(spec)``
+and ``check_params(params)`` (problems as (key path, sentence), for the policy file's file:line:key errors) and
+``describe(spec, params)`` (a sentence for ``grantbot policy explain`` and the approval card). A new kind is one
+module and one line here.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from collections.abc import Mapping
 from types import ModuleType
 
 from bot.domain.policy import Policy, Rule
-from bot.providers import postgresql
+from bot.providers import mysql, postgresql, rabbitmq, redis, ssh, webhook
 
-KINDS: dict[str, ModuleType] = {postgresql.KIND: postgresql}
+KINDS: dict[str, ModuleType] = {kind.KIND: kind for kind in (postgresql, mysql, redis, rabbitmq, ssh, webhook)}
 
 
 def provider_problems(policy: Policy, environ: Mapping[str, str] | None = None) -> list[tuple[tuple, str]]:
@@ -31,6 +32,10 @@ def provider_problems(policy: Policy, environ: Mapping[str, str] | None = None) 
         if environ is not None and spec.url_env and not environ.get(spec.url_env):
             problems.append((("providers", index, "url_env"),
                              f"the environment variable {spec.url_env} (provider {spec.name}'s admin URL) is not set"))
+        for key, variable in getattr(kind, "secret_variables", lambda _: [])(spec) if environ is not None else ():
+            if not environ.get(variable):
+                problems.append((("providers", index, key),
+                                 f"the environment variable {variable} (provider {spec.name}'s secret) is not set"))
     for index, rule in enumerate(policy.rules):
         for position, credential in enumerate(rule.credentials):
             spec = policy.provider_named(credential.provider)

@@ -9,9 +9,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from bot.domain.credentials import ProviderSpec
 from bot.domain.errors import CredentialsUnavailable
+from bot.domain.ports import Clock, RevokedCertificates
 from bot.providers.kinds import KINDS
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,23 @@ class _Measured:
         return measured
 
 
+@dataclass(frozen=True)
+class ProviderServices:
+    """What some kinds need from the rest of grantbot (wired in ``bot.app``): an ``ssh`` provider's revocation list
+    is made of the certificates whose grant ended, which the store knows, as of the clock's now."""
+
+    revoked_certificates: RevokedCertificates | None = None
+    clock: Clock | None = None
+
+
 class ProviderPool:
     """Providers keyed by their whole spec: the same spec gives the same provider (and its connections).
     ``observe`` is told of every operation of theirs (kind, operation, result, seconds)."""
 
-    def __init__(self, environ: Mapping[str, str] = os.environ, observe: Observe | None = None) -> None:
+    def __init__(self, environ: Mapping[str, str] = os.environ, services: ProviderServices = ProviderServices(),
+                 observe: Observe | None = None) -> None:
         self._environ = environ
+        self._services = services
         self._observe = observe
         self._providers: dict[str, object] = {}
 
@@ -63,7 +76,7 @@ class ProviderPool:
             if kind is None:
                 raise CredentialsUnavailable(
                     f"provider {spec.name}: kind {spec.kind!r} is unknown to this grantbot version", spec.name)
-            provider = kind.build(spec, self._environ)
+            provider = kind.build(spec, self._environ, self._services)
             if self._observe is not None:
                 provider = _Measured(provider, spec.kind, self._observe)
             self._providers[key] = provider

@@ -364,7 +364,8 @@ class PostgresProvider:
             self._superuser = bool(await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
         return self._superuser
 
-    async def revoke(self, username: str) -> RevocationReport:
+    async def revoke(self, account: Account) -> RevocationReport:
+        username = account.username
         role = quote_ident(username)
         owned: Counter[str] = Counter()
         async with self._connection(f"revoking role {username}") as conn:
@@ -415,7 +416,8 @@ class PostgresProvider:
             owned[_object_kind(description)] += 1
         await conn.execute(f"REASSIGN OWNED BY {role} TO {quote_ident(self._owner)}; DROP OWNED BY {role}")
 
-    async def verify_revoked(self, username: str, report: RevocationReport | None = None) -> RevocationCheck:
+    async def verify_revoked(self, account: Account, report: RevocationReport | None = None) -> RevocationCheck:
+        username = account.username
         oid = (report.facts.get("oid") if report else None) or 0
         async with self._connection(f"checking that role {username} is gone") as conn:
             # Sessions by name, and by the role's id: a session outliving its role shows no name any more.
@@ -427,7 +429,7 @@ class PostgresProvider:
             left = [f"role {username} still exists" if roles else "", f"{sessions} of its sessions still open"
                     if sessions else ""]
             return RevocationCheck(False, facts, " and ".join(p for p in left if p))
-        return RevocationCheck(True, facts)
+        return RevocationCheck(True, facts, checked="the role is gone and none of its sessions is open")
 
     async def accounts(self) -> list[MadeAccount]:
         async with self._connection("listing the roles grantbot made") as conn:
@@ -447,7 +449,7 @@ class PostgresProvider:
         return made
 
 
-def build(spec: ProviderSpec, environ: Any) -> PostgresProvider:
+def build(spec: ProviderSpec, environ: Any, services: Any = None) -> PostgresProvider:
     """The provider for ``spec``, its admin URL read from ``environ[spec.url_env]``; raises
     ``CredentialsUnavailable`` when the variable is unset."""
     url = environ.get(spec.url_env or "")

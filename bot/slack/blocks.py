@@ -183,7 +183,8 @@ def why_text(request: AccessRequest) -> str:
 
 
 def card_blocks(
-    request: AccessRequest, grant: Grant | None = None, approvals: Sequence[Approval] = ()
+    request: AccessRequest, grant: Grant | None = None, approvals: Sequence[Approval] = (),
+    hands_out: Sequence[str] = (),
 ) -> list[dict]:
     """The approval card: what is asked, by whom, why, the pipeline's context, and buttons while pending.
 
@@ -193,6 +194,8 @@ def card_blocks(
     and, while the grant is active, a ``revoke_grant`` button (with a confirmation dialog).
     ``approvals`` are the verdicts given so far (``Store.approvals``): with ``min_approvals`` above 1 a pending
     card shows the progress ("1 of 2 approvals") and who approved; a decided one names everyone who approved.
+    ``hands_out``: what the rule's grants get besides the token, one line per credential (``shop-db (mysql): a
+    MySQL/MariaDB user … with role shop_read …``), so approvers see what they approve.
     """
     blocks: list[dict] = [
         {
@@ -212,6 +215,9 @@ def card_blocks(
             ],
         },
     ]
+    if hands_out:
+        blocks.append(_section(truncate("*Hands out*\n" + "\n".join("• " + escape(line) for line in hands_out),
+                                        SECTION_TEXT_LIMIT)))
     if request.reason:
         blocks.append(_section("*Reason*\n" + escape(request.reason)))
     if request.context:

@@ -24,10 +24,11 @@ def _grant(request: AccessRequest | None, grant: Grant | None, grant_id: str | N
 def revoked_text(payload: dict) -> str:
     """A verified revocation, under the card (or in the channel for an auto-approved grant):
     ``:lock: Access removed from orders-db: role gb_… dropped, 2 sessions ended, 1 table reassigned to orders_owner.
-    Checked: the role is gone and none of its sessions is open.``"""
+    Checked: the role is gone and none of its sessions is open.`` (what was checked is the provider's to say)."""
+    checked = payload.get("checked") or "the account is gone and none of its sessions is open"
     return truncate(
         f":lock: Access removed from *{escape(payload.get('provider') or '?')}*: "
-        f"{escape(payload.get('summary') or 'done')}. Checked: the account is gone and none of its sessions is open.",
+        f"{escape(payload.get('summary') or 'done')}. Checked: {escape(checked)}.",
         SECTION_TEXT_LIMIT)
 
 

@@ -58,7 +58,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 import aiohttp
@@ -137,8 +137,10 @@ class SlackNotifier:
         self, store: OutboxQueue, channels: ChannelPacing, client: AsyncWebClient, clock: Clock, metrics: Metrics,
         poll_seconds: float = 1.0, default_channel: str | None = None, timezone: str = "UTC",
         pace_seconds: float = PACE_SECONDS, folding: NoticeFolding = NoticeFolding(),
+        hands_out: Callable[[str | None], list[str]] = lambda _rule: [],
     ) -> None:
         self._default_channel = default_channel
+        self._hands_out = hands_out  # rule name -> what its grants get besides the token (for the card)
         self._timezone = timezone
         self._store = store
         self._channels = channels
@@ -397,7 +399,7 @@ class SlackNotifier:
                 return
             channel, ts = await self._post_once(
                 item, channel=request.channel, text=blocks.card_text(request),
-                blocks=blocks.card_blocks(request, grant, approvals),
+                blocks=blocks.card_blocks(request, grant, approvals, self._hands_out(request.rule)),
             )
             await self._store.set_card(request.id, channel, ts)
         elif item.kind is EventKind.CARD_UPDATE:
@@ -408,7 +410,7 @@ class SlackNotifier:
                     channel=request.card_channel,
                     ts=request.card_ts,
                     text=blocks.card_text(request),
-                    blocks=blocks.card_blocks(request, grant, approvals),
+                    blocks=blocks.card_blocks(request, grant, approvals, self._hands_out(request.rule)),
                 )
         elif item.kind is EventKind.REMINDER:
             if request.status is RequestStatus.PENDING and request.card_ts and request.card_channel:

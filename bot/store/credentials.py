@@ -16,13 +16,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.domain.credentials import Account, CredentialState, RevocationJob, RevocationStatus
+from bot.domain.credentials import Account, CredentialState, RevocationJob, RevocationStatus, RevokedCertificate
 from bot.domain.models import EventKind, GrantStatus, OutboxEvent
 from bot.store.outage import translate_outages
-from bot.store.tables import CredentialRow, GrantRow
+from bot.store.tables import AccessRequestRow, CredentialRow, GrantRow
 
 C = CredentialRow.__table__
 G = GrantRow.__table__
+R = AccessRequestRow.__table__
+# The grant an account is for, joined by the revocation claim (whose own condition looks at G apart from it).
+GJ = G.alias("grant_of_account")
 
 _INSERT_CREDENTIAL = insert(C)
 _QUEUE = (
@@ -65,8 +68,11 @@ def _state(row) -> CredentialState:
 
 
 def _account(row, expires_at: datetime) -> Account:
+    """An account from a ``credentials`` row joined with its grant (``identity``, ``environment``, ``scopes``,
+    ``issued_at``) and, where selected, its request's ``ssh_public_key``; an orphan's grant fields are None."""
     return Account(row.grant_id, row.provider, row.kind, row.username, expires_at, dict(row.params),
-                   dict(row.target), row.request_id)
+                   dict(row.target), row.request_id, row.identity, row.environment, tuple(row.scopes or ()),
+                   row.issued_at, getattr(row, "ssh_public_key", None))
 
 
 @translate_outages
@@ -107,7 +113,9 @@ class CredentialQueries:
     async def credential_accounts(self, grant_id: str) -> list[Account]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(
-                select(C, G.c.expires_at.label("expires_at")).join(G, G.c.id == C.c.grant_id)
+                select(C, G.c.expires_at.label("expires_at"), G.c.identity, G.c.environment, G.c.scopes,
+                       G.c.issued_at, R.c.ssh_public_key)
+                .join(G, G.c.id == C.c.grant_id).outerjoin(R, R.c.id == G.c.request_id)
                 .where(C.c.grant_id == grant_id).order_by(C.c.position)
             )).all()
         return [_account(row, row.expires_at) for row in rows]
@@ -124,6 +132,17 @@ class CredentialQueries:
             rows = (await conn.execute(select(C).where(C.c.username == username))).all()
         row = next((r for r in rows if r.provider == provider), rows[0] if rows else None)
         return _state(row) if row is not None else None
+
+    async def revoked_certificates(self, provider: str, since: datetime) -> list[RevokedCertificate]:
+        """``bot.domain.ports.RevokedCertificates``: the accounts of ``provider`` whose grant ended (a revocation
+        queued, verified or failed) and whose grant's expiry, the certificate's own, is after ``since``."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(C.c.username, C.c.grant_id, G.c.expires_at).join(G, G.c.id == C.c.grant_id)
+                .where(C.c.provider == provider, C.c.revocation.is_not(None), G.c.expires_at > since)
+                .order_by(G.c.expires_at, C.c.id)
+            )).all()
+        return [RevokedCertificate(row.username, row.grant_id, row.expires_at) for row in rows]
 
     async def failed_revocations(self, limit: int) -> list[tuple[str, CredentialState]]:
         async with self.engine.connect() as conn:
@@ -156,7 +175,9 @@ class CredentialQueries:
         handing_over = select(G.c.id).where(G.c.id == C.c.grant_id, G.c.handover_until > now).exists()
         free = or_(C.c.locked_until.is_(None), C.c.locked_until <= now)
         query = (
-            select(C.c.id)
+            select(C.c.id, C.c.params, GJ.c.identity, GJ.c.environment, GJ.c.scopes, GJ.c.issued_at,
+                   GJ.c.expires_at)
+            .select_from(C.outerjoin(GJ, GJ.c.id == C.c.grant_id))
             .where(C.c.revocation == RevocationStatus.PENDING.value, C.c.not_before <= now, free, ~handing_over)
             .order_by(C.c.not_before, C.c.id)
             .limit(limit)
@@ -164,17 +185,19 @@ class CredentialQueries:
         )
         claimed: list[RevocationJob] = []
         async with self._writer.begin() as conn:
-            for (row_id,) in (await conn.execute(query)).all():
+            for due in (await conn.execute(query)).all():
                 won = (await conn.execute(
                     update(C)
-                    .where(C.c.id == row_id, C.c.revocation == RevocationStatus.PENDING.value, free)
+                    .where(C.c.id == due.id, C.c.revocation == RevocationStatus.PENDING.value, free)
                     .values(locked_until=now + timedelta(seconds=lease_seconds), attempts=C.c.attempts + 1)
                     .returning(C.c.grant_id, C.c.request_id, C.c.provider, C.c.kind, C.c.username, C.c.target,
                                C.c.attempts)
                 )).first()
                 if won is not None:
-                    claimed.append(RevocationJob(row_id, won.grant_id, won.request_id, won.provider, won.kind,
-                                                 won.username, dict(won.target), won.attempts))
+                    account = Account(won.grant_id, won.provider, won.kind, won.username, due.expires_at or now,
+                                      dict(due.params), dict(won.target), won.request_id, due.identity,
+                                      due.environment, tuple(due.scopes or ()), due.issued_at)
+                    claimed.append(RevocationJob(due.id, account, won.attempts))
         return claimed
 
     @staticmethod

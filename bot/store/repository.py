@@ -127,6 +127,7 @@ def _request_from_row(row) -> AccessRequest:
         actor=row.actor,
         remind_at=row.remind_at,
         denial_reason=row.denial_reason,
+        ssh_public_key=row.ssh_public_key,
     )
 
 
@@ -291,6 +292,7 @@ class SqlStore(CredentialQueries):
             "deny_on_first_denial": request.deny_on_first_denial,
             "actor": request.actor,
             "remind_at": request.remind_at,
+            "ssh_public_key": request.ssh_public_key,
             "idempotency_key": idempotency_key,
             "body_hash": body_hash,
         }

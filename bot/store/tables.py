@@ -75,6 +75,7 @@ class AccessRequestRow(SQLModel, table=True):
     actor: str | None = Field(default=None, max_length=255)  # the person who triggered the pipeline, as claimed
     remind_at: datetime | None = _time()  # when to remind the approvers of a pending request; cleared once sent
     denial_reason: str | None = Field(default=None)  # the deciding denial's reason, as the approver typed it
+    ssh_public_key: str | None = Field(default=None)  # the pipeline's OpenSSH public key (public: no secret)
     channel: str | None = Field(default=None, max_length=64)
     created_at: datetime = _time(nullable=False)
     expires_at: datetime | None = _time()

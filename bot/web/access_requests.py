@@ -8,12 +8,13 @@ from datetime import datetime
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from bot.domain import usecases
 from bot.domain.errors import CiTokenAlreadyUsed, InvalidRequest, NotFound
 from bot.domain.ids import is_uuid
 from bot.domain.models import AccessRequestInput, Caller, Grant, GrantStatus, RequestStatus
+from bot.providers.ssh import MAX_PUBLIC_KEY, check_public_key
 from bot.web.keys import AUTH, CALLER_IDENTITY, DEPS, METRICS
 
 routes = web.RouteTableDef()
@@ -45,6 +46,12 @@ class AccessRequestBody(BaseModel):
     reason: _text(0, 2000) | None = None
     audience: _text(1, 1024) | None = None
     context: dict[Text, _text(0, 2000)] = Field(default_factory=dict, max_length=20)
+    ssh_public_key: _text(1, MAX_PUBLIC_KEY) | None = None
+
+    @field_validator("ssh_public_key")
+    @classmethod
+    def _ssh_public_key(cls, value: str | None) -> str | None:
+        return check_public_key(value) if value is not None else None
 
 
 def _explain(exc: ValidationError) -> str:
@@ -170,6 +177,7 @@ async def create_access_request(request: web.Request) -> web.Response:
             reason=body.reason,
             audience=body.audience,
             context=body.context,
+            ssh_public_key=body.ssh_public_key,
         ),
         idempotency_key=idempotency_key,
         refuse_unless_replay=used_token,

@@ -118,6 +118,19 @@ def document() -> dict:
                                                "responses": {"200": _json({"type": "object"}, "JWKS")}}},
             "/.well-known/oauth-authorization-server": {"get": {
                 "summary": "RFC 8414 metadata", "responses": {"200": _json({"type": "object"}, "metadata")}}},
+            "/ssh/{provider}/ca.pub": {"get": {
+                "summary": "An ssh provider's certificate authority public key, for sshd's TrustedUserCAKeys",
+                "parameters": [{"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "one OpenSSH public key line",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              **_errors(404)}}},
+            "/ssh/{provider}/krl": {"get": {
+                "summary": "An ssh provider's key revocation list (OpenSSH KRL, binary), for sshd's RevokedKeys",
+                "parameters": [{"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the certificates of grants ended early, by serial",
+                                      "content": {"application/octet-stream": {
+                                          "schema": {"type": "string", "format": "binary"}}}},
+                              **_errors(404, 503)}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "Readiness (the database answers)",
                                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},

@@ -14,6 +14,7 @@ from bot.domain.usecases.request_access import request_access
 from bot.domain.usecases.revoke import revoke_by_person, revoke_own_grant, revoke_token
 from bot.domain.usecases.revoke_all import preview_revoke_all, revoke_all
 from bot.domain.usecases.revoke_credentials import revoke_due_credentials
+from bot.domain.usecases.ssh_authority import ssh_ca_public_key, ssh_revocation_list
 
 __all__ = [
     "Deps",
@@ -36,6 +37,8 @@ __all__ = [
     "request_access",
     "reset_credentials",
     "revoke_all",
+    "ssh_ca_public_key",
+    "ssh_revocation_list",
     "revoke_by_person",
     "revoke_due_credentials",
     "revoke_own_grant",

@@ -143,7 +143,7 @@ async def _make_credentials(deps: Deps, request: AccessRequest, approver: str,
     recorded, the approver is told, and the card's thread says why. (An approval that resolves it unforeseen, in a
     race, records the accounts anyway; the hand-over makes them.)"""
     try:
-        accounts = accounts_for(deps, request.rule, grant)
+        accounts = accounts_for(deps, request, grant)
         if accounts and await may_resolve(deps, request):
             await create_credentials(deps, accounts)
             return accounts, accounts

@@ -29,11 +29,12 @@ log = logging.getLogger(__name__)
 HAND_OVER_LEASE_SECONDS = 30
 
 
-def accounts_for(deps: Deps, rule_name: str | None, grant: Grant) -> tuple[Account, ...]:
-    """The accounts a grant under the rule ``rule_name`` gets, per the policy in force (empty without
-    ``credentials:``). Raises :class:`CredentialsUnavailable` when a provider cannot be built (its variable is
-    unset, or credentials are not wired in)."""
-    rule = deps.policy.rule_named(rule_name)
+def accounts_for(deps: Deps, request: AccessRequest, grant: Grant) -> tuple[Account, ...]:
+    """The accounts a grant under the request's rule gets, per the policy in force (empty without
+    ``credentials:``), knowing the grant (who, where, what, from when until when) and the public key the request
+    carried. Raises :class:`CredentialsUnavailable` when a provider cannot be built (its variable is unset, or
+    credentials are not wired in)."""
+    rule = deps.policy.rule_named(request.rule)
     if rule is None or not rule.credentials:
         return ()
     if deps.credentials is None:
@@ -45,7 +46,9 @@ def accounts_for(deps: Deps, rule_name: str | None, grant: Grant) -> tuple[Accou
             raise CredentialsUnavailable(f"rule {rule.name} names an unknown provider {entry.provider!r}.")
         provider = deps.credentials.provider(spec)
         accounts.append(Account(grant.id, spec.name, spec.kind, provider.username(grant.id), grant.expires_at,
-                                entry.params(), spec.target(), grant.request_id))
+                                entry.params(), spec.target(), grant.request_id, grant.identity,
+                                grant.environment or request.environment, grant.scopes, grant.issued_at,
+                                request.ssh_public_key))
     return tuple(accounts)
 
 
@@ -98,7 +101,7 @@ async def discard_credentials(deps: Deps, accounts: tuple[Account, ...]) -> None
     request). Best effort: what cannot be removed now is an orphan that reconciliation removes later."""
     for account in accounts:
         try:
-            await _provider(deps, account).revoke(account.username)
+            await _provider(deps, account).revoke(account)
         except (CredentialsUnavailable, CredentialsRefused) as exc:
             log.warning("could not remove %s account %s made for an unrecorded grant (reconciliation will): %s",
                         account.provider, account.username, exc)

@@ -61,23 +61,23 @@ async def reconcile_credentials(deps: Deps, *, retry_failed: bool = False) -> Re
             grant = await deps.store.get_grant(account.grant_id)
             if grant is not None and grant.status is GrantStatus.ACTIVE:
                 continue  # active, or past its expiry and about to be swept (which queues its revocation)
+            found = Account(account.grant_id, spec.name, spec.kind, account.username, now, {}, spec.target(),
+                            grant.request_id if grant is not None else None)
             state = await deps.store.credential_by_username(spec.name, account.username)
             if state is not None:
                 # Verified since the listing (a revocation finishing meanwhile), or really back? Look again.
-                if state.revocation is RevocationStatus.VERIFIED and not await _gone(provider, account.username):
+                if state.revocation is RevocationStatus.VERIFIED and not await _gone(provider, found):
                     queued += await deps.store.requeue_revocations(now, provider=state.provider,
                                                                    username=account.username)
                 continue
             if grant is None and account.created_at is not None and now - account.created_at < ORPHAN_GRACE:
                 continue
-            orphan = Account(account.grant_id, spec.name, spec.kind, account.username, now, {}, spec.target(),
-                             grant.request_id if grant is not None else None)
-            queued += await deps.store.record_orphan(orphan, now)
+            queued += await deps.store.record_orphan(found, now)
     return Reconciliation(checked, queued, requeued, tuple(problems))
 
 
-async def _gone(provider, username: str) -> bool:
+async def _gone(provider, account: Account) -> bool:
     try:
-        return (await provider.verify_revoked(username)).gone
+        return (await provider.verify_revoked(account)).gone
     except CredentialsUnavailable:
         return True  # cannot tell now: the next reconciliation looks again

@@ -75,7 +75,10 @@ def _validate(deps: Deps, body: AccessRequestInput) -> None:
 
 
 def _body_hash(body: AccessRequestInput) -> str:
-    return hashlib.sha256(json.dumps(asdict(body), sort_keys=True).encode()).hexdigest()
+    fields = asdict(body)
+    if fields["ssh_public_key"] is None:  # as before the field existed: a retry after an upgrade still matches
+        del fields["ssh_public_key"]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 async def request_access(
@@ -146,6 +149,7 @@ def _new_request(
         audience=audience,
         reason=body.reason,
         context=dict(body.context),
+        ssh_public_key=body.ssh_public_key,
         status=RequestStatus.PENDING,
         decision=outcome.decision,
         rule=rule.name if rule else None,
@@ -184,7 +188,7 @@ async def _store(
         grant = new_grant(request, request.created_at)
         # The accounts are made, with their secrets, before anything is stored: a provider that fails fails the
         # request (503) with nothing stored; one made and then not recorded is removed again below.
-        accounts = accounts_for(deps, request.rule, grant)
+        accounts = accounts_for(deps, request, grant)
         credentials = await issue_credentials(deps, accounts, fresh=True) if accounts else ()
         token = deps.tokens.mint(grant)
         grant.token_hash, grant.delivered_at = deps.tokens.token_hash(token), request.created_at

@@ -67,8 +67,8 @@ async def _revoke(deps: Deps, job: RevocationJob, retry_seconds: tuple[float, ..
         if deps.credentials is None:
             raise CredentialsUnavailable("credentials cannot be removed by this grantbot (no providers wired in)")
         provider = deps.credentials.provider(ProviderSpec.model_validate(job.target))
-        report = await provider.revoke(job.username)
-        check = await provider.verify_revoked(job.username, report)
+        report = await provider.revoke(job.account)
+        check = await provider.verify_revoked(job.account, report)
     except CredentialsRefused as exc:
         error, permanent = str(exc), True
     except CredentialsUnavailable as exc:
@@ -81,7 +81,7 @@ async def _revoke(deps: Deps, job: RevocationJob, retry_seconds: tuple[float, ..
         if check.gone:
             detail = {"summary": report.summary, "report": report.facts,
                       "check": {**check.facts, "checked_at": now.isoformat()}}
-            events = _outcome_event(job, EventKind.CREDENTIALS_REVOKED, summary=report.summary)
+            events = _outcome_event(job, EventKind.CREDENTIALS_REVOKED, summary=report.summary, checked=check.checked)
             if await deps.store.finish_revocation(job, now, detail, events):
                 log.info("revocation verified: %s account %s of grant %s: %s", job.provider, job.username,
                          job.grant_id, report.summary)
