@@ -224,6 +224,10 @@ class Store(CredentialStore, Protocol):
     async def expire_due_grants(self, now: datetime, limit: int) -> list[Grant]:
         """End active grants whose ``expires_at <= now``, each with a ``grant.expired`` event; returns them."""
 
+    async def next_due(self) -> datetime | None:
+        """The earliest moment the sweep has something to do: an active grant's ``expires_at``, a pending
+        request's deadline or reminder; None when nothing is scheduled. May be in the past."""
+
     async def expire_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Mark pending requests past their deadline ``expired``, each with a ``card.update`` event."""
 

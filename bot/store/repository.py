@@ -45,6 +45,7 @@ from bot.domain.policy import Usage
 from bot.logs import current_request_id
 from bot.store.credentials import CredentialQueries, revocation_backlog
 from bot.store.engine import writer
+from bot.store.expiry import end_due_grants, next_due
 from bot.store.outage import database_answers, translate_outages
 from bot.store.outbox_channels import notice_of_auto_grant
 from bot.store.tables import (
@@ -570,32 +571,15 @@ class SqlStore(CredentialQueries):
         return won.rowcount == 1
 
     async def expire_due_grants(self, now: datetime, limit: int) -> list[Grant]:
-        expired: list[Grant] = []
+        """End up to ``limit`` due grants in one transaction, set-based (``bot.store.expiry.end_due_grants``)."""
         async with self._writer.begin() as conn:
-            rows = (
-                await conn.execute(
-                    select(G)
-                    .where(G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at <= now)
-                    .order_by(G.c.expires_at)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            for row in rows:
-                if await self._end_grant(conn, row.id, GrantStatus.EXPIRED, "expiry", now):
-                    await self._audit(conn, now, "grant.expired", "expiry", row.request_id, row.id,
-                                      expires_at=row.expires_at.isoformat())
-                    await self._add_events(
-                        conn,
-                        [
-                            OutboxEvent(EventKind.GRANT_EXPIRED, row.request_id, row.id),
-                            OutboxEvent(EventKind.CARD_UPDATE, row.request_id),
-                        ],
-                        now,
-                    )
-                    expired.append(_grant_from_row(row))
-            await self.queue_revocations(conn, [grant.id for grant in expired], now)
-        return expired
+            rows = await end_due_grants(conn, now, limit)
+        return [_grant_from_row(row) for row in rows]
+
+    async def next_due(self) -> datetime | None:
+        """The earliest ``expires_at``/deadline/reminder the sweep will have to act on (``bot.store.expiry``)."""
+        async with self.engine.connect() as conn:
+            return await next_due(conn)
 
     async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent],
                            **audit) -> bool:
