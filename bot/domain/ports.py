@@ -181,6 +181,11 @@ class Store(CredentialStore, Protocol):
 
     async def grant_by_jti(self, jti: str) -> Grant | None: ...
 
+    async def recent_grant_by_jti(self, jti: str, now: datetime) -> Grant | None:
+        """``grant_by_jti`` for introspection: an active grant may come from a read less than a second old at
+        ``now`` (a revocation on another replica is seen within it); one this replica ended or re-issued is read
+        afresh at once."""
+
     async def decide(
         self,
         request_id: str,

@@ -46,6 +46,7 @@ from bot.logs import current_request_id
 from bot.store.credentials import CredentialQueries, revocation_backlog
 from bot.store.engine import writer
 from bot.store.expiry import end_due_grants, next_due
+from bot.store.recent_grants import RecentGrants
 from bot.store.outage import database_answers, translate_outages
 from bot.store.outbox_channels import notice_of_auto_grant
 from bot.store.tables import (
@@ -193,6 +194,7 @@ class SqlStore(CredentialQueries):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._writer = writer(engine)
+        self.recent_grants = RecentGrants(self.grant_by_jti)
 
     # -- events -----------------------------------------------------------------------------------------------
 
@@ -520,6 +522,11 @@ class SqlStore(CredentialQueries):
     async def grant_by_jti(self, jti: str) -> Grant | None:
         return await self._one_grant(G.c.jti == jti)
 
+    async def recent_grant_by_jti(self, jti: str, now: datetime) -> Grant | None:
+        """``grant_by_jti``, answered for an active grant from a read less than half a second old at ``now``
+        (``bot.store.recent_grants``); a grant this store ended or re-issued is read afresh at once."""
+        return await self.recent_grants.get(jti, now)
+
     async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime,
                                events: list[OutboxEvent] = ()) -> bool:
         async with self._writer.begin() as conn:
@@ -556,6 +563,7 @@ class SqlStore(CredentialQueries):
                 return None
             await self._audit(conn, now, "token.reissued", row.identity, row.request_id, grant_id,
                               old_jti=row.jti, new_jti=jti)
+        self.recent_grants.forget(grant_id)
         grant = _grant_from_row(row)
         grant.jti, grant.token_hash = jti, token_hash
         return grant
@@ -593,6 +601,7 @@ class SqlStore(CredentialQueries):
                               **{k: v for k, v in audit.items() if v is not None})
             await self._add_events(conn, events, now)
             await self.queue_revocations(conn, [grant_id], now)
+        self.recent_grants.forget(grant_id)
         return True
 
     # -- listings for /access (read-only) ---------------------------------------------------------------------
