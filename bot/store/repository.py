@@ -18,11 +18,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, bindparam, case, exists, false, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain.credentials import Account
-from bot.domain.errors import AutoApproveLimitReached
 from bot.domain.models import (
     AccessRequest,
     Approval,
@@ -43,9 +41,10 @@ from bot.domain.models import (
 )
 from bot.domain.policy import Usage
 from bot.logs import current_request_id
-from bot.store.credentials import CredentialQueries, revocation_backlog
+from bot.store.credentials import CredentialQueries, credential_values, revocation_backlog
 from bot.store.engine import writer
 from bot.store.expiry import end_due_grants, next_due
+from bot.store.group_commit import GroupCommit, NewRequest, Signature
 from bot.store.recent_grants import RecentGrants
 from bot.store.outage import database_answers, translate_outages
 from bot.store.outbox_channels import notice_of_auto_grant
@@ -70,28 +69,11 @@ E = AuditEventRow.__table__
 # Statements on the hot paths are built once and executed with parameter dicts: SQLAlchemy's compiled cache then
 # finds them by an identity-memoised cache key, where a statement rebuilt per call with ``.values(...)`` pays for
 # coercing every value into a bind parameter and walking them all to compute its cache key, each time.
-_INSERT_REQUEST = insert(R)
 _INSERT_GRANT = insert(G)
 _INSERT_AUDIT = insert(E)
 _INSERT_SCOPE = {"postgresql": pg_insert(S).on_conflict_do_nothing(), "sqlite": sqlite_insert(S).on_conflict_do_nothing()}
 
 
-def _remember_signature_statement(dialect_insert):
-    """Record a used signature, or take over its row when that one is stale (``expires_at`` before ``:now``); a
-    fresh row makes this a no-op (rowcount 0: a replay). One statement instead of deleting every stale row first,
-    with the same outcome: the stale rows themselves are deleted by the sweep (``forget_stale_signatures``)."""
-    statement = dialect_insert(U).values(
-        digest=bindparam("digest"), expires_at=bindparam("expires_at", type_=U.c.expires_at.type)
-    )
-    return statement.on_conflict_do_update(
-        index_elements=[U.c.digest],
-        set_={"expires_at": statement.excluded.expires_at},
-        where=U.c.expires_at < bindparam("now", type_=U.c.expires_at.type),
-    )
-
-
-_REMEMBER_SIGNATURE = {"postgresql": _remember_signature_statement(pg_insert),
-                       "sqlite": _remember_signature_statement(sqlite_insert)}
 _URGENT_KINDS = tuple(kind.value for kind in URGENT_EVENTS)
 _COUNT_AUTO_APPROVALS = select(func.count()).select_from(R).where(
     R.c.identity == bindparam("identity"), R.c.rule == bindparam("rule"),
@@ -167,6 +149,11 @@ def _grant_issued_row(grant: Grant, actor: str) -> dict:
                       expires_at=grant.expires_at.isoformat(), ttl_seconds=grant.ttl_seconds)
 
 
+def _event_values(event: OutboxEvent, now: datetime) -> dict:
+    return {"kind": event.kind.value, "request_id": event.request_id, "grant_id": event.grant_id, "created_at": now,
+            "not_before": now, "attempts": 0, "payload": event.payload}
+
+
 def _grant_values(grant: Grant) -> dict:
     return {
         "id": grant.id,
@@ -195,6 +182,7 @@ class SqlStore(CredentialQueries):
         self.engine = engine
         self._writer = writer(engine)
         self.recent_grants = RecentGrants(self.grant_by_jti)
+        self._group = GroupCommit(engine)
 
     # -- events -----------------------------------------------------------------------------------------------
 
@@ -299,48 +287,31 @@ class SqlStore(CredentialQueries):
             "idempotency_key": idempotency_key,
             "body_hash": body_hash,
         }
-        try:
-            async with self._writer.begin() as conn:
-                if quota is not None and not await self._within_quota(conn, request, quota):
-                    raise AutoApproveLimitReached(quota.count)
-                await conn.execute(_INSERT_REQUEST, values)
-                at = request.created_at
-                audit = [
-                    _audit_row(at, "request.received", request.identity, request.id,
-                               environment=request.environment, scopes=list(request.scopes),
-                               ttl_seconds=request.ttl_seconds, audience=request.audience, reason=request.reason,
-                               context=request.context),
-                    _audit_row(at, "policy.decided", "policy", request.id, decision=request.decision.value,
-                               rule=request.rule, reason=request.decision_reason,
-                               reasons=list(request.decision_reasons)),
-                ]
-                if grant is not None:
-                    # The grant row first (audit rows name it), then the four audit rows in their order, in one
-                    # executemany: one round trip instead of four.
-                    await conn.execute(_INSERT_GRANT, _grant_values(grant))
-                    audit.append(_grant_issued_row(grant, "policy"))
-                    if grant.delivered_at is not None:
-                        audit.append(_audit_row(at, "token.handed_over", request.identity, request.id, grant.id))
-                    await conn.execute(_INSERT_AUDIT, audit)
-                    await self._remember_scopes(conn, grant)
-                    await self._insert_accounts(conn, accounts, at, "policy")
-                else:
-                    await conn.execute(_INSERT_AUDIT, audit)
-                await self._add_events(conn, events, at)
-        except IntegrityError:
-            if idempotency_key is None:
-                raise
-            return False
-        return True
-
-    async def _within_quota(self, conn: AsyncConnection, request: AccessRequest, quota: AutoApproveQuota) -> bool:
-        """Count the identity's automatic approvals under the rule inside the insert's own transaction, so that
-        concurrent requests cannot all take the last slot: SQLite writers are serialised (BEGIN IMMEDIATE); on
-        PostgreSQL a transaction-scoped advisory lock per (identity, rule) serialises the count and the insert."""
-        if conn.dialect.name == "postgresql":
-            await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"quota:{request.identity}:{request.rule}"))))
-        used = await self._count_auto_approvals(conn, request.identity, request.rule or "", quota.since)
-        return used < quota.count
+        at = request.created_at
+        audit = [
+            _audit_row(at, "request.received", request.identity, request.id,
+                       environment=request.environment, scopes=list(request.scopes),
+                       ttl_seconds=request.ttl_seconds, audience=request.audience, reason=request.reason,
+                       context=request.context),
+            _audit_row(at, "policy.decided", "policy", request.id, decision=request.decision.value,
+                       rule=request.rule, reason=request.decision_reason, reasons=list(request.decision_reasons)),
+        ]
+        item = NewRequest(values, None, audit, keyed=idempotency_key is not None,
+                          quota=(request.identity, request.rule or "", quota.count, quota.since) if quota else None,
+                          events=[_event_values(e, at) for e in events])
+        if grant is not None:
+            item.grant = _grant_values(grant)
+            audit.append(_grant_issued_row(grant, "policy"))
+            if grant.delivered_at is not None:
+                audit.append(_audit_row(at, "token.handed_over", request.identity, request.id, grant.id))
+            item.scopes = [{"identity": grant.identity, "scope": scope, "first_granted_at": grant.issued_at}
+                           for scope in dict.fromkeys(grant.scopes)]
+            item.accounts = [credential_values(a, at, i) for i, a in enumerate(accounts)]
+            audit.extend(_audit_row(at, "credentials.issued", "policy", a.request_id, a.grant_id,
+                                    provider=a.provider, provider_kind=a.kind, username=a.username,
+                                    params=a.params) for a in accounts)
+        # Written with other callers' rows in one transaction (bot.store.group_commit); answered after its commit.
+        return await self._group.submit(item)
 
     @staticmethod
     async def _count_auto_approvals(conn: AsyncConnection, identity: str, rule: str, since: datetime) -> int:
@@ -661,11 +632,7 @@ class SqlStore(CredentialQueries):
         False if it was used before and its record is not stale at ``now`` (a replay). One conditional upsert: on
         PostgreSQL a concurrent insert of the same digest waits for the other transaction and then sees its row,
         so exactly one of them gets True, across replicas."""
-        async with self._writer.begin() as conn:
-            result = await conn.execute(
-                _REMEMBER_SIGNATURE[conn.dialect.name], {"digest": digest, "expires_at": expires_at, "now": now}
-            )
-        return result.rowcount == 1
+        return await self._group.submit(Signature(digest, expires_at, now))  # bot.store.group_commit
 
     async def forget_stale_signatures(self, now: datetime, limit: int = 5000) -> int:
         """Delete used-signature records stale at ``now`` (at most ``limit``, oldest first); returns how many.
