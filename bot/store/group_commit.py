@@ -35,7 +35,7 @@ from datetime import datetime
 from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain.errors import AutoApproveLimitReached
@@ -54,6 +54,8 @@ O = OutboxRow.__table__  # noqa: E741
 U = UsedSignatureRow.__table__
 
 MAX_GROUP = 256  # items per transaction: a group's statements stay well below PostgreSQL's 32,767 parameters
+WRITERS = {"postgresql": 4, "sqlite": 1}  # groups in flight at once, per store
+DEADLOCK = "40P01"  # PostgreSQL's SQLSTATE: two groups' rows locked in opposite orders; written again one by one
 
 _INSERT = {table.name: insert(table) for table in (R, G, E, C, O)}
 _INSERT_SCOPE = {"postgresql": pg_insert(S).on_conflict_do_nothing(),
@@ -94,42 +96,67 @@ class GroupCommit:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._queue: list[tuple[Signature | NewRequest, asyncio.Future]] = []
-        self._writer: asyncio.Task | None = None
+        self._writers: set[asyncio.Task] = set()
+        # SQLite has one connection and one writer at a time; on PostgreSQL a few groups in flight at once keep the
+        # request path from waiting on one group's round trips (quotas, keys and digests are settled by locks and
+        # unique indexes across transactions, as across replicas).
+        self._max_writers = WRITERS.get(engine.dialect.name, 1)
+        self._hold = engine.dialect.name != "sqlite"
 
     async def submit(self, item: Signature | NewRequest) -> bool:
         future = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
+        if len(self._writers) < self._max_writers:
+            writer_task = asyncio.get_running_loop().create_task(self._drain())
+            self._writers.add(writer_task)
+            writer_task.add_done_callback(self._writers.discard)
         # Shielded: a caller cancelled while its item is being written leaves the group's write alone.
         return await asyncio.shield(future)
 
     async def _drain(self) -> None:
         while self._queue:
-            group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
             try:
-                answers = await self._write_group([item for item, _ in group])
-            except IntegrityError:
-                answers = [await self._write_alone(item) for item, _ in group]
+                # PostgreSQL: one connection while groups keep coming, no pool checkout (and its ping) per group.
+                async with writer(self._engine).connect() as conn:
+                    while self._queue:
+                        if not await self._write_next(conn) or not self._hold:
+                            # Failed: the connection may be gone, take another. SQLite: its one connection goes
+                            # back to the pool after each group, so the sweep and the reads waiting for it get it.
+                            break
             except asyncio.CancelledError as exc:  # shutting down: every caller waiting learns it
-                for _, future in group + self._queue:
+                for _, future in self._queue:
                     if not future.done():
                         future.set_exception(exc)
                 self._queue = []
                 raise
-            except Exception as exc:  # an outage: every caller of the group learns it
-                answers = [exc] * len(group)
-            for (_, future), answer in zip(group, answers):
-                if future.done():
-                    continue
-                if isinstance(answer, BaseException):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(answer)
+            except Exception as exc:  # no connection to be had: the callers queued now learn it
+                queued, self._queue = self._queue, []
+                _answer(queued, [exc] * len(queued))
 
-    async def _write_alone(self, item: Signature | NewRequest) -> bool | BaseException:
+    async def _write_next(self, conn: AsyncConnection) -> bool:
+        """Write the next group on ``conn`` and answer its callers; False when it failed for all of them (an
+        outage), so that the connection is not used again."""
+        group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+        items = [item for item, _ in group]
         try:
-            return (await self._write_group([item]))[0]
+            answers = await self._write_group(conn, items)
+        except DBAPIError as exc:
+            if not _write_alone_after(exc):
+                _answer(group, [exc] * len(group))
+                return False
+            answers = [await self._write_alone(conn, item) for item in items]
+        except asyncio.CancelledError as exc:
+            _answer(group, [exc] * len(group))
+            raise
+        except Exception as exc:
+            _answer(group, [exc] * len(group))
+            return False
+        _answer(group, answers)
+        return True
+
+    async def _write_alone(self, conn: AsyncConnection, item: Signature | NewRequest) -> bool | BaseException:
+        try:
+            return (await self._write_group(conn, [item]))[0]
         except IntegrityError as exc:
             if isinstance(item, NewRequest) and item.keyed:
                 return False
@@ -137,9 +164,10 @@ class GroupCommit:
         except Exception as exc:
             return exc
 
-    async def _write_group(self, items: list[Signature | NewRequest]) -> list[bool | BaseException]:
+    @staticmethod
+    async def _write_group(conn: AsyncConnection, items: list[Signature | NewRequest]) -> list[bool | BaseException]:
         answers: list[bool | BaseException] = [True] * len(items)
-        async with writer(self._engine).begin() as conn:
+        async with conn.begin():
             dialect = conn.dialect.name
             signatures = [i for i, item in enumerate(items) if isinstance(item, Signature)]
             if signatures:
@@ -159,6 +187,22 @@ class GroupCommit:
         return answers
 
 
+def _answer(group: list[tuple[object, asyncio.Future]], answers: list) -> None:
+    for (_, future), answer in zip(group, answers):
+        if future.done():
+            continue
+        if isinstance(answer, BaseException):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)
+
+
+def _write_alone_after(exc: DBAPIError) -> bool:
+    """A failure that one of the group's items may have caused alone: a unique key taken, or a deadlock between
+    groups (then each item, written alone, locks one row)."""
+    return isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) == DEADLOCK
+
+
 async def _remember(conn: AsyncConnection, dialect: str, signatures: list[Signature]) -> list[bool]:
     """Record the digests in one upsert; True for each that was new (or took over a stale record), False for a
     replay (a fresh record, or an earlier item of this group with the same digest)."""
@@ -167,8 +211,9 @@ async def _remember(conn: AsyncConnection, dialect: str, signatures: list[Signat
         first.setdefault(signature.digest, signature)
     # The earliest ``now`` of the group decides staleness for all: a record stale then is stale for every item.
     now = min(signature.now for signature in signatures)
+    # Sorted: two groups that share digests (a replay racing its original) lock their rows in one order.
     statement = _DIALECT_INSERT[dialect](U).values(
-        [{"digest": s.digest, "expires_at": s.expires_at} for s in first.values()])
+        [{"digest": s.digest, "expires_at": s.expires_at} for s in sorted(first.values(), key=lambda s: s.digest)])
     statement = statement.on_conflict_do_update(
         index_elements=[U.c.digest], set_={"expires_at": statement.excluded.expires_at},
         where=U.c.expires_at < now,
