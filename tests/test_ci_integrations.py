@@ -61,6 +61,13 @@ class RunnerTokenEndpoint:
 
 
 @pytest.fixture
+def database_url(tmp_path):
+    """SQLite only: these tests are of the pipeline's side, which speaks only HTTP. What grantbot stores behind it
+    (reissue, release, the long poll) is tested on both databases by the server's own tests."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'grantbot.db'}"
+
+
+@pytest.fixture
 async def ci(tmp_path, database_url, sandbox):
     github = LocalIssuer("RSA")
     gitlab = LocalIssuer("EC", jwks_path="/oauth/discovery/keys", shape="gitlab_ci", audience="grantbot-gitlab")

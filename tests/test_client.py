@@ -27,6 +27,13 @@ OUTAGE = {"error": "unavailable", "detail": "The database is unavailable; retry 
 
 
 @pytest.fixture
+def database_url(tmp_path):
+    """SQLite only: these tests are of the pipeline's side, which speaks only HTTP. What grantbot stores behind it
+    (reissue, release, the long poll) is tested on both databases by the server's own tests."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'grantbot.db'}"
+
+
+@pytest.fixture
 async def serve(tmp_path, database_url, sandbox):
     proc = await start_serve(tmp_path, database_url, sandbox)
     yield proc

@@ -103,8 +103,16 @@ async def test_an_outage_answers_503_and_recovers_without_a_restart(proxy, start
     assert (await get(grantbot, "/healthz"))[0] == 200  # alive: restarting would not help
 
     proxy.restore()
-    status, answer = await grantbot.api.request_access({**body, "ttl_seconds": 62})
-    assert status == 201, answer
+    # Recovered as a pipeline sees it, retrying a 503 as told: the first try after the restore may still meet a
+    # connection set-up that outlasts the 1 s limits above on a loaded machine; the next ones succeed.
+    answers = []
+
+    async def accepted() -> bool:
+        answers.append(await grantbot.api.request_access({**body, "ttl_seconds": 62 + len(answers)}))
+        assert answers[-1][0] in (201, 503), answers[-1]
+        return answers[-1][0] == 201
+
+    await eventually(accepted, timeout=15, interval=0.5)
     assert (await get(grantbot, "/readyz"))[0] == 200
     assert_no_traceback(caplog, capfd)
 
@@ -249,8 +257,16 @@ async def test_a_database_that_restarts_answers_503_and_recovers(proxy, start_gr
     assert (await get(grantbot, "/readyz"))[0] == 503
 
     proxy.restore()
-    status, answer = await grantbot.api.request_access({**body, "ttl_seconds": 62})
-    assert status == 201, answer
+    # Recovered as a pipeline sees it, retrying a 503 as told: the first try after the restore may still meet a
+    # connection set-up that outlasts the 1 s limits above on a loaded machine; the next ones succeed.
+    answers = []
+
+    async def accepted() -> bool:
+        answers.append(await grantbot.api.request_access({**body, "ttl_seconds": 62 + len(answers)}))
+        assert answers[-1][0] in (201, 503), answers[-1]
+        return answers[-1][0] == 201
+
+    await eventually(accepted, timeout=15, interval=0.5)
     assert (await get(grantbot, "/readyz"))[0] == 200
     assert_no_traceback(caplog, capfd)
 

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import ADMIN_URL
-from tests.support import eventually, message_text
+from tests.support import buttons, eventually, message_text
 from tests.test_credentials import session_ended
 from tests.test_dev_walkthrough import Dev
 from tests.test_end_to_end import free_port, grantbot_command
@@ -57,7 +57,7 @@ async def test_the_database_step_works_as_printed(tmp_path, demo_database):
                     return await resp.json()
 
             async def card():
-                cards = [m for m in (await state())["messages"] if not m.get("thread_ts") and m.get("blocks")]
+                cards = [m for m in (await state())["messages"] if "approve" in buttons(m)]  # not the daily summary
                 return cards[0] if cards else None
 
             message = await eventually(card, timeout=20)

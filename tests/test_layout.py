@@ -43,3 +43,13 @@ def test_each_room_imports_only_what_it_may(room):
         if any(name == banned or name.startswith(banned + ".") for banned in FORBIDDEN[room])
     )
     assert crossings == []
+
+
+def test_the_readmes_layout_names_every_room_and_every_store_module():
+    readme = (BOT.parent / "README.md").read_text()
+    layout = readme.split("### Layout", 1)[1].split("\n### ", 1)[0]
+    rooms = sorted(p.name for p in BOT.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert [room for room in rooms if f"`bot/{room}/`" not in layout] == []
+    store = sorted(p.name for p in (BOT / "store").glob("*.py") if p.name not in ("__init__.py", "schema.py",
+                                                                                "engine.py", "outage.py"))
+    assert [module for module in store if f"`{module}`" not in layout] == []

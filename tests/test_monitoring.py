@@ -14,6 +14,13 @@ METRIC = re.compile(r"\bgrantbot_[a-z0-9_]+")
 SUFFIXES = {"histogram": ("_bucket", "_count", "_sum")}
 
 
+def readme_metrics() -> set[str]:
+    """The metrics the README's ``GET /metrics`` row names (operators build their own alerts from it)."""
+    readme = (MONITORING.parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `GET /metrics` |"))
+    return set(METRIC.findall(row))
+
+
 def alert_rules() -> list[dict]:
     document = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
     return [rule for group in document["groups"] for rule in group["rules"]]
@@ -53,3 +60,6 @@ async def test_every_metric_the_alerts_and_the_dashboard_name_exists_after_one_r
     named = {name for expr in [r["expr"] for r in alert_rules()] + dashboard_expressions()
              for name in METRIC.findall(expr)}
     assert named and named <= names, sorted(named - names)
+    documented = readme_metrics()
+    missing = {name for name in documented if name not in names and name + "_count" not in names}  # histograms
+    assert len(documented) > 15 and not missing, sorted(missing)

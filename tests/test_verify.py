@@ -27,6 +27,13 @@ STAGING = ("request", "--environment", "staging", "--scope", "db:read", "--outpu
 
 
 @pytest.fixture
+def database_url(tmp_path):
+    """SQLite only: these tests are of the resource server's side, which speaks only HTTP (JWKS, introspection).
+    What grantbot stores behind it is tested on both databases by the server's own tests."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'grantbot.db'}"
+
+
+@pytest.fixture
 async def serve(tmp_path, database_url, sandbox):
     proc = await start_serve(tmp_path, database_url, sandbox)
     yield proc

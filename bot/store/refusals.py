@@ -26,9 +26,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain.refusals import Refusal
-from bot.store.outage import translate_outages
+from bot.store.audit import audit_row
 from bot.store.engine import writer
-from bot.store.repository import _audit_row
+from bot.store.outage import translate_outages
 from bot.store.tables import AuditEventRow, RefusalCountRow
 
 C = RefusalCountRow.__table__
@@ -97,7 +97,7 @@ class SqlRefusalLog:
             if opened.rowcount != 1:  # another replica opened it a moment ago
                 await self._count(conn, key)
                 return False
-            await conn.execute(_INSERT_AUDIT, _audit_row(now, refusal.kind, who, refusal.request_id, None,
+            await conn.execute(_INSERT_AUDIT, audit_row(now, refusal.kind, who, refusal.request_id, None,
                                                          reason=reason, count=1, **refusal.data))
         # Once a minute per kind, who and reason, like the audit event: a flood of bad requests is one line.
         log.info("refused (%s) %s: %s", refusal.kind, who, reason,
