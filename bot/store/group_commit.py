@@ -97,6 +97,9 @@ class GroupCommit:
         self._engine = engine
         self._queue: list[tuple[Signature | NewRequest, asyncio.Future]] = []
         self._writers: set[asyncio.Task] = set()
+        # Writers running, counted down by each one in the step where it finds the queue empty (not by a done
+        # callback, which runs later: an item queued in between would find no writer coming).
+        self._active = 0
         # SQLite has one connection and one writer at a time; on PostgreSQL a few groups in flight at once keep the
         # request path from waiting on one group's round trips (quotas, keys and digests are settled by locks and
         # unique indexes across transactions, as across replicas).
@@ -106,14 +109,21 @@ class GroupCommit:
     async def submit(self, item: Signature | NewRequest) -> bool:
         future = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if len(self._writers) < self._max_writers:
+        if self._active < self._max_writers:
+            self._active += 1
             writer_task = asyncio.get_running_loop().create_task(self._drain())
-            self._writers.add(writer_task)
+            self._writers.add(writer_task)  # a strong reference while it runs
             writer_task.add_done_callback(self._writers.discard)
         # Shielded: a caller cancelled while its item is being written leaves the group's write alone.
         return await asyncio.shield(future)
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_queue()
+        finally:
+            self._active -= 1
+
+    async def _drain_queue(self) -> None:
         while self._queue:
             try:
                 # PostgreSQL: one connection while groups keep coming, no pool checkout (and its ping) per group.
