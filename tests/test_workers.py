@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.support import Api, eventually
 from tests.test_end_to_end import Process, grantbot_command, migrate
@@ -56,6 +57,8 @@ async def start_workers(proc: Process, workers: int) -> subprocess.Popen:
     return proc.proc
 
 
+# PostgreSQL only: workers are for production, where they share a PostgreSQL like replicas.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_two_workers_share_the_port_serve_and_stop_together(tmp_path, database_url, sandbox):
     proc = Process(tmp_path, database_url, sandbox)
     migrate(proc)
@@ -73,6 +76,8 @@ async def test_two_workers_share_the_port_serve_and_stop_together(tmp_path, data
     proc.check_log()
 
 
+# PostgreSQL only: workers are for production, where they share a PostgreSQL like replicas.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_worker_that_dies_stops_the_set_with_a_failure(tmp_path, database_url, sandbox):
     proc = Process(tmp_path, database_url, sandbox)
     migrate(proc)
