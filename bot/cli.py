@@ -49,13 +49,14 @@ class PortUnavailable(Exception):
     """The address to listen on cannot be bound; the message says which and what to do."""
 
 
-async def _listen(app: web.Application, settings: Settings):
+async def _listen(app: web.Application, settings: Settings, reuse_port: bool = False):
     """Serve ``app`` where the settings say (``bot.web.serving.listen``); :class:`PortUnavailable` when the
     address cannot be bound, raised before the application has started anything."""
     from bot.web.serving import listen
 
     try:
-        return await listen(app, settings.host, settings.port, header_timeout_seconds=settings.header_timeout_seconds)
+        return await listen(app, settings.host, settings.port, header_timeout_seconds=settings.header_timeout_seconds,
+                            reuse_port=reuse_port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             why = "the address is already in use (another grantbot, or another program, listens there)"
@@ -78,11 +79,11 @@ async def _until_signalled(app=None) -> None:
     await stop.wait()
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, reuse_port: bool = False) -> None:
     from bot.app import create_app
 
     app = create_app(settings)
-    listener = await _listen(app, settings)
+    listener = await _listen(app, settings, reuse_port)
     logging.getLogger("bot").info("grantbot listening on http://%s:%s", settings.host, settings.port)
     try:
         await _until_signalled(app)
@@ -118,10 +119,17 @@ def _run(coro) -> int:
     return 0
 
 
-def cmd_serve(_: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load_settings()
     _setup_logging(settings.log_level, settings.log_format)
-    return _run(_serve(settings))
+    if args.workers < 1:
+        print("grantbot: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from bot.workers import supervise
+
+        return supervise(args.workers, [sys.executable, "-m", "bot", "serve", "--worker"])
+    return _run(_serve(settings, reuse_port=args.worker))
 
 
 async def _migrate(settings: Settings) -> None:
@@ -466,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP API and Slack endpoint (settings from the environment)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="run N processes sharing the port (SO_REUSEPORT; about one per core); each is a replica "
+                            "like any other (default: 1)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers' processes
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to this version (run before serve)")

@@ -137,7 +137,7 @@ class Chromium:
     """``async with Chromium(tmp_path) as browser: page = await browser.new_page(url)``: a headless Chromium
     with its own profile under ``folder``, stopped (and its profile left for the test's tmp_path) on exit."""
 
-    def __init__(self, folder: Path, start_timeout: float = 15) -> None:
+    def __init__(self, folder: Path, start_timeout: float = 45) -> None:
         self.folder = folder
         self.start_timeout = start_timeout
         self.process: asyncio.subprocess.Process | None = None

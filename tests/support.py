@@ -32,12 +32,29 @@ CHANNEL = "C0SANDBOX"
 _SECRET_SHAPES = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+|v[01]=[0-9a-f]{64}")
 
 
+# Every credential secret grantbot handed over through ``Api`` in this test process (passwords, private keys):
+# no later log may hold one either.
+HANDED_OVER: set[str] = set()
+_SECRET_FIELDS = ("password", "private_key")
+
+
+def remember_handed_over(answer: Any) -> None:
+    """Note the secrets of the credentials in an API answer (``grant.credentials[*]``, DESIGN.md)."""
+    grant = answer.get("grant") if isinstance(answer, dict) else None
+    for credential in (grant or {}).get("credentials") or []:
+        for field in _SECRET_FIELDS:
+            if isinstance(value := credential.get(field), str) and len(value) >= 16:
+                HANDED_OVER.add(value)
+
+
 def assert_no_secrets(text: str) -> None:
-    """``text`` (logs) holds no token, signature or test secret."""
+    """``text`` (logs) holds no token, signature, test secret or handed-over credential secret."""
     found = _SECRET_SHAPES.search(text)
     assert found is None, f"a token or signature was logged: {text[max(found.start() - 200, 0):found.end()]}"
     for secret in (*SECRETS.values(), SIGNING_SECRET, BOT_TOKEN, "rs-secret"):
         assert secret not in text, f"the secret {secret!r} was logged"
+    for secret in HANDED_OVER:
+        assert secret not in text, "a handed-over credential secret was logged"
 
 
 def hmac_headers(identity: str, method: str, path_qs: str, body: bytes, *, secret: str | None = None,
@@ -105,7 +122,9 @@ class Api:
         async with self.http.request(method, self.base_url + path, data=data, headers=all_headers) as resp:
             text = await resp.text()
             try:
-                return resp.status, resp.headers, json.loads(text)
+                answer = json.loads(text)
+                remember_handed_over(answer)
+                return resp.status, resp.headers, answer
             except json.JSONDecodeError:
                 return resp.status, resp.headers, {"_raw": text}
 

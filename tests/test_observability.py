@@ -81,7 +81,8 @@ async def test_metrics_count_refused_callers_by_scheme_and_reason(grantbot):
         assert f'grantbot_auth_failures_total{{reason="{reason}",scheme="{scheme}"}} 1.0' in text, text
 
 
-async def test_metrics_count_decisions_by_rule_and_who_and_grants_issued_and_revoked(grantbot, sandbox, clock):
+async def test_metrics_count_decisions_by_rule_and_who_and_grants_issued_and_revoked(grantbot, sandbox, clock,
+                                                                                      caplog):
     from tests.support import cards, eventually, message_text
 
     status, auto = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
@@ -93,11 +94,24 @@ async def test_metrics_count_decisions_by_rule_and_who_and_grants_issued_and_rev
     assert status == 202
     card = await eventually(lambda: next((c for c in cards(sandbox) if pending["id"] in message_text(c)), None))
     clock.advance(90)  # people take a minute and a half to decide
+    assert await grantbot.api.click(card, "approve", "U0OTHER") == 200  # not an approver: refused
+    await eventually(lambda: any(e["user"] == "U0OTHER" for e in sandbox.ephemerals))
     assert await grantbot.api.click(card, "approve", "U0APPROVER") == 200
     _, decided = await grantbot.api.get_request(pending["id"], wait=10)
     assert decided["status"] == "approved"
     status, _ = await grantbot.api.call("POST", f"/v1/grants/{auto['grant']['id']}/revoke")
     assert status == 200
+
+    # Each decision, verdict, refusal and revocation is one INFO line with its ids as fields.
+    def lines(**fields) -> list:
+        return [r for r in caplog.records if r.levelname == "INFO"
+                and all(getattr(r, k, None) == v for k, v in fields.items())]
+
+    assert len(lines(access_request=auto["id"], status="approved", rule="staging-read")) == 1
+    assert len(lines(access_request=pending["id"], status="pending")) == 1
+    assert len(lines(access_request=pending["id"], approver="U0APPROVER", status="approved")) == 1
+    assert len(lines(refusal="approval.refused", who="U0OTHER")) == 1
+    assert len(lines(grant=auto["grant"]["id"], via="api:holder", by="deploy-bot")) == 1
     async with grantbot.api.http.get(grantbot.base_url + "/metrics") as resp:
         text = await resp.text()
     for line in ('grantbot_decisions_total{by="policy",decision="approved",rule="staging-read"} 1.0',

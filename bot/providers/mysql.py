@@ -67,6 +67,9 @@ _PRIVILEGES = {
 _PRIVILEGE = re.compile(r"\s*(?P<privileges>[A-Za-z ,]+?)\s+ON\s+(?P<database>\*|[A-Za-z0-9_$]+)\.(?P<table>\*|[A-Za-z0-9_$]+)\s*",
                         re.IGNORECASE)
 UNKNOWN_THREAD = 1094  # ER_NO_SUCH_THREAD: the connection ended by itself meanwhile
+# KILL only flags a connection: its thread leaves the process list when it next looks at the flag (at once when
+# idle, later on a loaded server). The revocation waits this long for them to go before its check counts them.
+KILLED_EXIT_SECONDS = 5.0
 
 
 def parse_privilege(text: str) -> tuple[list[str], str, str]:
@@ -335,6 +338,8 @@ class MySQLProvider:
                 except pymysql.err.InternalError as exc:
                     if exc.args[0] != UNKNOWN_THREAD:
                         raise
+            if killed:
+                await self._wait_for_exit(cursor, username)
             if existed:
                 await cursor.execute("DROP USER IF EXISTS %s@%s", user)
         summary = (f"user {username} dropped, {plural(killed, 'connection')} killed" if existed
@@ -342,6 +347,14 @@ class MySQLProvider:
                                                                if killed else ""))
         return RevocationReport(summary, {"user": username, "host": self._account_host, "existed": existed,
                                           "connections_killed": killed})
+
+    async def _wait_for_exit(self, cursor: aiomysql.Cursor, username: str) -> None:
+        """Wait (at most ``KILLED_EXIT_SECONDS``) until no connection of ``username`` is left in the process list."""
+        deadline = asyncio.get_running_loop().time() + KILLED_EXIT_SECONDS
+        delay = 0.01
+        while await self._connections(cursor, username) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     async def verify_revoked(self, account: Account, report: RevocationReport | None = None) -> RevocationCheck:
         username = account.username

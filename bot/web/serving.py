@@ -108,8 +108,10 @@ class Listener:
 
 
 async def listen(app: web.Application, host: str, port: int, *, header_timeout_seconds: float,
-                 shutdown_timeout: float = 15.0) -> Listener:
-    """Bind ``host:port`` (0: any free port), start ``app``, then accept connections.
+                 shutdown_timeout: float = 15.0, reuse_port: bool = False) -> Listener:
+    """Bind ``host:port`` (0: any free port), start ``app``, then accept connections. ``reuse_port``: bind with
+    ``SO_REUSEPORT``, so that the workers of ``grantbot serve --workers N`` share the port (the kernel spreads new
+    connections over them).
 
     Raises ``OSError`` (e.g. the address is in use) before the application starts anything; whatever the
     application's start-up raises, after the port is let go again.
@@ -123,7 +125,7 @@ async def listen(app: web.Application, host: str, port: int, *, header_timeout_s
         return GrantbotRequestHandler(runner.server, loop=loop, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS,
                                       header_timeout_seconds=header_timeout_seconds)
 
-    server = await loop.create_server(connection, host, port, start_serving=False)
+    server = await loop.create_server(connection, host, port, start_serving=False, reuse_port=reuse_port or None)
     try:
         await runner.setup()
     except BaseException:
