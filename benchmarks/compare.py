@@ -80,17 +80,24 @@ def pinned(cpu: int, command: list[str]) -> list[str]:
     return command
 
 
-def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30, ready_path: str | None = None) -> None:
+    """Until the port accepts connections and, given ``ready_path``, answers it 200: grantbot binds its port
+    before its application has started (bot/web/serving.py), and requests sent meanwhile wait for the start."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the server exited with {process.returncode} before listening")
         try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
+            with socket.create_connection(("127.0.0.1", port), 0.5) as sock:
+                if ready_path is None:
+                    return
+                sock.sendall(f"GET {ready_path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
         except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on port {port} after {seconds} s")
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"nothing ready on port {port} after {seconds} s")
 
 
 def presigned_lines(count: int) -> str:
@@ -164,6 +171,7 @@ class Server:
     """A server process on its own port and core: the echo, or `grantbot serve` on a fresh database."""
 
     def __init__(self, kind: str, tmp: Path, database: Database | None = None) -> None:
+        self.kind = kind
         self.port = free_port()
         self.env = {**os.environ, "PORT": str(self.port), "GRANTBOT_SECRET_DEPLOY_BOT": SECRET,
                     "GRANTBOT_POLICY_FILE": str(ROOT / "bot" / "examples" / "policy.yaml"),
@@ -180,7 +188,7 @@ class Server:
 
     def __enter__(self) -> Server:
         self.process = subprocess.Popen(pinned(1, self.command), env=self.env, stdout=subprocess.DEVNULL)
-        wait_for_port(self.port, self.process)
+        wait_for_port(self.port, self.process, ready_path=None if self.kind == "echo" else "/readyz")
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -70,7 +70,7 @@ def rows(n: int, first_expiry: datetime, window: float, now: datetime):
         }
         grant = {
             "id": grant_id, "request_id": request_id, "identity": "deploy-bot", "scopes": ["db:read"],
-            "audience": "https://api.acme.example", "jti": str(uuid.uuid4()), "issued_at": now,
+            "audience": "https://api.acme.example", "environment": "staging", "jti": str(uuid.uuid4()), "issued_at": now,
             "expires_at": expires_at, "status": "active", "delivered_at": now, "token_hash": "0" * 64,
         }
         yield request, grant

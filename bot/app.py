@@ -39,7 +39,7 @@ from bot.identity.callers import CallerAuthenticator
 from bot.identity.hmac_auth import HmacAuthenticator, secrets_from_policy
 from bot.identity.jwks_cache import JwksCache
 from bot.identity.oidc import ALLOWED_ALGORITHMS, OidcAuthenticator
-from bot.scheduler import CronSchedule, run_scheduler
+from bot.scheduler import CronSchedule, Sweeper, SweepWaking, run_scheduler
 from bot.slack.directory import SlackApproverDirectory
 from bot.slack.listeners import build_bolt_app
 from bot.slack.notifier import SlackNotifier
@@ -114,6 +114,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
         observer=metrics,
     )
 
+    sweeper = Sweeper(deps, metrics, settings.sweep_interval_seconds)
+    deps.observer = SweepWaking(metrics, sweeper)  # a grant expiring before the next sweep brings it forward
+
     app = web.Application(middlewares=[observe, error_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[DEPS] = deps
@@ -181,7 +184,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
     )
     app.cleanup_ctx.append(
         lambda _app: run_scheduler(deps, metrics, settings.sweep_interval_seconds, summary_schedule,
-                                   settings.revocation_retries, settings.reconcile_interval_seconds)
+                                   settings.revocation_retries, settings.reconcile_interval_seconds, sweeper)
     )
     app.cleanup_ctx.append(partial(_background, reloader.run, reloader.stop, "policy reloader"))
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
@@ -28,32 +29,85 @@ from bot.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+# Sweeps follow one another at least this far apart (seconds) while grants keep falling due: at 1,000 expiries a
+# second a sweep then ends about a hundred of them, instead of one transaction per grant.
+MIN_GAP_SECONDS = 0.1
+
+
 class Sweeper:
-    """The sweep job. It remembers its running task so shutdown can let it finish.
+    """The sweep job, scheduled by what falls due next. It remembers its running task so shutdown can let it
+    finish.
+
+    After each sweep the next one is set for the moment the database says something next falls due
+    (``SweepResult.next_due``), but never later than ``interval_seconds`` (the ceiling: grants issued by other
+    replicas, a clock that jumps, housekeeping) and never sooner than ``MIN_GAP_SECONDS`` after this one. A grant
+    issued here that expires before the next sweep brings it forward (:meth:`grant_issued`). The delay is read on
+    the injected clock and waited on the real one; an injected clock that jumps is caught up with by the ceiling.
 
     APScheduler's ``shutdown()`` cancels a running coroutine job without awaiting it; a sweep cut off
     mid-transaction would still need the database to roll back after the engine is gone. So shutdown pauses the
     scheduler, lets a running sweep finish (a batch takes milliseconds), and only cancels one that hangs.
     """
 
-    def __init__(self, deps: usecases.Deps, metrics: Metrics) -> None:
+    JOB_ID = "expiry-sweep"
+
+    def __init__(self, deps: usecases.Deps, metrics: Metrics, interval_seconds: float = 1.0) -> None:
         self._deps = deps
         self._metrics = metrics
+        self._interval = interval_seconds
+        self._min_gap = min(MIN_GAP_SECONDS, interval_seconds)
         self._running: set[asyncio.Task] = set()
+        self._scheduler: AsyncIOScheduler | None = None
+        self._next_sweep: datetime | None = None  # on the injected clock
+        self._housekept = float("-inf")  # time.monotonic() of the last housekeeping
+
+    def attach(self, scheduler: AsyncIOScheduler) -> None:
+        """Run on ``scheduler``: the first sweep at once, the later ones as each sweep sets them."""
+        self._scheduler = scheduler
+        self._schedule(0.0)
+
+    def delay_after(self, next_due: datetime | None, now: datetime) -> float:
+        """Seconds from ``now`` to the next sweep, given the next moment something falls due (None: nothing)."""
+        if next_due is None:
+            return self._interval
+        return min(self._interval, max(self._min_gap, (next_due - now).total_seconds()))
+
+    def _schedule(self, delay: float) -> None:
+        if self._scheduler is None:
+            return
+        self._next_sweep = self._deps.clock.now() + timedelta(seconds=delay)
+        self._scheduler.add_job(
+            self.sweep, "date", run_date=datetime.now(UTC) + timedelta(seconds=delay), id=self.JOB_ID,
+            replace_existing=True, max_instances=1, misfire_grace_time=None,
+        )
+
+    def grant_issued(self, expires_at: datetime) -> None:
+        """A grant issued in this process expires at ``expires_at``: sweep by then if the next sweep is later."""
+        if self._scheduler is None or self._next_sweep is None or expires_at >= self._next_sweep:
+            return
+        delay = max((expires_at - self._deps.clock.now()).total_seconds(), 0.0)
+        self._next_sweep = expires_at
+        with contextlib.suppress(JobLookupError):  # a sweep is running: it schedules the next one itself
+            self._scheduler.modify_job(self.JOB_ID, next_run_time=datetime.now(UTC) + timedelta(seconds=delay))
 
     async def sweep(self) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)
         started = time.perf_counter()
+        housekeeping = time.monotonic() - self._housekept >= self._interval
         try:
-            result = await usecases.expire_due(self._deps)
+            result = await usecases.expire_due(self._deps, housekeeping=housekeeping)
         except Exception as exc:  # the database may be away; the next sweep catches up
             # The driver's own message, not SQLAlchemy's (which repeats the statement and its parameters).
             log.warning("expiry sweep failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
+            self._schedule(self._interval)
             return
         finally:
             self._running.discard(task)
+        if housekeeping:
+            self._housekept = time.monotonic()
+        self._schedule(self.delay_after(result.next_due, self._deps.clock.now()))
         self._metrics.observe_sweep(time.perf_counter() - started)
         self._metrics.grants_expired.inc(result.grants_expired)
         self._metrics.requests_timed_out.inc(result.requests_expired)
@@ -79,6 +133,26 @@ class Sweeper:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class SweepWaking:
+    """The domain's Observer (``bot.domain.ports.Observer``) for the composition root: tells ``observer`` (the
+    metrics) everything, and the sweeper of every grant issued, so that one expiring before the next sweep brings
+    it forward."""
+
+    def __init__(self, observer, sweeper: Sweeper) -> None:
+        self._observer = observer
+        self._sweeper = sweeper
+
+    def request_decided(self, request, by: str) -> None:
+        self._observer.request_decided(request, by)
+
+    def grant_issued(self, grant) -> None:
+        self._observer.grant_issued(grant)
+        self._sweeper.grant_issued(grant.expires_at)
+
+    def grant_revoked(self, grant) -> None:
+        self._observer.grant_revoked(grant)
 
 
 class CredentialJobs:
@@ -162,23 +236,16 @@ class SummaryJob:
 async def run_scheduler(
     deps: usecases.Deps, metrics: Metrics, interval_seconds: float, summary: CronSchedule | None = None,
     revocation_retry_seconds: tuple[float, ...] = RETRY_SECONDS, reconcile_seconds: float | None = None,
+    sweeper: Sweeper | None = None,
 ) -> AsyncIterator[AsyncIOScheduler]:
     """Start the scheduler inside the running loop; yields it; shuts it down (for aiohttp ``cleanup_ctx``).
 
-    Jobs: the sweep and the credential revocation rounds every ``interval_seconds``, reconciliation of providers'
+    Jobs: the sweep (scheduled by what falls due next, at least every ``interval_seconds``: ``Sweeper``), the
+    credential revocation rounds every ``interval_seconds``, reconciliation of providers'
     accounts at start and every ``reconcile_seconds`` (None: never), the daily summary when ``summary`` is set."""
-    sweeper = Sweeper(deps, metrics)
+    sweeper = sweeper or Sweeper(deps, metrics, interval_seconds)
     scheduler = AsyncIOScheduler(timezone=UTC)
-    scheduler.add_job(
-        sweeper.sweep,
-        "interval",
-        seconds=interval_seconds,
-        next_run_time=datetime.now(UTC),
-        id="expiry-sweep",
-        coalesce=True,
-        max_instances=1,
-        misfire_grace_time=None,
-    )
+    sweeper.attach(scheduler)
     if summary is not None:
         scheduler.add_job(sweeper.tracked, "interval", args=[SummaryJob(deps, summary).run], seconds=interval_seconds,
                           next_run_time=datetime.now(UTC), id="daily-summary", coalesce=True, max_instances=1,

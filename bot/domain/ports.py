@@ -181,6 +181,11 @@ class Store(CredentialStore, Protocol):
 
     async def grant_by_jti(self, jti: str) -> Grant | None: ...
 
+    async def recent_grant_by_jti(self, jti: str, now: datetime) -> Grant | None:
+        """``grant_by_jti`` for introspection: an active grant may come from a read less than a second old at
+        ``now`` (a revocation on another replica is seen within it); one this replica ended or re-issued is read
+        afresh at once."""
+
     async def decide(
         self,
         request_id: str,
@@ -223,6 +228,10 @@ class Store(CredentialStore, Protocol):
 
     async def expire_due_grants(self, now: datetime, limit: int) -> list[Grant]:
         """End active grants whose ``expires_at <= now``, each with a ``grant.expired`` event; returns them."""
+
+    async def next_due(self) -> datetime | None:
+        """The earliest moment the sweep has something to do: an active grant's ``expires_at``, a pending
+        request's deadline or reminder; None when nothing is scheduled. May be in the past."""
 
     async def expire_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Mark pending requests past their deadline ``expired``, each with a ``card.update`` event."""

@@ -8,6 +8,7 @@ from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from bot.store.sqlite_driver import OneTripDBAPI
 
 
 def normalize_url(url: str) -> str:
@@ -124,7 +125,9 @@ def create_engine(url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_
                                    max_overflow=0, pool_timeout=pool_timeout)
     # One connection: SQLite has one writer at a time anyway, and contention queued in asyncio costs microseconds,
     # while contention between connections is resolved by SQLite's busy handler, which sleeps (up to 100 ms a try).
-    engine = create_async_engine(url, connect_args={"timeout": 5}, pool_size=1, max_overflow=0, pool_timeout=30)
+    # One trip to SQLite's thread per statement (bot.store.sqlite_driver) rather than SQLAlchemy's three or four.
+    engine = create_async_engine(url, connect_args={"timeout": 5}, pool_size=1, max_overflow=0, pool_timeout=30,
+                                 module=OneTripDBAPI.load())
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:

@@ -11,8 +11,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.domain.models import EventKind, Grant, GrantStatus, OutboxEvent
+from bot.domain.models import Grant, GrantStatus, OutboxEvent
 from bot.store.audit import INSERT_AUDIT, audit_row
+from bot.store.expiry import end_due_grants, next_due
 from bot.store.outage import translate_outages
 from bot.store.tables import GrantRow, IdentityScopeRow
 
@@ -103,6 +104,11 @@ class GrantQueries:
     async def grant_by_jti(self, jti: str) -> Grant | None:
         return await self._one_grant(G.c.jti == jti)
 
+    async def recent_grant_by_jti(self, jti: str, now: datetime) -> Grant | None:
+        """``grant_by_jti``, answered for an active grant from a read less than half a second old at ``now``
+        (``bot.store.recent_grants``); a grant this store ended or re-issued is read afresh at once."""
+        return await self.recent_grants.get(jti, now)
+
     async def mark_handed_over(self, grant_id: str, token_hash: str, now: datetime,
                                events: list[OutboxEvent] = ()) -> bool:
         async with self._writer.begin() as conn:
@@ -139,6 +145,7 @@ class GrantQueries:
                 return None
             await self._audit(conn, now, "token.reissued", row.identity, row.request_id, grant_id,
                               old_jti=row.jti, new_jti=jti)
+        self.recent_grants.forget(grant_id)
         grant = grant_from_row(row)
         grant.jti, grant.token_hash = jti, token_hash
         return grant
@@ -154,32 +161,15 @@ class GrantQueries:
         return won.rowcount == 1
 
     async def expire_due_grants(self, now: datetime, limit: int) -> list[Grant]:
-        expired: list[Grant] = []
+        """End up to ``limit`` due grants in one transaction, set-based (``bot.store.expiry.end_due_grants``)."""
         async with self._writer.begin() as conn:
-            rows = (
-                await conn.execute(
-                    select(G)
-                    .where(G.c.status == GrantStatus.ACTIVE.value, G.c.expires_at <= now)
-                    .order_by(G.c.expires_at)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            for row in rows:
-                if await self._end_grant(conn, row.id, GrantStatus.EXPIRED, "expiry", now):
-                    await self._audit(conn, now, "grant.expired", "expiry", row.request_id, row.id,
-                                      expires_at=row.expires_at.isoformat())
-                    await self._add_events(
-                        conn,
-                        [
-                            OutboxEvent(EventKind.GRANT_EXPIRED, row.request_id, row.id),
-                            OutboxEvent(EventKind.CARD_UPDATE, row.request_id),
-                        ],
-                        now,
-                    )
-                    expired.append(grant_from_row(row))
-            await self.queue_revocations(conn, [grant.id for grant in expired], now)
-        return expired
+            rows = await end_due_grants(conn, now, limit)
+        return [grant_from_row(row) for row in rows]
+
+    async def next_due(self) -> datetime | None:
+        """The earliest ``expires_at``/deadline/reminder the sweep will have to act on (``bot.store.expiry``)."""
+        async with self.engine.connect() as conn:
+            return await next_due(conn)
 
     async def revoke_grant(self, grant_id: str, by: str, now: datetime, events: list[OutboxEvent],
                            **audit) -> bool:
@@ -193,6 +183,7 @@ class GrantQueries:
                               **{k: v for k, v in audit.items() if v is not None})
             await self._add_events(conn, events, now)
             await self.queue_revocations(conn, [grant_id], now)
+        self.recent_grants.forget(grant_id)
         return True
 
     # -- listings for /access (read-only) ---------------------------------------------------------------------

@@ -23,6 +23,12 @@ O = OutboxRow.__table__  # noqa: E741
 _URGENT_KINDS = tuple(kind.value for kind in URGENT_EVENTS)
 
 
+def event_values(event: OutboxEvent, now: datetime) -> dict:
+    """Parameters of the ``outbox`` row of ``event``, due at ``now``."""
+    return {"kind": event.kind.value, "request_id": event.request_id, "grant_id": event.grant_id, "created_at": now,
+            "not_before": now, "attempts": 0, "payload": event.payload}
+
+
 @translate_outages
 class OutboxQueries:
     """Mixed into ``SqlStore`` (its ``engine``, ``_writer`` and ``_audit``)."""
@@ -30,21 +36,7 @@ class OutboxQueries:
     @staticmethod
     async def _add_events(conn: AsyncConnection, events: list[OutboxEvent], now: datetime) -> None:
         if events:
-            await conn.execute(
-                insert(O),
-                [
-                    {
-                        "kind": e.kind.value,
-                        "request_id": e.request_id,
-                        "grant_id": e.grant_id,
-                        "created_at": now,
-                        "not_before": now,
-                        "attempts": 0,
-                        "payload": e.payload,
-                    }
-                    for e in events
-                ],
-            )
+            await conn.execute(insert(O), [event_values(e, now) for e in events])
 
     async def claim_outbox(
         self,

@@ -18,8 +18,10 @@ from bot.store.audit import AuditTrail
 from bot.store.credentials import CredentialQueries
 from bot.store.engine import writer
 from bot.store.grants import GrantQueries
+from bot.store.group_commit import GroupCommit
 from bot.store.outage import database_answers, translate_outages
 from bot.store.outbox import OutboxQueries
+from bot.store.recent_grants import RecentGrants
 from bot.store.requests import RequestQueries
 from bot.store.signatures import ReplayRecords
 from bot.store.summaries import Summaries
@@ -40,6 +42,8 @@ class SqlStore(RequestQueries, GrantQueries, OutboxQueries, AuditTrail, ReplayRe
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._writer = writer(engine)
+        self.recent_grants = RecentGrants(self.grant_by_jti)  # introspection's reads (bot.store.recent_grants)
+        self._group = GroupCommit(engine)  # the request path's writes (bot.store.group_commit)
 
     async def ids_starting_with(self, prefix: str, *, grants: bool, limit: int) -> list[str]:
         """Up to ``limit`` request ids (``grants``: grant ids) starting with ``prefix``. A range on the primary key

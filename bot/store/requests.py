@@ -8,11 +8,9 @@ from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.domain.credentials import Account
-from bot.domain.errors import AutoApproveLimitReached
 from bot.domain.models import (
     AccessRequest,
     Approval,
@@ -28,8 +26,11 @@ from bot.domain.models import (
     VoteOutcome,
 )
 from bot.domain.policy import Usage
-from bot.store.audit import INSERT_AUDIT, audit_row
+from bot.store.audit import audit_row
+from bot.store.credentials import credential_values
 from bot.store.grants import INSERT_GRANT, grant_from_row, grant_issued_row, grant_values
+from bot.store.group_commit import NewRequest
+from bot.store.outbox import event_values
 from bot.store.outage import translate_outages
 from bot.store.tables import AccessRequestRow, ApprovalRow, GrantRow, IdentityScopeRow
 
@@ -41,7 +42,6 @@ G = GrantRow.__table__
 # Statements on the hot paths are built once and executed with parameter dicts: SQLAlchemy's compiled cache then
 # finds them by an identity-memoised cache key, where a statement rebuilt per call with ``.values(...)`` pays for
 # coercing every value into a bind parameter and walking them all to compute its cache key, each time.
-_INSERT_REQUEST = insert(R)
 _COUNT_AUTO_APPROVALS = select(func.count()).select_from(R).where(
     R.c.identity == bindparam("identity"), R.c.rule == bindparam("rule"),
     R.c.decision == Decision.AUTO_APPROVE.value, R.c.created_at > bindparam("since", type_=R.c.created_at.type),
@@ -134,48 +134,34 @@ class RequestQueries:
             "idempotency_key": idempotency_key,
             "body_hash": body_hash,
         }
-        try:
-            async with self._writer.begin() as conn:
-                if quota is not None and not await self._within_quota(conn, request, quota):
-                    raise AutoApproveLimitReached(quota.count)
-                await conn.execute(_INSERT_REQUEST, values)
-                at = request.created_at
-                audit = [
-                    audit_row(at, "request.received", request.identity, request.id,
-                               environment=request.environment, scopes=list(request.scopes),
-                               ttl_seconds=request.ttl_seconds, audience=request.audience, reason=request.reason,
-                               context=request.context),
-                    audit_row(at, "policy.decided", "policy", request.id, decision=request.decision.value,
-                               rule=request.rule, reason=request.decision_reason,
-                               reasons=list(request.decision_reasons)),
-                ]
-                if grant is not None:
-                    # The grant row first (audit rows name it), then the four audit rows in their order, in one
-                    # executemany: one round trip instead of four.
-                    await conn.execute(INSERT_GRANT, grant_values(grant))
-                    audit.append(grant_issued_row(grant, "policy"))
-                    if grant.delivered_at is not None:
-                        audit.append(audit_row(at, "token.handed_over", request.identity, request.id, grant.id))
-                    await conn.execute(INSERT_AUDIT, audit)
-                    await self._remember_scopes(conn, grant)
-                    await self._insert_accounts(conn, accounts, at, "policy")
-                else:
-                    await conn.execute(INSERT_AUDIT, audit)
-                await self._add_events(conn, events, at)
-        except IntegrityError:
-            if idempotency_key is None:
-                raise
-            return False
-        return True
-
-    async def _within_quota(self, conn: AsyncConnection, request: AccessRequest, quota: AutoApproveQuota) -> bool:
-        """Count the identity's automatic approvals under the rule inside the insert's own transaction, so that
-        concurrent requests cannot all take the last slot: SQLite writers are serialised (BEGIN IMMEDIATE); on
-        PostgreSQL a transaction-scoped advisory lock per (identity, rule) serialises the count and the insert."""
-        if conn.dialect.name == "postgresql":
-            await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"quota:{request.identity}:{request.rule}"))))
-        used = await self._count_auto_approvals(conn, request.identity, request.rule or "", quota.since)
-        return used < quota.count
+        at = request.created_at
+        audit = [
+            audit_row(at, "request.received", request.identity, request.id,
+                      environment=request.environment, scopes=list(request.scopes),
+                      ttl_seconds=request.ttl_seconds, audience=request.audience, reason=request.reason,
+                      context=request.context),
+            audit_row(at, "policy.decided", "policy", request.id, decision=request.decision.value,
+                      rule=request.rule, reason=request.decision_reason, reasons=list(request.decision_reasons)),
+        ]
+        item = NewRequest(values, None, audit, keyed=idempotency_key is not None,
+                          quota=(request.identity, request.rule or "", quota.count, quota.since) if quota else None,
+                          events=[event_values(e, at) for e in events])
+        if grant is not None:
+            # The grant row after its request, then the audit rows in their order (grant.issued, token.handed_over,
+            # credentials.issued), the identity's scopes and the accounts: as one transaction per request wrote them.
+            item.grant = grant_values(grant)
+            audit.append(grant_issued_row(grant, "policy"))
+            if grant.delivered_at is not None:
+                audit.append(audit_row(at, "token.handed_over", request.identity, request.id, grant.id))
+            item.scopes = [{"identity": grant.identity, "scope": scope, "first_granted_at": grant.issued_at}
+                           for scope in dict.fromkeys(grant.scopes)]
+            item.accounts = [credential_values(a, at, i) for i, a in enumerate(accounts)]
+            audit.extend(audit_row(at, "credentials.issued", "policy", a.request_id, a.grant_id,
+                                   provider=a.provider, provider_kind=a.kind, username=a.username, params=a.params)
+                         for a in accounts)
+        # Written with other callers' rows in one transaction (bot.store.group_commit); answered after its commit,
+        # False when the Idempotency-Key is taken; AutoApproveLimitReached when the rule's limit is used up.
+        return await self._group.submit(item)
 
     @staticmethod
     async def _count_auto_approvals(conn: AsyncConnection, identity: str, rule: str, since: datetime) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import lru_cache
 
 import jwt
 
@@ -11,6 +12,7 @@ from bot.domain.models import Grant
 from bot.tokens.keys import SigningKey, VerificationKey
 
 TOKEN_TYPE = "at+jwt"  # RFC 9068 §2.1
+VERIFIED_TOKENS = 4096  # tokens whose verification is remembered (introspection sees the same ones again and again)
 
 
 class AccessTokenIssuer:
@@ -27,6 +29,9 @@ class AccessTokenIssuer:
         self.issuer = issuer
         # The current key first; a retired key with the current key's kid (listed by mistake) is dropped.
         self._verifiers = {k.kid: k for k in reversed([key.public, *previous])}
+        # An ES256 verification costs about as much as the rest of an introspection; its outcome depends only on
+        # the token and the keys, which are fixed for this object's life.
+        self._verified = lru_cache(maxsize=VERIFIED_TOKENS)(self._verify)
 
     def mint(self, grant: Grant) -> str:
         issued = int(grant.issued_at.timestamp())
@@ -52,7 +57,12 @@ class AccessTokenIssuer:
         ``typ`` and ``iss``; None otherwise.
 
         Expiry is left to the caller, which compares ``exp`` with its injected clock and the grant's state.
+        Outcomes of the last ``VERIFIED_TOKENS`` tokens are remembered; each caller gets its own copy.
         """
+        claims = self._verified(token)
+        return dict(claims) if claims is not None else None
+
+    def _verify(self, token: str) -> dict[str, object] | None:
         try:
             verifier = self._verifiers.get(jwt.get_unverified_header(token).get("kid"))
             if verifier is None:

@@ -12,16 +12,19 @@ async def introspect(deps: Deps, token: str) -> dict[str, object]:
     """``{"active": true, <claims>, "token_type": "Bearer"}`` for a live token, else exactly ``{"active": false}``.
 
     Live means: our signature, a grant with that ``jti`` that is still active and not past ``expires_at`` at the
-    clock's now, and the token's hash equal to the one recorded when it was handed over.
+    clock's now, and the token's hash equal to the one recorded when it was handed over. The grant may come from
+    a read up to half a second old (``Store.recent_grant_by_jti``), so a revocation made on another replica is seen
+    within that; one made on this replica at once.
     """
     claims = deps.tokens.verify(token)
     if claims is None or not isinstance(claims.get("jti"), str):
         return {"active": False}
-    grant = await deps.store.grant_by_jti(claims["jti"])
+    now = deps.clock.now()
+    grant = await deps.store.recent_grant_by_jti(claims["jti"], now)
     if (
         grant is None
         or grant.status is not GrantStatus.ACTIVE
-        or grant.expires_at <= deps.clock.now()
+        or grant.expires_at <= now
         or grant.token_hash != deps.tokens.token_hash(token)
     ):
         return {"active": False}

@@ -1,0 +1,123 @@
+"""SQLAlchemy's aiosqlite adapter with one trip to SQLite's thread per statement instead of three or four.
+
+aiosqlite runs every call on a thread of its own; SQLAlchemy's cursor adapter makes one call to open a cursor, one
+to execute, one to fetch the rows and one to close it, each a queue put, a thread wake-up and a
+``call_soon_threadsafe`` back to the event loop, which then has to come round (under load, after every other ready
+callback). Here one function does all four on the thread (benchmarks/README.md measured the trips as most of the
+request path's cost on SQLite). Given to SQLAlchemy as its DBAPI module (``create_async_engine(module=…)``), so the
+dialect, the URLs and the SQL are SQLAlchemy's own.
+
+It reaches into aiosqlite's ``Connection._execute`` (run a function on the connection's thread) and ``_conn`` (the
+sqlite3 connection), as SQLAlchemy's own adapter does for its isolation level; aiosqlite ≥ 0.20.
+"""
+
+from __future__ import annotations
+
+import collections
+from threading import Thread
+from typing import Any
+
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util.concurrency import await_
+
+
+def _run(connection, operation: str, parameters, many: bool):
+    """On SQLite's thread: execute, fetch what it returns, close; the cursor's description, rows, row count and
+    last row id."""
+    cursor = connection._conn.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        elif parameters is None:
+            cursor.execute(operation)
+        else:
+            cursor.execute(operation, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else ()
+        # Read after the fetch: for UPDATE … RETURNING sqlite3 counts the rows as they are stepped through.
+        return description, rows, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+    """A cursor with no aiosqlite cursor behind it: each execute is one trip that leaves the results here."""
+
+    __slots__ = ("_description", "_rowcount", "_lastrowid")
+    _awaitable_cursor_close = False  # nothing to close on the thread: ``_run`` closed it
+
+    def __init__(self, adapt_connection) -> None:
+        self._description = None
+        self._rowcount = -1
+        self._lastrowid = None
+        super().__init__(adapt_connection)
+
+    def _make_new_cursor(self, connection) -> None:
+        return None
+
+    def _aenter_cursor(self, cursor) -> None:
+        return None
+
+    @property
+    def description(self):
+        return self._description
+
+    @property
+    def rowcount(self) -> int:
+        return self._rowcount
+
+    @property
+    def lastrowid(self):
+        return self._lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return 1
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        pass
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> None:
+        await self._trip(operation, parameters, many=False)
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
+        await self._trip(operation, seq_of_parameters, many=True)
+
+    async def _trip(self, operation: Any, parameters: Any, many: bool) -> None:
+        async with self._adapt_connection._execute_mutex:
+            self._description, rows, self._rowcount, self._lastrowid = await self._connection._execute(
+                _run, self._connection, operation, parameters, many)
+        self._rows = collections.deque(rows)
+
+    def nextset(self) -> None:
+        return None
+
+    def setinputsizes(self, *inputsizes: Any) -> None:
+        return None
+
+
+class OneTripConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+    _cursor_cls = OneTripCursor
+
+
+class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """The DBAPI module for ``create_async_engine(module=OneTripDBAPI.load())``."""
+
+    @classmethod
+    def load(cls) -> OneTripDBAPI:
+        return cls(__import__("aiosqlite"), __import__("sqlite3"))
+
+    def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
+        creator = kw.pop("async_creator_fn", None)
+        connection = creator(*arg, **kw) if creator else self.aiosqlite.connect(*arg, **kw)
+        # As SQLAlchemy's adapter: a connection's thread never holds up the process's exit.
+        thread = connection if isinstance(connection, Thread) else getattr(connection, "_thread", None)
+        if thread is not None:
+            thread.daemon = True
+        return OneTripConnection(self, await_(connection))
