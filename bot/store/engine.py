@@ -8,7 +8,11 @@ from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
-from bot.store.sqlite_driver import OneTripDBAPI
+
+try:
+    from bot.store.sqlite_driver import one_trip_dbapi
+except ImportError:  # a SQLAlchemy whose aiosqlite adapter differs from the one the shim was written against
+    one_trip_dbapi = None
 
 
 def normalize_url(url: str) -> str:
@@ -126,8 +130,10 @@ def create_engine(url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_
     # One connection: SQLite has one writer at a time anyway, and contention queued in asyncio costs microseconds,
     # while contention between connections is resolved by SQLite's busy handler, which sleeps (up to 100 ms a try).
     # One trip to SQLite's thread per statement (bot.store.sqlite_driver) rather than SQLAlchemy's three or four.
+    # SQLAlchemy's own adapter where the shim does not fit the installed SQLAlchemy (``one_trip_dbapi``).
+    module = one_trip_dbapi() if one_trip_dbapi is not None else None
     engine = create_async_engine(url, connect_args={"timeout": 5}, pool_size=1, max_overflow=0, pool_timeout=30,
-                                 module=OneTripDBAPI.load())
+                                 **({"module": module} if module is not None else {}))
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:

@@ -17,6 +17,7 @@ import collections
 from threading import Thread
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
@@ -121,3 +122,15 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
         if thread is not None:
             thread.daemon = True
         return OneTripConnection(self, await_(connection))
+
+
+# The SQLAlchemy series the shim was written and tested against (requirements.lock): it subclasses the adapter's
+# internals, which may change between minor versions.
+TESTED_SERIES = ("2.1.",)
+
+
+def one_trip_dbapi() -> OneTripDBAPI | None:
+    """The one-trip DBAPI module, or None (use SQLAlchemy's own adapter) on a SQLAlchemy outside ``TESTED_SERIES``."""
+    if not sqlalchemy.__version__.startswith(TESTED_SERIES):
+        return None
+    return OneTripDBAPI.load()
