@@ -73,11 +73,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def pinned(cpu: int, command: list[str]) -> list[str]:
-    """``command`` pinned to one core when taskset exists and there are two cores to share."""
+def pinned(cpu: int | str, command: list[str]) -> list[str]:
+    """``command`` pinned to a core (or a taskset list such as ``0-1``) when taskset exists and there are two
+    cores to share."""
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", str(cpu), *command]
     return command
+
+
+def server_cores(workers: int) -> str:
+    """The cores grantbot's processes run on: the one wrk does not use for one process; for more, as many as
+    there are workers counting from core 1, sharing core 0 with wrk when the machine has no more."""
+    cpus = os.cpu_count() or 1
+    if workers <= 1:
+        return "1"
+    return f"1-{workers}" if workers < cpus else f"0-{cpus - 1}"
 
 
 def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30, ready_path: str | None = None) -> None:
@@ -170,8 +180,9 @@ class Database:
 class Server:
     """A server process on its own port and core: the echo, or `grantbot serve` on a fresh database."""
 
-    def __init__(self, kind: str, tmp: Path, database: Database | None = None) -> None:
+    def __init__(self, kind: str, tmp: Path, database: Database | None = None, workers: int = 1) -> None:
         self.kind = kind
+        self.cores = "1" if kind == "echo" else server_cores(workers)
         self.port = free_port()
         self.env = {**os.environ, "PORT": str(self.port), "GRANTBOT_SECRET_DEPLOY_BOT": SECRET,
                     "GRANTBOT_POLICY_FILE": str(ROOT / "bot" / "examples" / "policy.yaml"),
@@ -184,10 +195,10 @@ class Server:
         else:
             self.env["GRANTBOT_DATABASE_URL"] = database.url
             subprocess.run([sys.executable, "-m", "bot", "migrate"], env=self.env, check=True, capture_output=True)
-            self.command = [sys.executable, "-m", "bot", "serve"]
+            self.command = [sys.executable, "-m", "bot", "serve", "--workers", str(workers)]
 
     def __enter__(self) -> Server:
-        self.process = subprocess.Popen(pinned(1, self.command), env=self.env, stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(pinned(self.cores, self.command), env=self.env, stdout=subprocess.DEVNULL)
         wait_for_port(self.port, self.process, ready_path=None if self.kind == "echo" else "/readyz")
         return self
 
@@ -240,20 +251,24 @@ def main() -> None:
     parser.add_argument("--paths", default="request,introspect")
     parser.add_argument("--max-rate", type=int, default=8000,
                         help="requests/s the pre-signed signatures must cover (each is used once)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="grantbot serve --workers N (N > 1: on cores 1..N, sharing core 0 with wrk on a "
+                             "machine with no more)")
     parser.add_argument("--postgres-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("benchmarks/compare.py needs wrk (Debian: apt-get install wrk)")
     tmp = Path(tempfile.mkdtemp(prefix="grantbot-bench-"))
     print(f"load average before: {os.getloadavg()[0]:.2f}; {args.connections} connections, {args.duration} s each, "
-          f"{args.runs} runs, taskset: {'yes' if shutil.which('taskset') else 'no'}", flush=True)
+          f"{args.runs} runs, grantbot workers: {args.workers} (cores {server_cores(args.workers)}), "
+          f"taskset: {'yes' if shutil.which('taskset') else 'no'}", flush=True)
     results: dict[tuple[str, str, str], list[Figures]] = {}
     for _ in range(args.runs):
         for database in args.databases.split(","):
             for path in args.paths.split(","):
                 with Server("echo", tmp) as echo:
                     results.setdefault((database, path, "echo"), []).append(measure(path, echo, tmp, args))
-                with Database(database, tmp, args.postgres_admin_url) as db, Server("grantbot", tmp, db) as bot:
+                with Database(database, tmp, args.postgres_admin_url) as db, Server("grantbot", tmp, db, args.workers) as bot:
                     results.setdefault((database, path, "grantbot"), []).append(measure(path, bot, tmp, args))
                 print(".", end="", flush=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}\n")
