@@ -218,13 +218,14 @@ class SummaryJob:
         self._deps = deps
         self._schedule = schedule
         self._handled: datetime | None = None
+        self._started_at = deps.clock.now()
 
     async def run(self) -> None:
         due = self._schedule.latest(self._deps.clock.now())
         if due is None or due == self._handled:
             return
         try:
-            queued = await usecases.queue_due_summary(self._deps, self._schedule)
+            queued = await usecases.queue_due_summary(self._deps, self._schedule, self._started_at)
         except Exception as exc:  # the database may be away; the next run tries again
             log.warning("daily summary failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
             return

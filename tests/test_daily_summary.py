@@ -78,11 +78,26 @@ async def test_the_summary_keeps_its_local_time_across_the_dst_change(start_gran
 
 
 async def test_a_summary_missed_while_down_is_posted_at_start_if_recent(start_grantbot, sandbox, clock):
-    clock.set(datetime(2026, 6, 1, 9, 30, tzinfo=UTC))  # 11:30 CEST: 09:00 passed while nothing ran
+    clock.set(datetime(2026, 6, 1, 5, 0, tzinfo=UTC))  # 07:00 CEST: grantbot in use before 09:00
+    earlier = await start_grantbot(summary_cron="off")
+    assert (await earlier.api.request_access({"environment": "staging", "scopes": ["db:read"]}))[0] == 201
+    clock.set(datetime(2026, 6, 1, 9, 30, tzinfo=UTC))  # 11:30 CEST: 09:00 passed while no summary ran
     await start_grantbot(**BERLIN)
     await eventually(lambda: summaries(sandbox))
     await settle()
     assert len(summaries(sandbox)) == 1
+    assert "1 request" in summaries(sandbox)[0]["text"], summaries(sandbox)[0]["text"]
+
+
+async def test_a_first_start_does_not_post_a_summary_of_the_day_before_it(start_grantbot, sandbox, clock):
+    clock.set(datetime(2026, 6, 1, 9, 30, tzinfo=UTC))  # 11:30 CEST, on a new database: nothing to catch up
+    grantbot = await start_grantbot(**BERLIN)
+    assert (await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]}))[0] == 201
+    await settle()
+    assert summaries(sandbox) == []
+    clock.set(datetime(2026, 6, 2, 7, 0, 5, tzinfo=UTC))  # the next 09:00 CEST comes while it runs: posted
+    await eventually(lambda: summaries(sandbox))
+    assert "1 request" in summaries(sandbox)[0]["text"], summaries(sandbox)[0]["text"]
 
 
 async def test_an_old_summary_is_not_posted_late(start_grantbot, sandbox, clock):

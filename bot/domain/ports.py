@@ -269,6 +269,9 @@ class Store(CredentialStore, Protocol):
     async def activity(self, since: datetime, until: datetime, now: datetime, top: int = 5) -> dict:
         """Counts of what happened in ``[since, until)`` and what is active at ``now`` (the daily summary)."""
 
+    async def has_history_before(self, moment: datetime) -> bool:
+        """True when the audit trail holds an event at or before ``moment`` (grantbot was in use by then)."""
+
 
 class OutboxQueue(Protocol):
     """The outbox as its worker sees it (implemented by the SQL store; semantics: ``bot.slack.notifier``): items

@@ -50,3 +50,8 @@ class AuditTrail:
              "request_id": r.request_id, "grant_id": r.grant_id, **({"data": r.data} if r.data else {})}
             for r in rows
         ]
+
+    async def has_history_before(self, moment: datetime) -> bool:
+        """True when an audit event was recorded at or before ``moment`` (one indexed probe)."""
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(E.c.id).where(E.c.at <= moment).limit(1))).first() is not None

@@ -22,12 +22,18 @@ class Schedule(Protocol):
         """The last scheduled time at or before ``now`` (aware), within the last day; None if there is none."""
 
 
-async def queue_due_summary(deps: Deps, schedule: Schedule) -> datetime | None:
+async def queue_due_summary(deps: Deps, schedule: Schedule, started_at: datetime | None = None) -> datetime | None:
     """Queue the summary of the last scheduled time if it is due and not yet queued; returns that time if this
-    call queued it, else None. The summary covers the 24 h before the scheduled time."""
+    call queued it, else None. The summary covers the 24 h before the scheduled time.
+
+    ``started_at``: when this process started. A time that passed before it (a summary missed while every replica
+    was down) is caught up only if grantbot has a history before that time: a first start at 10:00 does not post
+    a summary of the day before grantbot existed."""
     now = deps.clock.now()
     due = schedule.latest(now)
     if due is None or now - due > GRACE:
+        return None
+    if started_at is not None and due < started_at and not await deps.store.has_history_before(due):
         return None
     activity = await deps.store.activity(due - WINDOW, due, now)
     queued = await deps.store.add_notice(
