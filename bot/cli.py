@@ -58,12 +58,46 @@ async def _listen(app: web.Application, settings: Settings, reuse_port: bool = F
         return await listen(app, settings.host, settings.port, header_timeout_seconds=settings.header_timeout_seconds,
                             reuse_port=reuse_port)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            why = "the address is already in use (another grantbot, or another program, listens there)"
-        else:
-            why = exc.strerror or str(exc)
-        raise PortUnavailable(f"cannot listen on {settings.host}:{settings.port}: {why}; stop that program or choose "
-                              "another port (PORT and GRANTBOT_HOST; grantbot dev --port)") from None
+        raise _port_unavailable(settings, exc) from None
+
+
+def _port_unavailable(settings: Settings, exc: OSError) -> PortUnavailable:
+    if exc.errno == errno.EADDRINUSE:
+        why = "the address is already in use (another grantbot, or another program, listens there)"
+    else:
+        why = exc.strerror or str(exc)
+    return PortUnavailable(f"cannot listen on {settings.host}:{settings.port}: {why}; stop that program or choose "
+                           "another port (PORT and GRANTBOT_HOST; grantbot dev --port)")
+
+
+async def _preflight(settings: Settings) -> None:
+    """What would stop every worker of ``serve --workers N``, checked once before they start, so that it is one
+    line as for a single ``serve``: the policy file, the signing key (created here once, not raced for by the
+    workers), the introspection clients, the schema, and the address (bound without ``SO_REUSEPORT``, so that
+    another program, or a grantbot already running, is found)."""
+    import socket
+
+    from bot.policy_file import load_policy
+    from bot.store.engine import create_engine
+    from bot.store.schema import check_current
+    from bot.tokens.keys import load_or_create_signing_key
+
+    load_policy(settings.policy_path, os.environ)
+    settings.introspection_credentials()
+    engine = create_engine(settings.database_url, connect_timeout=settings.database_connect_timeout_seconds)
+    try:
+        await check_current(engine)
+    finally:
+        await engine.dispose()
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(settings.host, settings.port,
+                                                                  type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+                probe.bind(address)
+    except OSError as exc:
+        raise _port_unavailable(settings, exc) from None
+    load_or_create_signing_key(settings.signing_key_file)  # last: a refusal above leaves nothing behind
 
 
 async def _until_signalled(app=None) -> None:
@@ -128,6 +162,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from bot.workers import supervise
 
+        if (refused := _run(_preflight(settings))) != 0:
+            return refused
         return supervise(args.workers, [sys.executable, "-m", "bot", "serve", "--worker"])
     return _run(_serve(settings, reuse_port=args.worker))
 

@@ -95,3 +95,29 @@ def test_zero_workers_is_refused_in_one_line(tmp_path):
     ran = subprocess.run([*grantbot_command(), "--workers", "0"], capture_output=True, text=True, timeout=30,
                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "GRANTBOT_POLICY_FILE": str(tmp_path / "none")})
     assert ran.returncode == 2 and ran.stderr.strip() == "grantbot: --workers must be at least 1", ran.stderr
+
+
+def test_workers_on_a_database_behind_are_refused_in_one_line_before_any_starts(tmp_path, sandbox):
+    proc = Process(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'grantbot.db'}", sandbox)  # never migrated
+    ran = subprocess.run([*grantbot_command(), "--workers", "2"], env=proc.env, capture_output=True, text=True,
+                         timeout=60)
+    assert ran.returncode == 2, ran.stderr
+    refusals = [line for line in ran.stderr.splitlines() if line.startswith("grantbot: ")]
+    assert len(refusals) == 1 and "run `grantbot migrate` first" in refusals[0], ran.stderr
+    assert "exited with status" not in ran.stderr  # no worker was started
+    assert not (tmp_path / "signing-key.pem").exists()  # nor anything left behind
+
+
+def test_workers_on_a_port_in_use_are_refused_in_one_line(tmp_path, sandbox):
+    proc = Process(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'grantbot.db'}", sandbox)
+    migrate(proc)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", proc.port))
+        taken.listen()
+        ran = subprocess.run([*grantbot_command(), "--workers", "2"], env=proc.env, capture_output=True, text=True,
+                             timeout=60)
+    assert ran.returncode == 2, ran.stderr
+    assert [line for line in ran.stderr.splitlines() if line.startswith("grantbot: ")] == [
+        f"grantbot: cannot listen on 127.0.0.1:{proc.port}: the address is already in use (another grantbot, or "
+        "another program, listens there); stop that program or choose another port (PORT and GRANTBOT_HOST; "
+        "grantbot dev --port)"], ran.stderr
