@@ -475,6 +475,7 @@ Stop with Ctrl-C.
         await listener.close()
         if sandbox is not None:
             await sandbox.stop()
+    print("grantbot dev stopped (its state stays in this folder for the next start).", flush=True)
 
 
 def _demo_hint(demo: dict | None, url: str) -> str:

@@ -64,6 +64,7 @@ async def dev(tmp_path):
         await asyncio.sleep(0.05)
     log = started.printed()
     assert "Traceback" not in log, log[-3000:]
+    assert "grantbot dev stopped" in log.splitlines()[-1], log[-3000:]  # Ctrl-C is answered
 
 
 async def test_the_walkthrough_works_as_printed_on_other_ports(dev):
