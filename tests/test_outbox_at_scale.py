@@ -176,6 +176,7 @@ async def test_a_digest_slack_took_just_before_a_crash_is_not_posted_again(grant
 
 
 async def test_three_instances_together_post_about_one_message_per_second_to_a_channel(start_grantbot, sandbox):
+    sandbox.post_rate_limit = (1.0, 3)  # Slack's limit as the sandbox plays it: grantbot must never trip it
     replicas = [await start_grantbot(slack_posts_per_second=1) for _ in range(3)]
     for n in range(12):
         status, _ = await replicas[n % 3].api.request_access({**CARD, "reason": f"deploy {n}"})
@@ -185,5 +186,8 @@ async def test_three_instances_together_post_about_one_message_per_second_to_a_c
     per_second = (len(times) - 1) / (times[-1] - times[0])
     print(f"\n12 cards from 3 instances in {times[-1] - times[0]:.1f} s: {per_second:.2f} posts/s; most in any 1 s "
           f"window {most_in_window(times, 1.0)}, in any 3 s window {most_in_window(times, 3.0)}")
-    # 1/s exactly can put 4 posts in a closed 3 s window; three instances pacing themselves would put up to 9.
-    assert most_in_window(times, 3.0) <= 4 and per_second <= 1.1
+    # Never refused by Slack's limit, and about 1/s together: 1/s exactly can put 4 posts in a closed 3 s window,
+    # one more when a loaded instance posts late in its slot and the next slot's post follows at once (seen once
+    # in a full run: 7 ms apart, within Slack's bursts); three instances pacing only themselves would put up to 9.
+    assert sandbox.rate_limited == 0
+    assert most_in_window(times, 3.0) <= 5 and per_second <= 1.1
