@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scramp import ScramMechanism
 
 from bot.domain.credentials import (
@@ -51,13 +51,13 @@ from bot.domain.credentials import (
     RevocationReport,
 )
 from bot.domain.errors import CredentialsRefused, CredentialsUnavailable
+from bot.providers.common import PASSWORD_BYTES, model_problems
 
 KIND = "postgresql"
 MAX_IDENTIFIER = 63  # NAMEDATALEN - 1
 GRANT_ID_CHARS = 32  # a UUID's hex digits
 MAX_PREFIX = MAX_IDENTIFIER - GRANT_ID_CHARS
 SCRAM_ITERATIONS = 4096  # PostgreSQL's scram_iterations default
-PASSWORD_BYTES = 32
 TERMINATE_WAIT_MS = 5000  # pg_terminate_backend waits this long for each session to exit
 MARKER = re.compile(r"grantbot grant=(?P<grant>[0-9a-f-]{36}) provider=(?P<provider>\S+) created=(?P<created>\S+)")
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]*")
@@ -137,15 +137,6 @@ class Params(BaseModel):
         return value
 
 
-def _problems(model: type[BaseModel], data: dict) -> list[tuple[tuple, str]]:
-    try:
-        model.model_validate(data)
-    except ValidationError as exc:
-        return [(tuple(e["loc"]), "unknown key (check its spelling and indentation)" if e["type"] == "extra_forbidden"
-                 else e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
-    return []
-
-
 def check_spec(spec: ProviderSpec) -> list[tuple[tuple, str]]:
     """Problems of a ``providers:`` entry of this kind, as (key path inside the entry, sentence)."""
     problems = [((key,), "unknown key for a postgresql provider (check its spelling and indentation)")
@@ -160,13 +151,13 @@ def check_spec(spec: ProviderSpec) -> list[tuple[tuple, str]]:
             _identifier(spec.owner_role)
         except ValueError as exc:
             problems.append((("owner_role",), str(exc)))
-    problems += [(("options", *loc), message) for loc, message in _problems(Options, spec.options)]
+    problems += [(("options", *loc), message) for loc, message in model_problems(Options, spec.options)]
     return problems
 
 
 def check_params(params: dict) -> list[tuple[tuple, str]]:
     """Problems of a rule's ``credentials:`` entry for a provider of this kind (key paths inside the entry)."""
-    return _problems(Params, params)
+    return model_problems(Params, params)
 
 
 def describe(spec: ProviderSpec, params: dict) -> str:
