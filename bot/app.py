@@ -8,7 +8,6 @@ scheduler) live in ``cleanup_ctx`` so they are closed in reverse order on shutdo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -71,6 +70,7 @@ log = logging.getLogger(__name__)
 
 # How often the Socket Mode connection is checked; a dropped connection is replaced within a few of these.
 SOCKET_PING_SECONDS = 2
+CANCELLED_STOP_SECONDS = 5.0  # how long a background task cancelled at shutdown may take to end
 
 
 def default_clock(settings: Settings) -> Clock:
@@ -251,5 +251,9 @@ async def _background(run, stop, name: str, _app: web.Application) -> AsyncItera
         where = "".join(traceback.format_stack(task.get_stack(limit=8)[-1])) if task.get_stack() else "?"
         log.warning("%s did not stop within 10 s; cancelling it (it was at:\n%s)", name, where.rstrip())
         task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Bounded even after the cancel: a task that outlived it must not hold the rest of the shutdown for ever.
+    await asyncio.wait([task], timeout=CANCELLED_STOP_SECONDS)
+    if not task.done():
+        log.error("%s did not stop after being cancelled; shutting down without it", name)
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("%s failed: %s: %s", name, type(task.exception()).__name__, task.exception())

@@ -44,7 +44,10 @@ class LocalChanges:
         event = asyncio.Event()
         self._waiters[request_id].add(event)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives as the
+            # event is set (gh-86296), and a task that outlives its cancellation hangs the shutdown.
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             pass
         finally:

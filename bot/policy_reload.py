@@ -58,7 +58,9 @@ class PolicyReloader:
     async def run(self) -> None:
         while not self._stopping:
             try:
-                await asyncio.wait_for(self._wakeup.wait(), self._interval or None)
+                # asyncio.timeout: wait_for could swallow a cancellation on Python 3.11 (see bot/changes.py).
+                async with asyncio.timeout(self._interval or None):
+                    await self._wakeup.wait()
             except TimeoutError:
                 pass
             self._wakeup.clear()

@@ -131,8 +131,8 @@ class Sweeper:
         _, hanging = await asyncio.wait(list(self._running), timeout=timeout)
         for task in hanging:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if hanging:  # bounded after the cancel too: a job that outlives it must not hold the shutdown for ever
+            await asyncio.wait(hanging, timeout=timeout)
 
 
 class SweepWaking:

@@ -401,7 +401,8 @@ class SlackSandbox:
             return web.Response(status=503)
         call["status"] = 0
         try:
-            await asyncio.wait_for(self._unhang.wait(), HANG_SECONDS)
+            async with asyncio.timeout(HANG_SECONDS):  # not wait_for, which can swallow a cancellation on 3.11
+                await self._unhang.wait()
         except TimeoutError:
             pass
         return web.Response(status=504)

@@ -133,7 +133,8 @@ def register_modals(bolt: AsyncApp, deps: usecases.Deps) -> None:
         problem belongs to, else close the form (and tell the approver privately when it changed nothing)."""
         task = asyncio.ensure_future(decision)
         try:
-            await asyncio.wait_for(asyncio.shield(task), SUBMIT_ACK_BUDGET)
+            async with asyncio.timeout(SUBMIT_ACK_BUDGET):  # not wait_for: see bot/changes.py
+                await asyncio.shield(task)
         except TimeoutError:
             await ack()  # too slow for the form: close it, report below
         except DomainError as exc:

@@ -183,7 +183,10 @@ class SlackNotifier:
                 if claimed == 0 and not self._stopping:
                     self._wakeup.clear()
                     try:
-                        await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)
+                        # asyncio.timeout: wait_for could swallow a cancellation on Python 3.11 (see
+                        # bot/changes.py), and the worker would then run on after its shutdown.
+                        async with asyncio.timeout(self._poll_seconds):
+                            await self._wakeup.wait()
                     except TimeoutError:
                         pass
         except asyncio.CancelledError:
