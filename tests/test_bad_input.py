@@ -99,6 +99,57 @@ async def test_a_replayed_signature_is_refused(grantbot):
     assert await grantbot.count("grants") == 1
 
 
+@pytest.mark.parametrize("body, created", [({"environment": "staging", "scopes": ["db:read"]}, 201),
+                                           ({"environment": "production", "scopes": ["db:write"]}, 202)])
+async def test_one_signed_request_sent_many_times_at_once_is_accepted_once(grantbot, sandbox, body, created):
+    """The signature's replay record is written in the same transaction as the request (often in one group with
+    its copies): the first copy is the request, every other one a replay that stores nothing."""
+    raw = json.dumps(body).encode()
+    headers = hmac_headers("deploy-bot", "POST", "/v1/access-requests", raw, timestamp=int(grantbot.api.now()))
+    answers = await asyncio.gather(*(grantbot.api.request_access(None, raw=raw, sign=False, headers=headers)
+                                     for _ in range(8)))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [created] + [401] * 7, answers
+    assert all("already used" in answer["detail"] for status, answer in answers if status == 401)
+    assert await grantbot.count("access_requests") == 1 and await grantbot.count("used_signatures") == 1
+    assert await grantbot.count("grants") == (1 if created == 201 else 0)
+    assert await grantbot.count("outbox") == (0 if created == 201 else 1)  # one card to post
+    async with grantbot.engine.connect() as conn:
+        refused = (await conn.execute(text(
+            "SELECT COUNT(*) FROM audit_events WHERE kind = 'auth.refused'"))).scalar_one()
+    assert refused >= 1  # the refusals are audited (repeats within a minute are counted in one event)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"environment": "moon", "scopes": ["db:read"]}',  # the use case refuses it (unknown environment)
+    b'{"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 999999}',  # above the rule's TTL
+    b'{"environment": "staging"',  # the route refuses it (not JSON)
+])
+async def test_a_refused_request_uses_its_signature_up(grantbot, raw):
+    """A request refused with a 4xx stores nothing but its signature's replay record: sent again, it is a replay."""
+    headers = hmac_headers("deploy-bot", "POST", "/v1/access-requests", raw, timestamp=int(grantbot.api.now()))
+    first, body = await grantbot.api.request_access(None, raw=raw, sign=False, headers=headers)
+    assert 400 <= first < 500 and first != 401, body
+    again, body = await grantbot.api.request_access(None, raw=raw, sign=False, headers=headers)
+    assert again == 401 and "already used" in body["detail"], body
+    assert await grantbot.count("access_requests") == 0 and await grantbot.count("used_signatures") == 1
+
+
+async def test_an_idempotent_retry_must_sign_again(grantbot):
+    raw = json.dumps({"environment": "staging", "scopes": ["db:read"]}).encode()
+    key = {"Idempotency-Key": "deploy-42"}
+    headers = hmac_headers("deploy-bot", "POST", "/v1/access-requests", raw, timestamp=int(grantbot.api.now()))
+    first, created = await grantbot.api.request_access(None, raw=raw, sign=False, headers={**headers, **key})
+    assert first == 201
+    again, body = await grantbot.api.request_access(None, raw=raw, sign=False, headers={**headers, **key})
+    assert again == 401 and "already used" in body["detail"]
+    resigned = hmac_headers("deploy-bot", "POST", "/v1/access-requests", raw, timestamp=int(grantbot.api.now()),
+                            nonce="retry-" + "a" * 16)
+    status, replayed = await grantbot.api.request_access(None, raw=raw, sign=False, headers={**resigned, **key})
+    assert status == 201 and replayed["id"] == created["id"] and "access_token" not in replayed["grant"]
+    assert await grantbot.count("access_requests") == 1 and await grantbot.count("used_signatures") == 2
+
+
 async def test_identical_requests_in_one_second_with_different_nonces_are_not_replays(grantbot):
     """Parallel CI jobs (a matrix build) sign the same request in the same second; a nonce tells them apart."""
     raw = json.dumps({"environment": "staging", "scopes": ["db:read"]}).encode()

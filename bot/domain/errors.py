@@ -77,6 +77,14 @@ class Unauthenticated(DomainError):
         self.reason = reason  # a short word for metrics (grantbot_auth_failures_total), e.g. "replay"
 
 
+class SignatureReplayed(Unauthenticated):
+    """A signed request whose signature was used before (and whose record is not stale): a replay."""
+
+    def __init__(self, who: str | None) -> None:
+        super().__init__("This signature was already used; a retrying client must sign the request again.",
+                         who=who, reason="replay")
+
+
 class CiTokenAlreadyUsed(Unauthenticated):
     """A CI identity token that already created an access request was sent to create one again. ``caller`` is
     the identity it proves: a retry of that same request (its ``Idempotency-Key``) is still answered, since a replay

@@ -40,12 +40,29 @@ class Verdict(StrEnum):
     DENY = "deny"
 
 
+@dataclass
+class UnrecordedSignature:
+    """A signed request's replay record still to be written (DESIGN.md "Caller authentication"): the SHA-256 hex
+    ``digest`` of its signature, kept until ``expires_at``; a record older than ``now`` refuses nothing.
+
+    Creating an access request writes it in the same transaction as the request's rows, so a request costs one
+    write; every other way out of that route records it on its own first. ``recorded`` is set once it is written
+    (or found to be a replay), so it is written once."""
+
+    digest: str
+    expires_at: datetime
+    now: datetime
+    recorded: bool = False
+
+
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated machine: ``identity`` is an HMAC identity name or ``<issuer>:<sub>`` for OIDC."""
+    """An authenticated machine: ``identity`` is an HMAC identity name or ``<issuer>:<sub>`` for OIDC.
+    ``signature``: its HMAC signature, when checked but not yet recorded as used (``UnrecordedSignature``)."""
 
     identity: str
     claims: dict[str, object] = field(default_factory=dict)
+    signature: UnrecordedSignature | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from bot.domain.models import (
     OutboxItem,
     RequestStatus,
     Tally,
+    UnrecordedSignature,
     Verdict,
     Vote,
 )
@@ -161,10 +162,19 @@ class Store(CredentialStore, Protocol):
         body_hash: str | None = None,
         quota: AutoApproveQuota | None = None,
         accounts: tuple[Account, ...] = (),
+        signature: UnrecordedSignature | None = None,
     ) -> bool:
         """Insert a new request (and its grant when auto-approved, with the ``accounts`` its credentials were made
         in). False when the idempotency key is taken. With ``quota``, raises :class:`AutoApproveLimitReached` (and
-        stores nothing) when the rule's automatic approvals are used up, counted inside the same transaction."""
+        stores nothing) when the rule's automatic approvals are used up, counted inside the same transaction.
+
+        ``signature``: the request's replay record, written in the same transaction. Raises
+        :class:`SignatureReplayed` (storing nothing) when it was used before. It is recorded when this returns True
+        or raises ``AutoApproveLimitReached`` or ``SignatureReplayed``, and not otherwise."""
+
+    async def remember_signature(self, digest: str, expires_at: datetime, now: datetime) -> bool:
+        """Record a used HMAC signature or CI token (its SHA-256 ``digest``) until ``expires_at``; False when it
+        was used before and its record is not stale at ``now`` (a replay), across replicas."""
 
     async def usage(self, identity: str, rule: str, since: datetime) -> Usage:
         """What the policy's guard rails need: automatic approvals of ``identity`` under ``rule`` after ``since``

@@ -29,15 +29,18 @@ class CallerAuthenticator:
         self._clock = clock
 
     async def authenticate(
-        self, headers: Mapping[str, str], method: str, path_qs: str, body: bytes, *, single_use: bool = False
+        self, headers: Mapping[str, str], method: str, path_qs: str, body: bytes, *, single_use: bool = False,
+        defer_replay_check: bool = False,
     ) -> Caller:
         """The caller, or :class:`Unauthenticated`. ``single_use``: a bearer token is used up by this request
-        (creating an access request); HMAC signatures are always single-use."""
+        (creating an access request); HMAC signatures are always single-use. ``defer_replay_check``: an HMAC
+        signature's replay record is left to the use case (``Caller.signature``; see ``HmacAuthenticator``)."""
         authorization = headers.get("Authorization")
         scheme = "hmac" if authorization is None else "oidc"
         try:
             if authorization is None:
-                return await self.hmac.authenticate(headers, method, path_qs, body)
+                return await self.hmac.authenticate(headers, method, path_qs, body,
+                                                    defer_replay_check=defer_replay_check)
             kind, _, token = authorization.strip().partition(" ")
             if kind.lower() != "bearer" or not token.strip():
                 raise Unauthenticated(
@@ -46,7 +49,12 @@ class CallerAuthenticator:
                 )
             return await self.oidc.authenticate(token.strip(), single_use=single_use)
         except Unauthenticated as exc:
-            if self._refusals is not None and self._clock is not None:
-                refusal = Refusal(AUTH_REFUSED, exc.who or ANONYMOUS, exc.audit_reason, data={"scheme": scheme})
-                await self._refusals.record(refusal, self._clock.now())
+            await self.refused(exc, scheme)
             raise
+
+    async def refused(self, exc: Unauthenticated, scheme: str) -> None:
+        """Audit a refusal (``auth.refused``): one that :meth:`authenticate` raised, or a replay found later, when
+        the use case wrote the signature's record (``scheme``: "hmac" or "oidc")."""
+        if self._refusals is not None and self._clock is not None:
+            refusal = Refusal(AUTH_REFUSED, exc.who or ANONYMOUS, exc.audit_reason, data={"scheme": scheme})
+            await self._refusals.record(refusal, self._clock.now())

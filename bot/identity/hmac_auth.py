@@ -19,8 +19,8 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
-from bot.domain.errors import PolicyError, Unauthenticated
-from bot.domain.models import Caller
+from bot.domain.errors import PolicyError, SignatureReplayed, Unauthenticated
+from bot.domain.models import Caller, UnrecordedSignature
 from bot.domain.policy import Policy
 from bot.domain.ports import Clock
 from bot.signing import IDENTITY_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
@@ -62,9 +62,14 @@ class HmacAuthenticator:
         self._secrets = secrets
 
     async def authenticate(
-        self, headers: Mapping[str, str], method: str, path_qs: str, body: bytes
+        self, headers: Mapping[str, str], method: str, path_qs: str, body: bytes, *, defer_replay_check: bool = False
     ) -> Caller:
-        """Return the caller, or raise :class:`Unauthenticated` with a reason that reveals no secret."""
+        """Return the caller, or raise :class:`Unauthenticated` with a reason that reveals no secret
+        (:class:`SignatureReplayed` for a signature used before).
+
+        ``defer_replay_check``: do not record the signature here; the caller's ``signature`` carries its replay
+        record for the use case to write with its own rows (creating an access request: one transaction, not two).
+        """
         identity = headers.get(IDENTITY_HEADER)
         timestamp = headers.get(TIMESTAMP_HEADER)
         sent = headers.get(SIGNATURE_HEADER)
@@ -104,7 +109,9 @@ class HmacAuthenticator:
                 reason="bad_signature" if secret is not None else "unknown_identity",
             )
         digest = hashlib.sha256(sent.encode("utf-8", "backslashreplace")).hexdigest()
-        if not await self._remember(digest, now + timedelta(seconds=2 * WINDOW_SECONDS), now):
-            raise Unauthenticated("This signature was already used; a retrying client must sign the request again.",
-                                  who=identity, reason="replay")
+        expires_at = now + timedelta(seconds=2 * WINDOW_SECONDS)
+        if defer_replay_check:
+            return Caller(identity=identity, signature=UnrecordedSignature(digest, expires_at, now))
+        if not await self._remember(digest, expires_at, now):
+            raise SignatureReplayed(identity)
         return Caller(identity=identity)

@@ -13,7 +13,9 @@ caller that goes away cannot take the others' writes with it.
 What one transaction per request guaranteed still holds per item:
 
 - Replay records: a digest is new for the first item of the group that carries it, and only if the database had
-  no fresh record of it (the upsert's condition); duplicates later in the group are replays. On PostgreSQL a
+  no fresh record of it (the upsert's condition); duplicates later in the group are replays. A new request may
+  carry its own signature's record (``NewRequest.signature``): a replay is answered ``SignatureReplayed`` and
+  stores nothing, so that a signed request costs one trip through the queue instead of two. On PostgreSQL a
   concurrent insert of the same digest by another replica waits for this transaction and then sees its row.
 - Auto-approve quotas are exact: the count is taken inside the transaction (on PostgreSQL under a transaction-
   scoped advisory lock per identity and rule, taken in sorted order so that replicas cannot deadlock; SQLite has
@@ -38,7 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.domain.errors import AutoApproveLimitReached
+from bot.domain.errors import AutoApproveLimitReached, SignatureReplayed
 from bot.domain.models import Decision
 from bot.store.engine import writer
 from bot.store.tables import (
@@ -86,6 +88,7 @@ class NewRequest:
     events: list[dict] = field(default_factory=list)
     quota: tuple[str, str, int, datetime] | None = None
     keyed: bool = False
+    signature: Signature | None = None  # the request's own replay record, written with its rows
 
 
 class GroupCommit:
@@ -179,12 +182,18 @@ class GroupCommit:
         answers: list[bool | BaseException] = [True] * len(items)
         async with conn.begin():
             dialect = conn.dialect.name
-            signatures = [i for i, item in enumerate(items) if isinstance(item, Signature)]
-            if signatures:
-                new = await _remember(conn, dialect, [items[i] for i in signatures])
-                for i, is_new in zip(signatures, new):
-                    answers[i] = is_new
-            requests = [i for i, item in enumerate(items) if isinstance(item, NewRequest)]
+            # Replay records first, those of requests included: a replayed request is answered alone and stores
+            # nothing; one over its quota keeps its record (the caller stores it again as pending, without one).
+            signed = [(i, item if isinstance(item, Signature) else item.signature) for i, item in enumerate(items)
+                      if isinstance(item, Signature) or item.signature is not None]
+            if signed:
+                new = await _remember(conn, dialect, [signature for _, signature in signed])
+                for (i, _), is_new in zip(signed, new):
+                    if isinstance(items[i], Signature):
+                        answers[i] = is_new
+                    elif not is_new:
+                        answers[i] = SignatureReplayed(items[i].request["identity"])
+            requests = [i for i, item in enumerate(items) if isinstance(item, NewRequest) and answers[i] is True]
             if requests:
                 over = await _over_quota(conn, dialect, [items[i] for i in requests])
                 written = []

@@ -21,6 +21,7 @@ from bot.domain.models import (
     OutboxEvent,
     RequestStatus,
     Tally,
+    UnrecordedSignature,
     Verdict,
     Vote,
     VoteOutcome,
@@ -29,7 +30,7 @@ from bot.domain.policy import Usage
 from bot.store.audit import audit_row
 from bot.store.credentials import credential_values
 from bot.store.grants import INSERT_GRANT, grant_from_row, grant_issued_row, grant_values
-from bot.store.group_commit import NewRequest
+from bot.store.group_commit import NewRequest, Signature
 from bot.store.outbox import event_values
 from bot.store.outage import translate_outages
 from bot.store.tables import AccessRequestRow, ApprovalRow, GrantRow, IdentityScopeRow
@@ -103,6 +104,7 @@ class RequestQueries:
         body_hash: str | None = None,
         quota: AutoApproveQuota | None = None,
         accounts: tuple[Account, ...] = (),
+        signature: UnrecordedSignature | None = None,
     ) -> bool:
         values = {
             "id": request.id,
@@ -145,7 +147,9 @@ class RequestQueries:
         ]
         item = NewRequest(values, None, audit, keyed=idempotency_key is not None,
                           quota=(request.identity, request.rule or "", quota.count, quota.since) if quota else None,
-                          events=[event_values(e, at) for e in events])
+                          events=[event_values(e, at) for e in events],
+                          signature=Signature(signature.digest, signature.expires_at, signature.now)
+                          if signature is not None else None)
         if grant is not None:
             # The grant row after its request, then the audit rows in their order (grant.issued, token.handed_over,
             # credentials.issued), the identity's scopes and the accounts: as one transaction per request wrote them.
@@ -160,7 +164,8 @@ class RequestQueries:
                                    provider=a.provider, provider_kind=a.kind, username=a.username, params=a.params)
                          for a in accounts)
         # Written with other callers' rows in one transaction (bot.store.group_commit); answered after its commit,
-        # False when the Idempotency-Key is taken; AutoApproveLimitReached when the rule's limit is used up.
+        # False when the Idempotency-Key is taken; AutoApproveLimitReached when the rule's limit is used up,
+        # SignatureReplayed when its signature was used before.
         return await self._group.submit(item)
 
     @staticmethod

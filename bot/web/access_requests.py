@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from bot.domain import usecases
-from bot.domain.errors import CiTokenAlreadyUsed, InvalidRequest, NotFound
+from bot.domain.errors import CiTokenAlreadyUsed, DatabaseUnavailable, InvalidRequest, NotFound, SignatureReplayed
 from bot.domain.ids import is_uuid
 from bot.domain.models import AccessRequestInput, Caller, Grant, GrantStatus, RequestStatus
 from bot.providers.ssh import MAX_PUBLIC_KEY, check_public_key
@@ -142,12 +142,32 @@ def _reissue_hint(grant: Grant) -> str:
 async def create_access_request(request: web.Request) -> web.Response:
     raw = await request.read()
     try:
-        caller, used_token = await authenticate(request, raw, single_use=True), None
+        # An HMAC signature's replay record is written with the request's rows (one transaction, not two).
+        caller = await request.app[AUTH].authenticate(request.headers, request.method, request.raw_path, raw,
+                                                      single_use=True, defer_replay_check=True)
+        used_token = None
     except CiTokenAlreadyUsed as exc:
         if not request.headers.get("Idempotency-Key"):
             raise
         caller, used_token = exc.caller, exc  # may still replay the request this token created (below)
-        request[CALLER_IDENTITY] = caller.identity
+    request[CALLER_IDENTITY] = caller.identity
+    deps = request.app[DEPS]
+    try:
+        return await _create(request, raw, caller, used_token)
+    except Exception as exc:
+        if not isinstance(exc, DatabaseUnavailable | SignatureReplayed):
+            try:  # a refused body uses its signature up too; a replay of it is refused as a replay
+                await usecases.record_signature(deps, caller)
+            except SignatureReplayed as replay:
+                exc = replay
+        if isinstance(exc, SignatureReplayed):
+            await request.app[AUTH].refused(exc, "hmac")
+            raise exc from None
+        raise
+
+
+async def _create(request: web.Request, raw: bytes, caller: Caller, used_token: CiTokenAlreadyUsed | None
+                  ) -> web.Response:
     try:
         data = json.loads(raw or b"null")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 4300-digit numbers, deep nesting

@@ -10,7 +10,7 @@ from bot.domain.usecases.look_up import find_access, list_active_grants, list_pe
 from bot.domain.usecases.read_request import RequestView, read_request
 from bot.domain.usecases.reissue import ReissueView, reissue
 from bot.domain.usecases.reconcile_credentials import reconcile_credentials
-from bot.domain.usecases.request_access import request_access
+from bot.domain.usecases.request_access import record_signature, request_access
 from bot.domain.usecases.revoke import revoke_by_person, revoke_own_grant, revoke_token
 from bot.domain.usecases.revoke_all import preview_revoke_all, revoke_all
 from bot.domain.usecases.revoke_credentials import revoke_due_credentials
@@ -34,6 +34,7 @@ __all__ = [
     "read_request",
     "reissue",
     "reconcile_credentials",
+    "record_signature",
     "request_access",
     "reset_credentials",
     "revoke_all",

@@ -14,9 +14,11 @@ from datetime import timedelta
 from bot.domain.approvals import who_may_approve
 from bot.domain.errors import (
     AutoApproveLimitReached,
+    DatabaseUnavailable,
     DomainError,
     IdempotencyConflict,
     InvalidRequest,
+    SignatureReplayed,
     UnknownEnvironment,
 )
 from bot.domain.models import (
@@ -95,11 +97,37 @@ async def request_access(
     and ``CredentialsUnavailable`` (an auto-approved grant's credentials could not be made: nothing is stored,
     nothing is left in the provider).
     """
+    try:
+        return await _request_access(deps, caller, body, idempotency_key, refuse_unless_replay)
+    except Exception as exc:
+        # Refused or failed before its signature was written with its rows: it is used up all the same (a replay
+        # is refused as a replay, not answered again), as when the signature was recorded before anything else.
+        if not isinstance(exc, DatabaseUnavailable):
+            await record_signature(deps, caller)
+        raise
+
+
+async def record_signature(deps: Deps, caller: Caller) -> None:
+    """Write the replay record of the caller's signature if it is still unwritten (``Caller.signature``).
+    Raises :class:`SignatureReplayed` when the signature was used before."""
+    signature = caller.signature
+    if signature is None or signature.recorded:
+        return
+    signature.recorded = True
+    if not await deps.store.remember_signature(signature.digest, signature.expires_at, signature.now):
+        raise SignatureReplayed(caller.identity)
+
+
+async def _request_access(
+    deps: Deps, caller: Caller, body: AccessRequestInput, idempotency_key: str | None,
+    refuse_unless_replay: DomainError | None,
+) -> RequestView:
     _validate(deps, body)
     body_hash = _body_hash(body)
     if idempotency_key:
         earlier = await deps.store.find_by_idempotency_key(caller.identity, idempotency_key)
         if earlier is not None:
+            await record_signature(deps, caller)
             return await _replay(deps, earlier, body_hash)
     if refuse_unless_replay is not None:
         raise refuse_unless_replay
@@ -125,14 +153,14 @@ async def request_access(
 
     request = _new_request(deps, caller, body, audience, outcome, ttl or policy.default_ttl(rule), now)
     try:
-        return await _store(deps, request, body, idempotency_key, body_hash, quota)
+        return await _store(deps, caller, request, idempotency_key, body_hash, quota)
     except AutoApproveLimitReached as exc:
         # Another request took the last automatic approval while this one was being decided: people decide it.
         why = (f"auto-approve limit reached: {exc.count} automatic approvals of {caller.identity} under rule "
                f"{rule.name!r} in the last {rule.auto_approve_limit.per_seconds} s; people decide this one")
         outcome = PolicyDecision(Decision.REQUIRE_APPROVAL, rule, why, outcome.reasons + (why,), "auto_approve_limit")
         request = _new_request(deps, caller, body, audience, outcome, request.ttl_seconds, now)
-        return await _store(deps, request, body, idempotency_key, body_hash, None)
+        return await _store(deps, caller, request, idempotency_key, body_hash, None)
 
 
 def _new_request(
@@ -173,8 +201,8 @@ def _new_request(
 
 async def _store(
     deps: Deps,
+    caller: Caller,
     request: AccessRequest,
-    body: AccessRequestInput,
     idempotency_key: str | None,
     body_hash: str,
     quota: AutoApproveQuota | None,
@@ -189,20 +217,31 @@ async def _store(
         # The accounts are made, with their secrets, before anything is stored: a provider that fails fails the
         # request (503) with nothing stored; one made and then not recorded is removed again below.
         accounts = accounts_for(deps, request, grant)
+        if accounts:
+            await record_signature(deps, caller)  # a replay must not make accounts, even for a moment
         credentials = await issue_credentials(deps, accounts, fresh=True) if accounts else ()
         token = deps.tokens.mint(grant)
         grant.token_hash, grant.delivered_at = deps.tokens.token_hash(token), request.created_at
     elif request.status is RequestStatus.PENDING:
         events.append(OutboxEvent(EventKind.CARD_POST, request.id))
 
+    signature = caller.signature if caller.signature is not None and not caller.signature.recorded else None
     try:
         inserted = await deps.store.insert_request(request, grant, events, idempotency_key, body_hash, quota=quota,
-                                                   accounts=accounts)
+                                                   accounts=accounts, signature=signature)
+    except (AutoApproveLimitReached, SignatureReplayed):
+        if signature is not None:
+            signature.recorded = True  # written (or found used) in that transaction
+        await discard_credentials(deps, accounts)
+        raise
     except BaseException:
         await discard_credentials(deps, accounts)
         raise
+    if signature is not None and inserted:
+        signature.recorded = True
     if not inserted:
         await discard_credentials(deps, accounts)
+        await record_signature(deps, caller)
         # Lost a race with a concurrent retry carrying the same key: answer as that one did.
         earlier = await deps.store.find_by_idempotency_key(request.identity, idempotency_key or "")
         if earlier is None:  # pragma: no cover - the unique key that refused us must exist
