@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import aiohttp
 import jwt
+import pytest
 
+from bot.domain.models import AccessRequestInput
+from bot.domain.usecases.request_access import _body_hash
 from tests.support import cards
 
 
@@ -82,3 +85,18 @@ async def test_an_idempotent_retry_returns_the_same_request_without_a_second_gra
     status, conflict = await grantbot.api.request_access({**body, "ttl_seconds": 120}, headers=headers,
                                                          timestamp=int(grantbot.api.now()) + 2)
     assert status == 422 and conflict["error"] == "idempotency_conflict"
+
+
+@pytest.mark.parametrize("body, stored", [
+    (AccessRequestInput("staging", ("db:read",)),
+     "e83da448e72b283956e43a92c8c4821d2d4175560ce0fa55ff9dece323685070"),
+    (AccessRequestInput("production", ("db:write", "deploy:api"), 600, "migration 12", "https://api",
+                        {"run": "https://ci/1", "sha": "abc"}),
+     "3ba007d22724992fad56cefec76c6ce3e370ba659a5d451535235ddbe81498f9"),
+    (AccessRequestInput("production", ("ssh:login",), 60, None, None, {}, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG3 test"),
+     "7cf51023b8efa54488c8c30369ff5a2a8adb4e5146d03dd6540508e10473b12f"),
+])
+def test_an_idempotent_retry_matches_the_body_hash_earlier_versions_stored(body, stored):
+    """Hashes as earlier versions wrote them into ``access_requests.body_hash``: a pipeline retrying with its
+    Idempotency-Key across an upgrade gets its request back, not a 409."""
+    assert _body_hash(body) == stored

@@ -490,7 +490,11 @@ class Usage:
 
 
 def _any_glob(value: str, patterns: list[str]) -> bool:
-    return any(fnmatchcase(value, pattern) for pattern in patterns)
+    # Run for every rule on every request: a plain loop, and a pattern equal to the value needs no match.
+    for pattern in patterns:
+        if pattern == value or fnmatchcase(value, pattern):
+            return True
+    return False
 
 
 def _claim_text(value: object) -> str | None:
