@@ -10,9 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bot.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 try:
-    from bot.store.sqlite_driver import one_trip_dbapi
+    from bot.store.sqlite_driver import one_trip_dbapi, run_in_one_trip, runs_in_one_trip
 except ImportError:  # a SQLAlchemy whose aiosqlite adapter differs from the one the shim was written against
-    one_trip_dbapi = None
+    one_trip_dbapi = run_in_one_trip = None
+
+    def runs_in_one_trip(engine: AsyncEngine) -> bool:
+        return False
 
 
 def normalize_url(url: str) -> str:
@@ -84,8 +87,14 @@ def describe_url(url: str) -> str:
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:
-    """The same engine (and pool) marked for write transactions: ``BEGIN IMMEDIATE`` on SQLite."""
-    return engine.execution_options(**{WRITE_OPTION: True})
+    """The same engine (and pool) marked for write transactions: ``BEGIN IMMEDIATE`` on SQLite. Made once per
+    engine (kept on its sync engine, as AsyncEngine takes no attributes): every write transaction asks for it, and
+    each ``execution_options`` call builds a new engine object."""
+    marked = getattr(engine.sync_engine, "_grantbot_writer", None)
+    if marked is None:
+        marked = engine.execution_options(**{WRITE_OPTION: True})
+        engine.sync_engine._grantbot_writer = marked
+    return marked
 
 
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0

@@ -34,15 +34,16 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.domain.errors import AutoApproveLimitReached, SignatureReplayed
 from bot.domain.models import Decision
-from bot.store.engine import writer
+from bot.store.engine import run_in_one_trip, runs_in_one_trip, writer
 from bot.store.tables import (
     AccessRequestRow, AuditEventRow, CredentialRow, GrantRow, IdentityScopeRow, OutboxRow, UsedSignatureRow,
 )
@@ -62,7 +63,19 @@ DEADLOCK = "40P01"  # PostgreSQL's SQLSTATE: two groups' rows locked in opposite
 _INSERT = {table.name: insert(table) for table in (R, G, E, C, O)}
 _INSERT_SCOPE = {"postgresql": pg_insert(S).on_conflict_do_nothing(),
                  "sqlite": sqlite_insert(S).on_conflict_do_nothing()}
-_DIALECT_INSERT = {"postgresql": pg_insert, "sqlite": sqlite_insert}
+
+
+def _upsert_digest(dialect_insert):
+    """A replay record written, or taken over when the one there is stale at ``now``; RETURNING the digest of
+    each row written (a row whose record is fresh is not: a replay)."""
+    statement = dialect_insert(U)
+    return statement.on_conflict_do_update(
+        index_elements=[U.c.digest], set_={"expires_at": statement.excluded.expires_at},
+        where=U.c.expires_at < bindparam("now"),
+    ).returning(U.c.digest)
+
+
+_UPSERT_DIGEST = {"postgresql": _upsert_digest(pg_insert), "sqlite": _upsert_digest(sqlite_insert)}
 
 
 @dataclass
@@ -108,6 +121,7 @@ class GroupCommit:
         # unique indexes across transactions, as across replicas).
         self._max_writers = WRITERS.get(engine.dialect.name, 1)
         self._hold = engine.dialect.name != "sqlite"
+        self._one_trip = runs_in_one_trip(engine)
 
     async def submit(self, item: Signature | NewRequest) -> bool:
         future = asyncio.get_running_loop().create_future()
@@ -177,33 +191,42 @@ class GroupCommit:
         except Exception as exc:
             return exc
 
-    @staticmethod
-    async def _write_group(conn: AsyncConnection, items: list[Signature | NewRequest]) -> list[bool | BaseException]:
-        answers: list[bool | BaseException] = [True] * len(items)
+    async def _write_group(self, conn: AsyncConnection, items: list[Signature | NewRequest]
+                           ) -> list[bool | BaseException]:
+        if self._one_trip:
+            # SQLite: the whole transaction in one trip to its thread, instead of one per statement.
+            return await run_in_one_trip(conn, _write_items, items)
         async with conn.begin():
-            dialect = conn.dialect.name
-            # Replay records first, those of requests included: a replayed request is answered alone and stores
-            # nothing; one over its quota keeps its record (the caller stores it again as pending, without one).
-            signed = [(i, item if isinstance(item, Signature) else item.signature) for i, item in enumerate(items)
-                      if isinstance(item, Signature) or item.signature is not None]
-            if signed:
-                new = await _remember(conn, dialect, [signature for _, signature in signed])
-                for (i, _), is_new in zip(signed, new):
-                    if isinstance(items[i], Signature):
-                        answers[i] = is_new
-                    elif not is_new:
-                        answers[i] = SignatureReplayed(items[i].request["identity"])
-            requests = [i for i, item in enumerate(items) if isinstance(item, NewRequest) and answers[i] is True]
-            if requests:
-                over = await _over_quota(conn, dialect, [items[i] for i in requests])
-                written = []
-                for i, exceeded in zip(requests, over):
-                    if exceeded is not None:
-                        answers[i] = AutoApproveLimitReached(exceeded)
-                    else:
-                        written.append(items[i])
-                await _insert_requests(conn, dialect, written)
-        return answers
+            return await conn.run_sync(_write_items, items)
+
+
+def _write_items(conn: Connection, items: list[Signature | NewRequest]) -> list[bool | BaseException]:
+    """The group's statements, in the caller's transaction (synchronous: run by ``run_sync`` on PostgreSQL, on
+    SQLite's thread there); each item's answer."""
+    answers: list[bool | BaseException] = [True] * len(items)
+    dialect = conn.dialect.name
+    # Replay records first, those of requests included: a replayed request is answered alone and stores
+    # nothing; one over its quota keeps its record (the caller stores it again as pending, without one).
+    signed = [(i, item if isinstance(item, Signature) else item.signature) for i, item in enumerate(items)
+              if isinstance(item, Signature) or item.signature is not None]
+    if signed:
+        new = _remember(conn, dialect, [signature for _, signature in signed])
+        for (i, _), is_new in zip(signed, new):
+            if isinstance(items[i], Signature):
+                answers[i] = is_new
+            elif not is_new:
+                answers[i] = SignatureReplayed(items[i].request["identity"])
+    requests = [i for i, item in enumerate(items) if isinstance(item, NewRequest) and answers[i] is True]
+    if requests:
+        over = _over_quota(conn, dialect, [items[i] for i in requests])
+        written = []
+        for i, exceeded in zip(requests, over):
+            if exceeded is not None:
+                answers[i] = AutoApproveLimitReached(exceeded)
+            else:
+                written.append(items[i])
+        _insert_requests(conn, dialect, written)
+    return answers
 
 
 def _answer(group: list[tuple[object, asyncio.Future]], answers: list) -> None:
@@ -222,7 +245,7 @@ def _write_alone_after(exc: DBAPIError) -> bool:
     return isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) == DEADLOCK
 
 
-async def _remember(conn: AsyncConnection, dialect: str, signatures: list[Signature]) -> list[bool]:
+def _remember(conn: Connection, dialect: str, signatures: list[Signature]) -> list[bool]:
     """Record the digests in one upsert; True for each that was new (or took over a stale record), False for a
     replay (a fresh record, or an earlier item of this group with the same digest)."""
     first: dict[str, Signature] = {}
@@ -231,17 +254,15 @@ async def _remember(conn: AsyncConnection, dialect: str, signatures: list[Signat
     # The earliest ``now`` of the group decides staleness for all: a record stale then is stale for every item.
     now = min(signature.now for signature in signatures)
     # Sorted: two groups that share digests (a replay racing its original) lock their rows in one order.
-    statement = _DIALECT_INSERT[dialect](U).values(
-        [{"digest": s.digest, "expires_at": s.expires_at} for s in sorted(first.values(), key=lambda s: s.digest)])
-    statement = statement.on_conflict_do_update(
-        index_elements=[U.c.digest], set_={"expires_at": statement.excluded.expires_at},
-        where=U.c.expires_at < now,
-    ).returning(U.c.digest)
-    new = set((await conn.execute(statement)).scalars())
+    rows = [{"digest": s.digest, "expires_at": s.expires_at, "now": now}
+            for s in sorted(first.values(), key=lambda s: s.digest)]
+    # One statement for every group, so SQLAlchemy compiles it once; it sends the rows as multi-row VALUES
+    # ("insertmanyvalues"), the RETURNING rows of all of them coming back.
+    new = set(conn.execute(_UPSERT_DIGEST[dialect], rows).scalars())
     return [signature.digest in new and first[signature.digest] is signature for signature in signatures]
 
 
-async def _over_quota(conn: AsyncConnection, dialect: str, requests: list[NewRequest]) -> list[int | None]:
+def _over_quota(conn: Connection, dialect: str, requests: list[NewRequest]) -> list[int | None]:
     """For each request, None when it is within its auto-approve limit (counting the database and the group's
     earlier items under the same limit), else the limit's count."""
     keys = sorted({(r.quota[0], r.quota[1]) for r in requests if r.quota is not None})
@@ -249,7 +270,7 @@ async def _over_quota(conn: AsyncConnection, dialect: str, requests: list[NewReq
         return [None] * len(requests)
     if dialect == "postgresql":
         for identity, rule in keys:  # sorted: two replicas take the locks in one order
-            await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"quota:{identity}:{rule}"))))
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"quota:{identity}:{rule}"))))
     in_database: dict[tuple[str, str, datetime], int] = {}
     taken: dict[tuple[str, str], list[datetime]] = {}  # created_at of the group's items already let through
     answers: list[int | None] = []
@@ -259,11 +280,11 @@ async def _over_quota(conn: AsyncConnection, dialect: str, requests: list[NewReq
             continue
         identity, rule, count, since = request.quota
         if (identity, rule, since) not in in_database:
-            in_database[(identity, rule, since)] = (await conn.execute(
+            in_database[(identity, rule, since)] = conn.execute(
                 select(func.count()).select_from(R).where(
                     R.c.identity == identity, R.c.rule == rule, R.c.decision == Decision.AUTO_APPROVE.value,
                     R.c.created_at > since)
-            )).scalar_one()
+            ).scalar_one()
         earlier = taken.setdefault((identity, rule), [])
         if in_database[(identity, rule, since)] + sum(1 for at in earlier if at > since) >= count:
             answers.append(count)
@@ -273,18 +294,18 @@ async def _over_quota(conn: AsyncConnection, dialect: str, requests: list[NewReq
     return answers
 
 
-async def _insert_requests(conn: AsyncConnection, dialect: str, requests: list[NewRequest]) -> None:
+def _insert_requests(conn: Connection, dialect: str, requests: list[NewRequest]) -> None:
     """The group's rows, one executemany per table, in the order a single request wrote them (the grant after its
     request, audit rows naming it after both)."""
     if not requests:
         return
-    await conn.execute(_INSERT[R.name], [r.request for r in requests])
+    conn.execute(_INSERT[R.name], [r.request for r in requests])
     if grants := [r.grant for r in requests if r.grant is not None]:
-        await conn.execute(_INSERT[G.name], grants)
-    await conn.execute(_INSERT[E.name], [row for r in requests for row in r.audit])
+        conn.execute(_INSERT[G.name], grants)
+    conn.execute(_INSERT[E.name], [row for r in requests for row in r.audit])
     if scopes := [row for r in requests for row in r.scopes]:
-        await conn.execute(_INSERT_SCOPE[dialect], scopes)
+        conn.execute(_INSERT_SCOPE[dialect], scopes)
     if accounts := [row for r in requests for row in r.accounts]:
-        await conn.execute(_INSERT[C.name], accounts)
+        conn.execute(_INSERT[C.name], accounts)
     if events := [row for r in requests for row in r.events]:
-        await conn.execute(_INSERT[O.name], events)
+        conn.execute(_INSERT[O.name], events)

@@ -9,15 +9,24 @@ dialect, the URLs and the SQL are SQLAlchemy's own.
 
 It reaches into aiosqlite's ``Connection._execute`` (run a function on the connection's thread) and ``_conn`` (the
 sqlite3 connection), as SQLAlchemy's own adapter does for its isolation level; aiosqlite ≥ 0.20.
+
+:func:`run_in_one_trip` goes one step further for the request path's grouped commits (``bot.store.group_commit``):
+a whole write transaction, its statements built and run by SQLAlchemy's synchronous Core over the same sqlite3
+connection, in one trip.
 """
 
 from __future__ import annotations
 
 import collections
+import weakref
+from collections.abc import Callable
 from threading import Thread
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
@@ -134,3 +143,47 @@ def one_trip_dbapi() -> OneTripDBAPI | None:
     if not sqlalchemy.__version__.startswith(TESTED_SERIES):
         return None
     return OneTripDBAPI.load()
+
+
+T = TypeVar("T")
+
+# A synchronous engine over each aiosqlite connection's sqlite3 connection, made on first use, on its thread (keyed
+# by the aiosqlite connection: a sqlite3 connection takes no weak reference).
+_sync_engines: weakref.WeakKeyDictionary[Any, Engine] = weakref.WeakKeyDictionary()
+
+
+def runs_in_one_trip(engine: AsyncEngine) -> bool:
+    """Whether ``engine`` uses this module's DBAPI (so :func:`run_in_one_trip` may be used on its connections)."""
+    return isinstance(engine.dialect.loaded_dbapi, OneTripDBAPI)
+
+
+async def run_in_one_trip(conn: AsyncConnection, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(connection, *args)`` in one write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK``
+    when it raises) on the thread of ``conn``'s SQLite connection, in one trip: ``connection`` is a synchronous
+    SQLAlchemy ``Connection`` over the same sqlite3 connection (the same dialect, types and SQL as the async
+    engine's). ``conn`` must not be in a transaction. Raises what ``fn`` or SQLite raised (SQLAlchemy's
+    exceptions, e.g. ``IntegrityError``)."""
+    fairy = await conn.get_raw_connection()
+    adapter = fairy.dbapi_connection
+    async with adapter._execute_mutex:
+        return await adapter._connection._execute(_in_transaction, adapter._connection, fn, args)
+
+
+def _in_transaction(aiosqlite_connection, fn: Callable[..., T], args: tuple) -> T:
+    engine = _sync_engines.get(aiosqlite_connection)
+    if engine is None:
+        sqlite_connection = aiosqlite_connection._conn
+        # StaticPool: this one connection, never closed by the pool (the async engine owns it); no reset on
+        # return, since every use below ends with COMMIT or ROLLBACK.
+        engine = sqlalchemy.create_engine("sqlite://", creator=lambda: sqlite_connection, poolclass=StaticPool,
+                                          pool_reset_on_return=None)
+        _sync_engines[aiosqlite_connection] = engine
+    with engine.connect() as connection:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # as the async engine's writes (bot.store.engine)
+        try:
+            result = fn(connection, *args)
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+        return result
