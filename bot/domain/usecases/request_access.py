@@ -98,6 +98,9 @@ async def request_access(
     Raises :class:`InvalidRequest` (bad scopes, unknown environment, TTL above the cap), :class:`IdempotencyConflict`
     and ``CredentialsUnavailable`` (an auto-approved grant's credentials could not be made: nothing is stored,
     nothing is left in the provider).
+
+    A signature the caller's authentication left unrecorded (``Caller.signature``) is written with the request's
+    rows, or on its own on any other way out; :class:`SignatureReplayed` (nothing stored) when it was used before.
     """
     try:
         return await _request_access(deps, caller, body, idempotency_key, refuse_unless_replay)
