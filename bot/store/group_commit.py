@@ -5,7 +5,9 @@ Callers (``SqlStore.remember_signature`` and ``SqlStore.insert_request``) prepar
 audit rows name the HTTP request being served, from a context variable) and enqueue them. One writer task at a
 time takes whatever is queued (up to ``MAX_GROUP`` items) and writes it in one transaction: the replay records in
 one multi-row upsert whose ``RETURNING`` names the digests that were new, then the requests, grants, audit rows,
-scopes, credential accounts and outbox events each in one executemany. While it commits, the next callers queue up,
+scopes, credential accounts and outbox events each in one executemany (the statements are one synchronous function,
+``_write_items``: run with ``run_sync`` on PostgreSQL, and on SQLite as one trip to its thread, see
+``bot.store.sqlite_driver.run_in_one_trip``). While it commits, the next callers queue up,
 so under load a group grows to what arrived during one commit; with one caller it is a group of one. The writer is
 a task of its own (not one of the callers'), started when work arrives and ending when the queue is empty, so a
 caller that goes away cannot take the others' writes with it.
