@@ -113,7 +113,10 @@ async def test_cards_go_out_once_paced_per_channel_through_429s_500s_and_silence
     others = [c["at"] for c in sandbox.calls
               if c["method"] == "chat.postMessage" and c["status"] == 200 and c["channel"] != "C0TEAM3"]
     assert len(limited) >= 3 and limited[-1] - limited[0] > 5, limited
-    assert sum(limited[0] <= at <= limited[-1] for at in others) >= 20
+    # Nine other channels at 1 post/s each could post nine a second; held up by C0TEAM3 they would post none. At
+    # least one a second on average, so that a loaded machine (its outbox worker short of CPU) does not fail it.
+    meanwhile = sum(limited[0] <= at <= limited[-1] for at in others)
+    assert meanwhile >= limited[-1] - limited[0], (meanwhile, limited)
 
     # Approvals: five cards per channel, while chat.update is rate-limited and failing now and then.
     sandbox.inject("chat.update", "ratelimited", times=4, retry_after=1)
