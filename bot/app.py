@@ -255,5 +255,5 @@ async def _background(run, stop, name: str, _app: web.Application) -> AsyncItera
     await asyncio.wait([task], timeout=CANCELLED_STOP_SECONDS)
     if not task.done():
         log.error("%s did not stop after being cancelled; shutting down without it", name)
-    elif not task.cancelled() and task.exception() is not None:
-        log.error("%s failed: %s: %s", name, type(task.exception()).__name__, task.exception())
+    elif not task.cancelled() and (failure := task.exception()) is not None:
+        log.error("%s failed: %s: %s", name, type(failure).__name__, failure)

@@ -63,14 +63,17 @@ def _explain(exc: ValidationError) -> str:
     return "; ".join(sentences) + "."
 
 
-async def authenticate(request: web.Request, body: bytes, *, single_use: bool = False) -> Caller:
+async def authenticate(request: web.Request, body: bytes, *, single_use: bool = False,
+                       defer_replay_check: bool = False) -> Caller:
     """The caller of a ``/v1`` route (HMAC or a CI OIDC bearer token; see ``bot.identity.callers``).
 
     ``single_use``: a bearer token is used up by this request; only creating an access request does that, so a
     pipeline can long-poll and revoke with the token it created its request with (``bot.identity.oidc``).
+    ``defer_replay_check``: an HMAC signature's replay record is left to the route (``Caller.signature``).
     """
     caller = await request.app[AUTH].authenticate(
-        request.headers, request.method, request.raw_path, body, single_use=single_use
+        request.headers, request.method, request.raw_path, body, single_use=single_use,
+        defer_replay_check=defer_replay_check,
     )
     request[CALLER_IDENTITY] = caller.identity
     return caller
@@ -143,21 +146,18 @@ async def create_access_request(request: web.Request) -> web.Response:
     raw = await request.read()
     try:
         # An HMAC signature's replay record is written with the request's rows (one transaction, not two).
-        caller = await request.app[AUTH].authenticate(request.headers, request.method, request.raw_path, raw,
-                                                      single_use=True, defer_replay_check=True)
-        used_token = None
+        caller, used_token = await authenticate(request, raw, single_use=True, defer_replay_check=True), None
     except CiTokenAlreadyUsed as exc:
         if not request.headers.get("Idempotency-Key"):
             raise
         caller, used_token = exc.caller, exc  # may still replay the request this token created (below)
-    request[CALLER_IDENTITY] = caller.identity
-    deps = request.app[DEPS]
+        request[CALLER_IDENTITY] = caller.identity
     try:
         return await _create(request, raw, caller, used_token)
     except Exception as exc:
         if not isinstance(exc, DatabaseUnavailable | SignatureReplayed):
             try:  # a refused body uses its signature up too; a replay of it is refused as a replay
-                await usecases.record_signature(deps, caller)
+                await usecases.record_signature(request.app[DEPS], caller)
             except SignatureReplayed as replay:
                 exc = replay
         if isinstance(exc, SignatureReplayed):

@@ -14,7 +14,6 @@ from datetime import timedelta
 from bot.domain.approvals import who_may_approve
 from bot.domain.errors import (
     AutoApproveLimitReached,
-    DatabaseUnavailable,
     DomainError,
     IdempotencyConflict,
     InvalidRequest,
@@ -100,33 +99,11 @@ async def request_access(
     nothing is left in the provider).
 
     A signature the caller's authentication left unrecorded (``Caller.signature``) is written with the request's
-    rows, or on its own on any other way out; :class:`SignatureReplayed` (nothing stored) when it was used before.
+    rows, or on its own before an Idempotency-Key replay or before credentials are made;
+    :class:`SignatureReplayed` (nothing stored) when it was used before. When this raises anything else the
+    signature may still be unrecorded: the caller records it (:func:`record_signature`), since a refused request
+    uses its signature up too.
     """
-    try:
-        return await _request_access(deps, caller, body, idempotency_key, refuse_unless_replay)
-    except Exception as exc:
-        # Refused or failed before its signature was written with its rows: it is used up all the same (a replay
-        # is refused as a replay, not answered again), as when the signature was recorded before anything else.
-        if not isinstance(exc, DatabaseUnavailable):
-            await record_signature(deps, caller)
-        raise
-
-
-async def record_signature(deps: Deps, caller: Caller) -> None:
-    """Write the replay record of the caller's signature if it is still unwritten (``Caller.signature``).
-    Raises :class:`SignatureReplayed` when the signature was used before."""
-    signature = caller.signature
-    if signature is None or signature.recorded:
-        return
-    signature.recorded = True
-    if not await deps.store.remember_signature(signature.digest, signature.expires_at, signature.now):
-        raise SignatureReplayed(caller.identity)
-
-
-async def _request_access(
-    deps: Deps, caller: Caller, body: AccessRequestInput, idempotency_key: str | None,
-    refuse_unless_replay: DomainError | None,
-) -> RequestView:
     _validate(deps, body)
     body_hash = _body_hash(body)
     if idempotency_key:
@@ -166,6 +143,17 @@ async def _request_access(
         outcome = PolicyDecision(Decision.REQUIRE_APPROVAL, rule, why, outcome.reasons + (why,), "auto_approve_limit")
         request = _new_request(deps, caller, body, audience, outcome, request.ttl_seconds, now)
         return await _store(deps, caller, request, idempotency_key, body_hash, None)
+
+
+async def record_signature(deps: Deps, caller: Caller) -> None:
+    """Write the replay record of the caller's signature if it is still unwritten (``Caller.signature``).
+    Raises :class:`SignatureReplayed` when the signature was used before."""
+    signature = caller.signature
+    if signature is None or signature.recorded:
+        return
+    signature.recorded = True
+    if not await deps.store.remember_signature(signature.digest, signature.expires_at, signature.now):
+        raise SignatureReplayed(caller.identity)
 
 
 def _new_request(
