@@ -214,6 +214,7 @@ async def _database(store: SqlStore, migrate: bool, settings: Settings, _app: we
         await asyncio.sleep(0.2)
         raise
     yield
+    await store.finish_writes(settings.readiness_timeout_seconds)
     await close_pool(store.engine, settings.readiness_timeout_seconds)
 
 

@@ -1,4 +1,4 @@
-"""Shutdown: a task cancelled at the moment it is woken still ends.
+"""Shutdown: a task cancelled at the moment it is woken still ends; nothing outlives the server's shutdown.
 
 Python 3.11's ``asyncio.wait_for`` returns normally when the cancellation arrives in the same loop step as the
 event it waits for (gh-86296): a loop built on it runs on after its cancel, and whatever awaits it (aiohttp's
@@ -8,10 +8,19 @@ cleanup, the test runner closing its loop) waits for ever. Seen once in CI as a 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from datetime import timedelta
+from contextlib import asynccontextmanager
 
+import aiohttp
+import asyncpg
+
+from bot.app import create_app
 from bot.changes import LocalChanges
 from bot.policy_reload import PolicyReloader, digest
-from tests.conftest import POLICIES
+from bot.web.keys import DEPS
+from bot.web.serving import listen
+from tests.conftest import POLICIES, make_settings
 
 
 async def test_the_policy_reloader_cancelled_as_it_is_woken_ends(tmp_path):
@@ -38,3 +47,53 @@ async def test_a_long_poll_cancelled_as_its_change_arrives_ends_cancelled():
     await asyncio.wait([poll], timeout=2)
     assert poll.cancelled()
     assert changes.waiting("request-1") == 0
+
+
+@asynccontextmanager
+async def writes_held(database_url: str):
+    """Another connection holds the database's write lock (SQLite) or the replay-record table (PostgreSQL), so that
+    a grouped write waits; released when the block ends."""
+    if database_url.startswith("sqlite"):
+        holder = sqlite3.connect(database_url.split("///", 1)[1], isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        return
+    holder = await asyncpg.connect(database_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE used_signatures IN EXCLUSIVE MODE")
+            yield
+    finally:
+        await holder.close()
+
+
+async def test_finishing_writes_waits_for_the_group_writer_to_give_its_connection_back(database_url, tmp_path, clock,
+                                                                                       sandbox):
+    """What the shutdown does before it closes the database pool (``bot.app``): the request path's group writer
+    finishes and gives its connection back. Its callers are answered before it returns the connection, so aiohttp
+    (which waits for the requests in flight) can be done while it still runs; in a real process under load, what
+    was left was cancelled by the event loop's end while returning its connection, logged as an error with a
+    traceback. Here another connection's lock holds the write."""
+    settings = make_settings(database_url, tmp_path)
+    app = create_app(settings, clock=clock, migrate=True)
+    listener = await listen(app, "127.0.0.1", 0, header_timeout_seconds=settings.header_timeout_seconds)
+    store = app[DEPS].store
+    now = clock.now()
+    try:
+        async with writes_held(database_url):
+            writing = asyncio.create_task(store.remember_signature("a" * 64, now + timedelta(minutes=5), now))
+            await asyncio.sleep(0.3)  # the group writer waits for the lock
+            finishing = asyncio.create_task(store.finish_writes(10))
+            await asyncio.sleep(0.5)
+            assert not finishing.done()  # waiting for the write
+        await asyncio.wait_for(finishing, 10)
+        # Nothing of the writer is left: its caller was answered, and its task (which ends once its connection is
+        # back in the pool) is done.
+        assert writing.done() and writing.result() is True
+        assert [task for task in asyncio.all_tasks() if "GroupCommit" in repr(task.get_coro())] == []
+    finally:
+        await listener.close()

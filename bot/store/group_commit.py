@@ -136,6 +136,19 @@ class GroupCommit:
         # Shielded: a caller cancelled while its item is being written leaves the group's write alone.
         return await asyncio.shield(future)
 
+    async def close(self, timeout: float) -> None:
+        """For shutdown, before the pool is closed: wait up to ``timeout`` seconds for the writers to write what is
+        queued and give their connections back, then cancel what is left (its callers learn it). A writer that
+        outlived the shutdown was cancelled by the event loop's end while returning its connection, which SQLAlchemy
+        logs as an error with a traceback."""
+        if not self._writers:
+            return
+        _, late = await asyncio.wait(set(self._writers), timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=timeout)
+
     async def _drain(self) -> None:
         try:
             await self._drain_queue()

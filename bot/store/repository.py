@@ -54,6 +54,11 @@ class SqlStore(RequestQueries, GrantQueries, OutboxQueries, AuditTrail, ReplayRe
                 select(column).where(column >= prefix, column < prefix + "\uffff").order_by(column).limit(limit)
             )).scalars())
 
+    async def finish_writes(self, timeout: float) -> None:
+        """For shutdown: the request path's queued writes finished (or, after ``timeout`` seconds, cancelled) and
+        their connections returned to the pool (``GroupCommit.close``)."""
+        await self._group.close(timeout)
+
     async def answers(self, timeout: float) -> bool:
         """True when the database answers ``SELECT 1`` within ``timeout`` seconds (``database_answers``)."""
         return await database_answers(self.engine, timeout)
