@@ -167,6 +167,12 @@ CASES = {
     "card_hostile_and_long": lambda: blocks.card_blocks(_hostile()),
     "card_text_pending": lambda: blocks.card_text(req()),
     "card_text_hostile": lambda: blocks.card_text(_hostile()),
+    "card_text_grant_active": lambda: blocks.card_text(
+        (r := decided(req(), RequestStatus.APPROVED, "U0APPROVER")), grant(r)),
+    "card_text_grant_expired": lambda: blocks.card_text(
+        (r := decided(req(), RequestStatus.APPROVED, "U0APPROVER")), grant(r, GrantStatus.EXPIRED)),
+    "card_text_grant_revoked": lambda: blocks.card_text(
+        (r := decided(req(), RequestStatus.APPROVED, "U0APPROVER")), grant(r, GrantStatus.REVOKED)),
     "grant_ended_expired": lambda: blocks.grant_ended_text(
         (r := decided(req(), RequestStatus.APPROVED, "U0APPROVER")), grant(r, GrantStatus.EXPIRED)),
     "grant_ended_revoked_hostile": lambda: blocks.grant_ended_text(

@@ -163,6 +163,8 @@ async def test_a_request_is_approved_in_slack_and_its_token_expires(process, api
     reply = await eventually(lambda: next((m for m in sandbox.messages
                                            if m["thread_ts"] == card["ts"] and "expired" in m["text"]), None))
     assert reply["channel"] == CHANNEL
+    # The card says so too, its fallback text (notifications, screen readers) included.
+    await eventually(lambda: card["text"].endswith("(approved, grant expired)") and buttons(card) == [])
     _, after = await api.get_request(created["id"])
     assert after["grant"]["status"] == "expired" and "access_token" not in after["grant"]
     assert await api.introspect(token) == (200, {"active": False})

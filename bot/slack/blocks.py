@@ -68,12 +68,17 @@ def summary_line(request: AccessRequest) -> str:
     )
 
 
-def card_text(request: AccessRequest) -> str:
-    """Fallback text of the card (notifications, screen readers). Slack reads a message's ``text`` as mrkdwn, so
-    the pipeline's words are escaped here too: a scope like ``deploy:<!channel>`` must not ping anyone."""
+def card_text(request: AccessRequest, grant: Grant | None = None) -> str:
+    """Fallback text of the card (notifications, screen readers): the request and where it stands, the grant's
+    end included once it has ended (``(approved, grant expired)``), as the card's blocks say. Slack reads a
+    message's ``text`` as mrkdwn, so the pipeline's words are escaped here too: a scope like
+    ``deploy:<!channel>`` must not ping anyone."""
+    status = request.status.value
+    if grant is not None and grant.status is not GrantStatus.ACTIVE:
+        status += f", grant {grant.status.value}"
     return truncate(
         f"Access request from {escape(request.identity)}: {escape(' '.join(request.scopes))} on "
-        f"{escape(request.environment)} ({request.status.value})",
+        f"{escape(request.environment)} ({status})",
         FALLBACK_TEXT_LIMIT,
     )
 

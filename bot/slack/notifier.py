@@ -401,7 +401,7 @@ class SlackNotifier:
                     log.error("request %s has no channel to post its card to (set GRANTBOT_SLACK_CHANNEL)", request.id)
                 return
             channel, ts = await self._post_once(
-                item, channel=request.channel, text=blocks.card_text(request),
+                item, channel=request.channel, text=blocks.card_text(request, grant),
                 blocks=blocks.card_blocks(request, grant, approvals, self._hands_out(request.rule)),
             )
             await self._store.set_card(request.id, channel, ts)
@@ -412,7 +412,7 @@ class SlackNotifier:
                 await self._client.chat_update(
                     channel=request.card_channel,
                     ts=request.card_ts,
-                    text=blocks.card_text(request),
+                    text=blocks.card_text(request, grant),
                     blocks=blocks.card_blocks(request, grant, approvals, self._hands_out(request.rule)),
                 )
         elif item.kind is EventKind.REMINDER:
