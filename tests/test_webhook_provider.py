@@ -13,6 +13,8 @@ import hmac
 import json
 import secrets
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
@@ -31,6 +33,7 @@ class Hook:
         self.secret = secret
         self.calls: list[dict] = []
         self.issued: dict[str, dict] = {}  # grant id -> what it made
+        self.held: dict[str, str] = {}  # account name -> when it was made (RFC 3339), for the list action
         self.failing = False  # answer 503 to everything
         self.slow_to_confirm = 0  # verify answers revoked: false this many times first
         self.refused = 0
@@ -49,14 +52,19 @@ class Hook:
         self.calls.append(call)
         if self.failing:
             return web.json_response({"error": "the cluster API is not answering"}, status=503)
+        if call["action"] == "list":
+            return web.json_response({"accounts": [{"account": name, "created_at": at}
+                                                   for name, at in self.held.items() if name.startswith(call["prefix"])]})
         grant = call["grant"]
         if call["action"] == "issue":
             token = "k8s-token-" + secrets.token_urlsafe(24)
             self.issued[grant["id"]] = {"service_account": call["account"], "token": token, "revoked": False}
+            self.held.setdefault(call["account"], datetime.now(UTC).isoformat().replace("+00:00", "Z"))
             return web.json_response({"token": token, "namespace": call["params"]["namespace"],
                                       "service_account": call["account"], "expires_at": "ignored"})
         if call["action"] == "revoke":
             self.issued.setdefault(grant["id"], {})["revoked"] = True
+            self.held.pop(call["account"], None)
             return web.json_response({"summary": f"ServiceAccount {call['account']} and its RoleBinding deleted"})
         if self.slow_to_confirm:
             self.slow_to_confirm -= 1
@@ -86,8 +94,8 @@ async def hook(monkeypatch):
     await served.stop()
 
 
-def hook_policy(tmp_path, hook: Hook, secret_env: str = "GRANTBOT_TEST_HOOK_SECRET"):
-    provider = f"  - {{name: k8s, kind: webhook, url: '{hook.url}', secret_env: {secret_env}}}\n"
+def hook_policy(tmp_path, hook: Hook, secret_env: str = "GRANTBOT_TEST_HOOK_SECRET", options: str = ""):
+    provider = f"  - {{name: k8s, kind: webhook, url: '{hook.url}', secret_env: {secret_env}{options}}}\n"
     return policy_with(tmp_path, provider, "{provider: k8s, params: {namespace: shop, role: view}}",
                        "{provider: k8s, params: {namespace: shop, role: edit}}")
 
@@ -180,3 +188,35 @@ async def test_a_hook_refusing_the_signature_is_a_503_that_names_the_provider(ho
     assert "provider k8s" in answer["detail"] and "HTTP 401: bad signature" in answer["detail"], answer
     # Refused twice: the issue, and the revoke of whatever it might have made (nothing is left behind).
     assert hook.refused == 2 and await grantbot.count("access_requests") == 0
+
+
+async def test_a_listable_hooks_account_left_by_a_crash_is_revoked_and_a_live_grants_is_kept(
+        hook, start_grantbot, tmp_path, clock, sandbox):
+    """``options: {list: true}``: reconciliation asks the hook what it holds; an account whose grant grantbot never
+    recorded (the hook made it, grantbot died before committing) is revoked once past the grace, one whose grant is
+    active is left alone, and a name that is not grantbot's is not touched."""
+    orphan_grant = str(uuid.uuid4())
+    orphan = "gb_" + orphan_grant.replace("-", "")
+    made_at = (clock.now() - timedelta(minutes=10)).isoformat().replace("+00:00", "Z")
+    hook.held[orphan] = made_at
+    hook.held["gb_someone-elses-account"] = made_at
+    grantbot = await start_grantbot(policy_file=hook_policy(tmp_path, hook, options=", options: {list: true}"),
+                                    reconcile_interval_seconds=0.2)
+    status, created = await grantbot.api.request_access(STAGING_READ)
+    assert status == 201, created
+    live = hook.issued[created["grant"]["id"]]["service_account"]
+
+    await eventually(lambda: orphan not in hook.held, timeout=10)
+    assert [c["action"] for c in hook.calls if c.get("account") == orphan][:1] == ["revoke"]
+    await eventually(lambda: any(c["action"] == "verify" and c["account"] == orphan for c in hook.calls))
+    await asyncio.sleep(1)  # several reconciliations more
+    assert live in hook.held and "gb_someone-elses-account" in hook.held
+    assert not [c for c in hook.calls if c.get("account") in (live, "gb_someone-elses-account")
+                and c["action"] == "revoke"]
+    assert not [m for m in sandbox.messages if "Access removed" in m["text"]]  # nobody asked for it in Slack
+
+
+async def test_a_hook_not_said_to_be_listable_is_never_asked_to_list(hook, start_grantbot, tmp_path, clock):
+    await start_grantbot(policy_file=hook_policy(tmp_path, hook), reconcile_interval_seconds=0.1)
+    await asyncio.sleep(1)
+    assert not [c for c in hook.calls if c["action"] == "list"]

@@ -14,10 +14,13 @@ a constant-time comparison.
 - ``revoke``: a 2xx answer means done (an optional ``summary`` string says what was done); ``verify``: a 2xx
   answer ``{"revoked": true | false}``. Both are retried like every provider's, then ``failed`` with an alert.
 
-Nothing is made at approval (the hook is first called at the hand-over), and a hook cannot be listed: an account a
-crash left behind (made, never recorded) is not found by reconciliation, so a hook should also end what it made at
-the grant's ``expires_at`` by itself (it is told it). The hook's answers are never logged: only their status and an
-``error`` field of a failed one.
+Nothing is made at approval (the hook is first called at the hand-over). An account a crash left behind (the hook
+made it, grantbot died before recording it) is found by reconciliation only when the provider's ``options`` say
+``list: true``: the hook is then also asked ``{"action": "list", "prefix": "<username prefix>"}`` and answers
+``{"accounts": [{"account": "<name>", "created_at": "<RFC 3339>"}, …]}``, every account it holds whose name starts
+with the prefix; an account whose grant is not active is revoked like any other orphan. Without it a hook should
+end what it made at the grant's ``expires_at`` by itself (it is told it). The hook's answers are never logged: only
+their status and an ``error`` field of a failed one.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import hmac
 import json
 import re
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,11 +61,13 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class Options(BaseModel):
-    """The provider's ``options:``: ``timeout``, seconds one call may take."""
+    """The provider's ``options:``: ``timeout``, seconds one call may take; ``list``, the hook answers the ``list``
+    action (reconciliation then finds accounts a crash left behind)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     timeout: float = Field(default=10.0, gt=0, le=300)
+    list: bool = False
 
 
 class Params(BaseModel):
@@ -127,20 +134,24 @@ class WebhookProvider:
         return self.spec.username_prefix + grant_id.replace("-", "").lower()
 
     async def _call(self, action: str, account: Account) -> Any:
-        """POST the signed call; returns the answer's JSON. Raises ``CredentialsUnavailable`` for a network failure,
-        a non-2xx answer (with its ``error`` field, never its body) or an answer that is not JSON."""
-        body = json.dumps({
+        """POST the signed call about ``account``; returns the answer's JSON object (see :meth:`_post`)."""
+        return await self._post({
             "action": action,
             "grant": {"id": account.grant_id, "identity": account.identity, "environment": account.environment,
                       "scopes": list(account.scopes),
                       "expires_at": account.expires_at.isoformat().replace("+00:00", "Z")},
             "params": account.params.get("params") or {},
             "account": account.username,
-        }, separators=(",", ":")).encode()
+        }, f"provider {self.spec.name}: the hook's {action} of {account.username}")
+
+    async def _post(self, call: dict, what: str) -> dict:
+        """POST ``call`` signed; returns the answer's JSON object. Raises ``CredentialsUnavailable`` (starting with
+        ``what``) for a network failure, a non-2xx answer (with its ``error`` field, never its body) or an answer
+        that is not a JSON object."""
+        body = json.dumps(call, separators=(",", ":")).encode()
         timestamp = str(int(time.time()))
         headers = {"Content-Type": "application/json", "X-Grantbot-Timestamp": timestamp,
                    "X-Grantbot-Signature": signature(self._secret, timestamp, body)}
-        what = f"provider {self.spec.name}: the hook's {action} of {account.username}"
         try:
             async with self._session().post(self._url, data=body, headers=headers) as resp:
                 text = await resp.text()
@@ -183,8 +194,50 @@ class WebhookProvider:
                                                             f"(revoked: {json.dumps(revoked)})")
 
     async def accounts(self) -> list[MadeAccount]:
-        """None: a hook cannot be listed (it ends what it made at the grant's expiry by itself)."""
-        return []
+        """The accounts the hook holds with the provider's prefix (the ``list`` action), when ``options.list`` says
+        it answers it; else none (the hook ends what it made at the grant's expiry by itself). Names that are not
+        the prefix and a grant id are not grantbot's and are left out. Raises ``CredentialsUnavailable`` when the
+        hook fails or its answer is not ``{"accounts": [{"account", "created_at"}, …]}``."""
+        if not self.options.list:
+            return []
+        prefix = self.spec.username_prefix
+        what = f"provider {self.spec.name}: the hook's list"
+        data = await self._post({"action": "list", "prefix": prefix}, what)
+        listed = data.get("accounts")
+        if not isinstance(listed, list):
+            raise CredentialsUnavailable(f"{what} failed: the answer has no \"accounts\" list", self.spec.name)
+        made = []
+        for entry in listed:
+            name = entry.get("account") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not name.startswith(prefix):
+                continue
+            grant_id = _grant_id(name[len(prefix):])
+            if grant_id is None:
+                continue
+            created_at = _moment(entry.get("created_at"))
+            if created_at is None:  # without it a hand-over in progress could look like an orphan
+                raise CredentialsUnavailable(f"{what} failed: account {name[:100]!r} has no created_at "
+                                             "(an RFC 3339 time with its zone)", self.spec.name)
+            made.append(MadeAccount(name, grant_id, created_at))
+        return made
+
+
+def _grant_id(text: str) -> str | None:
+    """The grant id an account name ends with (:meth:`WebhookProvider.username`: 32 lower-case hex digits)."""
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        return None
+    return str(uuid.UUID(hex=text))
+
+
+def _moment(value: Any) -> datetime | None:
+    """An aware UTC datetime from RFC 3339 text (``Z`` or an offset), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo is not None else None
 
 
 def build(spec: ProviderSpec, environ: Any, services: Any = None) -> WebhookProvider:
