@@ -216,7 +216,8 @@ async def test_three_replicas_handle_150_requests_and_every_transition_happens_o
         assert thread[1]["text"].startswith(":key: *deploy-bot* collected its token for `db:write`"), thread[1]["text"]
         assert thread[2]["text"].startswith(":hourglass: Grant `db:write` on *production* for *deploy-bot* expired "
                                             f"at {until}"), thread[2]["text"]
-        assert "(approved)" in card["text"] and ":hourglass: Grant expired at" in message_text(card)
+        assert card["text"].endswith("(approved, grant expired)"), card["text"]
+        assert ":hourglass: Grant expired at" in message_text(card)
         assert buttons(card) == []
     # Each auto-approved grant's end told once: all of them at once, folded into a digest (or a few).
     told = await ends_told(database_url, sandbox, auto)
