@@ -7,18 +7,13 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.ports import spare_port
+
 SSHD = "/usr/sbin/sshd"  # absolute: sshd re-executes itself by its path
-
-
-def spare_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

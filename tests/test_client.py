@@ -19,7 +19,8 @@ from tests.ci_runners import read_commands_file
 from tests.client_support import (HttpRelay, card_for, client_env, finish, pending_request_id, run_bash,
                                    run_grantbot, start_grantbot_command, start_serve, stop_serve)
 from tests.support import SECRETS, Api, cards, eventually, open_modal
-from tests.test_end_to_end import free_port, grantbot_command
+from tests.ports import spare_port
+from tests.test_end_to_end import grantbot_command
 
 STAGING = ("request", "--environment", "staging", "--scope", "db:read")
 PRODUCTION = ("request", "--environment", "production", "--scope", "db:write")
@@ -91,7 +92,7 @@ async def test_every_exit_code_of_grantbot_request(serve, api, sandbox, tmp_path
     expired = await finish(waiting)
     assert expired.code == 3 and "is expired: no access was granted" in expired.err, expired.err
 
-    unreachable = await run_grantbot(*STAGING, "--url", f"http://127.0.0.1:{free_port()}", "--retry-for", "1",
+    unreachable = await run_grantbot(*STAGING, "--url", f"http://127.0.0.1:{spare_port()}", "--retry-for", "1",
                                      env=env, cwd=tmp_path)
     assert unreachable.code == 4 and "did not answer POST /v1/access-requests within --retry-for 1 s" in \
         unreachable.err and "cannot connect" in unreachable.err

@@ -20,7 +20,8 @@ from tests.conftest import ADMIN_URL
 from tests.support import buttons, eventually, message_text
 from tests.test_credentials import session_ended
 from tests.test_dev_walkthrough import Dev
-from tests.test_end_to_end import free_port, grantbot_command
+from tests.ports import spare_port
+from tests.test_end_to_end import grantbot_command
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ async def demo_database():
 
 async def test_the_database_step_works_as_printed(tmp_path, demo_database):
     url = ADMIN_URL.rsplit("/", 1)[0] + "/" + demo_database
-    dev = Dev(tmp_path, free_port(), free_port(), "--postgres", url)
+    dev = Dev(tmp_path, spare_port(), spare_port(), "--postgres", url)
     try:
         await eventually(lambda: "Stop with Ctrl-C." in dev.printed() or dev.proc.poll() is not None, timeout=30,
                          interval=0.1)

@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 
 from tests.support import Api, advance_clock_offset, buttons, eventually, message_text, write_clock_offset
-from tests.test_end_to_end import free_port, grantbot_command
+from tests.ports import spare_port
+from tests.test_end_to_end import grantbot_command
 
 
 class Dev:
@@ -51,7 +52,7 @@ class Dev:
 
 @pytest.fixture
 async def dev(tmp_path):
-    port, sandbox_port = free_port(), free_port()
+    port, sandbox_port = spare_port(), spare_port()
     started = Dev(tmp_path, port, sandbox_port)
     await eventually(lambda: "Stop with Ctrl-C." in started.printed() or started.proc.poll() is not None,
                      timeout=30, interval=0.1)

@@ -25,15 +25,10 @@ from sqlalchemy import text
 from bot.store.engine import create_engine
 from bot.store.schema import alembic_config, head_revision, upgrade
 from tests.conftest import POLICIES
+from tests.ports import spare_port
 from tests.support import (BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, advance_clock_offset, buttons, cards,
                            assert_no_secrets, eventually, hmac_headers, message_text, read_clock_offset,
                            write_clock_offset)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def grantbot_command(command: str = "serve") -> list[str]:
@@ -45,7 +40,7 @@ class Process:
     """A ``grantbot serve`` child process and a clock offset file that moves its time."""
 
     def __init__(self, tmp_path: Path, database_url: str, sandbox, name: str = "grantbot") -> None:
-        self.port = free_port()
+        self.port = spare_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.offset_file = tmp_path / "clock-offset"  # shared by the processes of one test: one clock
         if not self.offset_file.exists():
@@ -287,7 +282,7 @@ BAD_DATABASES = [
 @pytest.mark.parametrize("url,words", BAD_DATABASES, ids=[u.split(":")[0] + str(i) for i, (u, _) in enumerate(BAD_DATABASES)])
 def test_serve_says_clearly_when_it_cannot_reach_its_database(tmp_path, url, words):
     env = {**os.environ, "GRANTBOT_DATABASE_URL": url, "GRANTBOT_SIGNING_KEY_FILE": str(tmp_path / "k.pem"),
-           "GRANTBOT_POLICY_FILE": str(POLICIES / "basic.yaml"), "PORT": str(free_port()),
+           "GRANTBOT_POLICY_FILE": str(POLICIES / "basic.yaml"), "PORT": str(spare_port()),
            **{"TEST_SECRET_" + k.upper().replace("-", "_"): v for k, v in SECRETS.items()}}
     refused = subprocess.run(grantbot_command("serve"), env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and words in refused.stderr, refused.stderr

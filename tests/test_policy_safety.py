@@ -15,7 +15,8 @@ from bot.domain.policy import lint
 from bot.policy_file import parse_policy
 from tests.conftest import POLICIES
 from tests.support import SECRETS
-from tests.test_end_to_end import free_port, grantbot_command
+from tests.ports import spare_port
+from tests.test_end_to_end import grantbot_command
 
 EXAMPLE = Path(__file__).parents[1] / "bot" / "examples" / "policy.yaml"
 
@@ -31,7 +32,7 @@ def test_serve_without_its_policy_file_refuses_to_start_naming_the_file(tmp_path
     for env, missing in (({}, tmp_path / "policy.yaml"),
                          ({"GRANTBOT_POLICY_FILE": str(tmp_path / "elsewhere" / "policy.yml")},
                           tmp_path / "elsewhere" / "policy.yml")):
-        refused = run("serve", cwd=tmp_path, PORT=str(free_port()), GRANTBOT_DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+        refused = run("serve", cwd=tmp_path, PORT=str(spare_port()), GRANTBOT_DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
                       GRANTBOT_SIGNING_KEY_FILE=str(tmp_path / "k.pem"), **env)
         assert refused.returncode == 2, refused.stderr
         assert str(missing) in refused.stderr and "does not exist" in refused.stderr
@@ -42,7 +43,7 @@ def test_serve_logs_the_path_and_hash_of_the_policy_it_loaded(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text((POLICIES / "basic.yaml").read_text())
     # Start on a database that is behind, so that serve stops right after loading the policy.
-    started = run("serve", cwd=tmp_path, PORT=str(free_port()), GRANTBOT_DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+    started = run("serve", cwd=tmp_path, PORT=str(spare_port()), GRANTBOT_DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
                   GRANTBOT_SIGNING_KEY_FILE=str(tmp_path / "k.pem"),
                   **{"TEST_SECRET_" + k.upper().replace("-", "_"): v for k, v in SECRETS.items()})
     digest = hashlib.sha256(policy.read_bytes()).hexdigest()

@@ -20,7 +20,7 @@ from bot.client.verifier import InvalidToken, TokenVerifier
 from tests.client_support import HttpRelay, client_env, run_grantbot, start_serve, stop_serve
 from tests.oidc_issuer import public_jwk
 from tests.support import Api, advance_clock_offset
-from tests.test_end_to_end import free_port
+from tests.ports import spare_port
 
 AUDIENCE = "https://api.acme.example"
 STAGING = ("request", "--environment", "staging", "--scope", "db:read", "--output", "json")
@@ -99,7 +99,7 @@ async def test_grantbot_verify_valid_wrong_audience_tampered_and_revoked_with_in
                                       env={**env, "GRANTBOT_INTROSPECTION_CLIENT": "rs:wrong"})
     assert wrong_client.code == 2 and "refused this service's introspection credentials" in wrong_client.err
     unreachable = await run_grantbot("verify", token, "--audience", AUDIENCE, "--url",
-                                     f"http://127.0.0.1:{free_port()}", env=env, cwd=tmp_path)
+                                     f"http://127.0.0.1:{spare_port()}", env=env, cwd=tmp_path)
     assert unreachable.code == 4 and "cannot fetch grantbot's metadata" in unreachable.err
 
 
