@@ -33,8 +33,10 @@ def build_bolt_app(deps: usecases.Deps, token: str, signing_secret: str, api_url
     # ours would have been instead.
     # raise_error_for_unhandled_request: an unknown action_id or callback_id (an old card, a newer replica's
     # button) reaches on_error below instead of Bolt answering Slack 404.
-    bolt = AsyncApp(token=token, signing_secret=signing_secret, process_before_response=False, logger=log,
-                    raise_error_for_unhandled_request=True)
+    # name: without one Bolt names the app after its caller's file with inspect.stack(), which reads the source of
+    # every frame on the stack (tens of milliseconds per app).
+    bolt = AsyncApp(name="grantbot", token=token, signing_secret=signing_secret, process_before_response=False,
+                    logger=log, raise_error_for_unhandled_request=True)
     bolt.client.base_url, bolt.client.timeout = api_url, timeout_seconds
 
     async def on_decision(ack: AsyncAck, body: dict, client: AsyncWebClient) -> None:
