@@ -45,6 +45,7 @@ from bot.slack.notifier import SlackNotifier
 from bot.store.outage import close_pool
 from bot.store.engine import create_engine
 from bot.store.schema import check_current, upgrade
+from bot.store.wal_checkpoint import WalCheckpointer
 from bot.store.refusals import SqlRefusalLog
 from bot.store.repository import SqlStore
 from bot.store.outbox_channels import OutboxChannels
@@ -213,9 +214,23 @@ async def _database(store: SqlStore, migrate: bool, settings: Settings, _app: we
         await store.engine.dispose()
         await asyncio.sleep(0.2)
         raise
+    checkpointer = _wal_checkpointer(store)
+    if checkpointer is not None:
+        checkpointer.start()
     yield
     await store.finish_writes(settings.readiness_timeout_seconds)
+    if checkpointer is not None:
+        await checkpointer.stop()
     await close_pool(store.engine, settings.readiness_timeout_seconds)
+
+
+def _wal_checkpointer(store: SqlStore) -> WalCheckpointer | None:
+    """SQLite's checkpoints beside the writer (``bot.store.wal_checkpoint``); None for PostgreSQL and for an
+    in-memory SQLite database."""
+    url = store.engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return WalCheckpointer(url.database)
 
 
 async def _providers(providers: ProviderPool, _app: web.Application) -> AsyncIterator[None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import json
 import logging
 import os
@@ -113,11 +114,28 @@ async def _until_signalled(app=None) -> None:
     await stop.wait()
 
 
+# The youngest generation's threshold (CPython's default: 700 allocations). A request allocates thousands of objects
+# (SQLAlchemy's statements and rows, the JSON), so at the default the collector ran several times per request.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def _settle_heap() -> None:
+    """Once the application has started: move what start-up allocated (modules, the policy, SQLAlchemy's tables
+    and compiled statements) out of the collector's sight (``gc.freeze``), so that full collections stop walking
+    it, and collect the youngest generation less often. Measured with ``benchmarks/compare.py`` (SQLite, 16
+    connections): request p99 26-43 ms before, 20-23 ms after, throughput unchanged."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def _serve(settings: Settings, reuse_port: bool = False) -> None:
     from bot.app import create_app
 
     app = create_app(settings)
     listener = await _listen(app, settings, reuse_port)
+    _settle_heap()
     logging.getLogger("bot").info("grantbot listening on http://%s:%s", settings.host, settings.port)
     try:
         await _until_signalled(app)

@@ -8,6 +8,7 @@ from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from bot.store.wal_checkpoint import FALLBACK_PAGES
 
 try:
     from bot.store.sqlite_driver import one_trip_dbapi, run_in_one_trip, runs_in_one_trip
@@ -152,6 +153,8 @@ def create_engine(url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints run beside the writer (bot.store.wal_checkpoint); the writer's own only past this many pages.
+        cursor.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
