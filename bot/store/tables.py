@@ -26,6 +26,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    def bind_processor(self, dialect):
+        """On SQLite, the text SQLAlchemy's ``DATETIME`` stores ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), made in one C
+        call: the generic path (this decorator, then the dialect's %-formatting of a dict of the parts) cost about
+        a third of the grouped writes' Python time, with ten or so times per access request."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def to_text(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to the store; use aware UTC times")
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return to_text
+
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         if value is None:
             return None
