@@ -14,14 +14,16 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-
-from aiohttp import web
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
 from bot.client.commands import DEFAULT_URL, add_commands
 from bot.client.credentials import DEV_IDENTITY_FILE
-from bot.config import Settings, bundled_policy
 from bot.domain.errors import PolicyError
+
+if TYPE_CHECKING:  # the server's modules load with the server's commands: a pipeline's `grantbot request` skips them
+    from aiohttp import web
+
+    from bot.config import Settings
 
 DEV_STATE_DIR = DEV_IDENTITY_FILE.parent
 DEV_APPROVER = "U0APPROVER"
@@ -39,6 +41,10 @@ def _setup_logging(level: str, fmt: str | None = None) -> None:
 
 
 def _load_settings(**overrides: object) -> Settings:
+    from pydantic import ValidationError
+
+    from bot.config import Settings
+
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -417,6 +423,7 @@ async def _dev(args: argparse.Namespace) -> None:
     """grantbot on this machine: SQLite, the example policy, an HMAC identity for `grantbot request`, and the
     local Slack sandbox unless real Slack credentials (SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET) are set."""
     from bot.app import create_app
+    from bot.config import bundled_policy
     from bot.sandbox import SlackSandbox
 
     identity = _dev_identity()
