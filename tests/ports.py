@@ -5,9 +5,9 @@ kernel for port 0 and releasing it races twice: every outgoing connection of eve
 PostgreSQL, to Slack's sandbox, ...) takes its local port from the same ephemeral range, and the other xdist workers
 ask for port 0 too. CI lost a run that way ("cannot listen on 127.0.0.1:42317: the address is already in use").
 
-So ports come from below the kernel's ephemeral range (``/proc/sys/net/ipv4/ip_local_port_range``), where no
-outgoing connection lands, in a block of its own for each xdist worker, handed out in turn, and each one is checked
-free by binding it before it is given.
+So ports come from below the kernel's default ephemeral range (``/proc/sys/net/ipv4/ip_local_port_range``:
+32768-60999), where no outgoing connection lands, in a block of its own for each xdist worker, handed out in turn,
+and each one is checked free by binding it before it is given.
 """
 
 from __future__ import annotations
@@ -15,26 +15,18 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-from pathlib import Path
 
 _FIRST = 20_000  # below Linux's default ephemeral range (32768-60999) and above the usual services' ports
-_BLOCK = 1_000
-
-
-def _ephemeral_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768
+_BLOCK = 1_000  # ports per xdist worker: twelve workers fit below 32768
 
 
 def _worker_block() -> range:
+    """This worker's ports: its own block, whatever the ephemeral range (a machine whose range starts lower still
+    keeps the workers apart, and the bind check below keeps ports in use out)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
-    ceiling = _ephemeral_start()
-    blocks = max(1, (ceiling - _FIRST) // _BLOCK)
-    start = _FIRST + (index % blocks) * _BLOCK
-    return range(start, min(start + _BLOCK, ceiling) if ceiling > start else start + _BLOCK)
+    start = _FIRST + index * _BLOCK
+    return range(start, start + _BLOCK)
 
 
 _turns = itertools.cycle(_worker_block())
