@@ -9,11 +9,13 @@ import logging
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import web
 from sqlalchemy import text
 
 from bot.app import create_app
+from bot.store.engine import IDLE_IN_TRANSACTION_FACTOR
 from bot.web.keys import DEPS
 from tests.conftest import make_settings
 from tests.support import BOT_TOKEN, SIGNING_SECRET, Api, TcpProxy, cards, eventually
@@ -305,3 +307,29 @@ async def test_shutdown_while_the_database_is_silent_is_quick_and_quiet(proxy, d
     assert_no_traceback(caplog, capfd)
     assert not [r for r in caplog.records if "closing connection" in r.getMessage()]
     assert "its connections are left to close with the process" in caplog.text
+
+
+async def test_a_replica_cut_off_mid_transaction_does_not_hold_its_locks_for_long(proxy, start_grantbot, database_url):
+    grantbot = await start_grantbot(database_url=proxy.url)
+    limit = IDLE_IN_TRANSACTION_FACTOR * float(TIMEOUTS["GRANTBOT_DATABASE_COMMAND_TIMEOUT_SECONDS"])
+    # A transaction of grantbot's holds a lock (as the quota check does: an advisory lock; the sweep and the
+    # outbox hold rows), then the network between grantbot and the database goes silent: neither its next
+    # statement nor its rollback arrives, and the server hears nothing that would end the session.
+    conn = await grantbot.engine.connect()
+    await conn.begin()
+    await conn.execute(text("SELECT pg_advisory_xact_lock(4242)"))
+    proxy.blackhole()
+    loop = asyncio.get_running_loop()
+    other = await asyncpg.connect(database_url)  # another replica, which still reaches the database
+    try:
+        started = loop.time()
+        async with other.transaction():
+            await other.execute("SET LOCAL lock_timeout = '15s'")
+            await other.execute("SELECT pg_advisory_xact_lock(4242)")  # without the server's limit: 15 s, then fails
+        waited = loop.time() - started
+    finally:
+        await other.close()
+    assert limit - 0.5 < waited < limit + 3, waited
+    proxy.restore()
+    await conn.invalidate()  # the server ended that session
+    await conn.close()

@@ -99,6 +99,27 @@ def writer(engine: AsyncEngine) -> AsyncEngine:
 
 
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0
+# A transaction of grantbot's is idle on the server only between two of its statements (the store never waits on
+# anything else inside one), so far less than a statement's time limit; this many of those limits is generous.
+IDLE_IN_TRANSACTION_FACTOR = 4
+
+
+def _end_abandoned_transactions(engine: AsyncEngine, seconds: float) -> None:
+    """Have PostgreSQL end a session of ``engine`` that has sat in an open transaction for ``seconds``
+    (``idle_in_transaction_session_timeout``, postgresql.org/docs/current/runtime-config-client.html).
+
+    A replica cut off from the database in the middle of a transaction (a network partition: neither its
+    statements nor its reset get through) leaves the server a session holding that transaction's locks (rows
+    being expired or revoked, an outbox claim, a quota's advisory lock) until the server's TCP keepalive gives up
+    on it, two hours by default; every other replica's work on those rows waits meanwhile. Set with ``SET`` on each
+    new connection rather than as a startup parameter, which poolers such as PgBouncer refuse."""
+    statement = f"SET idle_in_transaction_session_timeout = {max(1, round(seconds * 1000))}"
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # On the asyncpg connection itself: through the DBAPI adapter it would run in a transaction, and a
+        # rolled-back SET is undone.
+        dbapi_connection.run_async(lambda connection: connection.execute(statement))
 
 
 def create_engine(url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
@@ -135,8 +156,11 @@ def create_engine(url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_
         # At most 15 connections, as SQLAlchemy's default (5 kept + 10 overflow) allowed, but all 15 are kept:
         # overflow connections are closed as soon as they are returned, so under load the default pool opened a
         # new connection (TLS, authentication, codec set-up, an empty prepared-statement cache) every few requests.
-        return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args, pool_size=POSTGRES_POOL_SIZE,
-                                   max_overflow=0, pool_timeout=pool_timeout)
+        engine = create_async_engine(url, pool_pre_ping=True, connect_args=connect_args,
+                                     pool_size=POSTGRES_POOL_SIZE, max_overflow=0, pool_timeout=pool_timeout)
+        if command_timeout is not None:
+            _end_abandoned_transactions(engine, IDLE_IN_TRANSACTION_FACTOR * command_timeout)
+        return engine
     # One connection: SQLite has one writer at a time anyway, and contention queued in asyncio costs microseconds,
     # while contention between connections is resolved by SQLite's busy handler, which sleeps (up to 100 ms a try).
     # One trip to SQLite's thread per statement (bot.store.sqlite_driver) rather than SQLAlchemy's three or four.
