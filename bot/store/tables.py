@@ -34,11 +34,8 @@ class UTCDateTime(TypeDecorator[datetime]):
             return super().bind_processor(dialect)
 
         def to_text(value: datetime | None) -> str | None:
-            if value is None:
-                return None
-            if value.tzinfo is None:
-                raise ValueError("naive datetime given to the store; use aware UTC times")
-            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            value = self.process_bind_param(value, dialect)  # naive refused; UTC, the zone dropped
+            return None if value is None else value.isoformat(" ", "microseconds")
 
         return to_text
 
