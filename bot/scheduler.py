@@ -126,9 +126,19 @@ class Sweeper:
             self._running.discard(task)
 
     async def wait_stopped(self, timeout: float = 10.0) -> None:
-        if not self._running:
-            return
-        _, hanging = await asyncio.wait(list(self._running), timeout=timeout)
+        """Wait (up to ``timeout`` seconds) for the jobs under way to finish, then cancel the ones still running and
+        wait for them as long again. Call with the scheduler paused."""
+        # APScheduler submits a coroutine job as a task (``AsyncIOExecutor``); one submitted just before the pause
+        # has not run its first step, so it is not in ``_running`` yet, and ``shutdown()`` would then cancel it
+        # in the middle of its first statement, unawaited, with the database closing under it (a test's teardown
+        # hung at loop close for 300 s on SQLite). One pass of the loop lets it start and be counted.
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._running and (remaining := deadline - loop.time()) > 0:
+            # Again until none is left: a job may have started while the others were awaited.
+            await asyncio.wait(list(self._running), timeout=remaining)
+        hanging = [task for task in self._running if not task.done()]
         for task in hanging:
             task.cancel()
         if hanging:  # bounded after the cancel too: a job that outlives it must not hold the shutdown for ever

@@ -97,3 +97,31 @@ async def test_finishing_writes_waits_for_the_group_writer_to_give_its_connectio
         assert [task for task in asyncio.all_tasks() if "GroupCommit" in repr(task.get_coro())] == []
     finally:
         await listener.close()
+
+
+async def test_a_job_submitted_as_the_scheduler_pauses_is_waited_for_not_cut_off():
+    """APScheduler's asyncio executor submits a job as a task; at shutdown one may not have started yet."""
+    from bot.metrics import Metrics
+    from bot.scheduler import Sweeper
+
+    sweeper = Sweeper(deps=None, metrics=Metrics(), interval_seconds=1.0)
+    steps: list[str] = []
+
+    async def round_of_work() -> None:
+        steps.append("started")
+        await asyncio.sleep(0.05)  # a transaction's statements
+        steps.append("finished")
+
+    job = asyncio.create_task(sweeper.tracked(round_of_work))  # as AsyncIOExecutor does; not started yet
+    await sweeper.wait_stopped(timeout=5)
+    assert steps == ["started", "finished"] and job.done() and not job.cancelled()
+
+
+async def test_a_job_that_hangs_at_shutdown_is_cancelled_within_its_bounds():
+    from bot.metrics import Metrics
+    from bot.scheduler import Sweeper
+
+    sweeper = Sweeper(deps=None, metrics=Metrics(), interval_seconds=1.0)
+    job = asyncio.create_task(sweeper.tracked(lambda: asyncio.sleep(60)))
+    await sweeper.wait_stopped(timeout=0.1)
+    assert job.cancelled()
