@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import jwt
@@ -79,3 +80,34 @@ async def test_a_bad_previous_key_stops_start_up_with_its_path(database_url, tmp
     with pytest.raises(ValueError, match=words) as refused:
         create_app(settings, migrate=True)
     assert str(bad) in str(refused.value)
+
+
+def _start_with_a_new_key(path: str, barrier, results) -> None:
+    from bot.tokens.keys import load_or_create_signing_key
+
+    barrier.wait()
+    try:
+        results.put(load_or_create_signing_key(path).kid)
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(f"failed: {exc}")
+
+
+def test_replicas_starting_together_on_a_missing_key_all_sign_with_the_one_key_written(tmp_path):
+    """Several processes find the key file missing at once: exactly one key is created and every one of them
+    loads it whole (none reads a file still being written)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    processes = 4
+    for trial in range(100):
+        path = str(tmp_path / f"trial-{trial}" / "signing-key.pem")
+        barrier, results = context.Barrier(processes), context.Queue()
+        started = [context.Process(target=_start_with_a_new_key, args=(path, barrier, results))
+                   for _ in range(processes)]
+        for process in started:
+            process.start()
+        kids = [results.get(timeout=30) for _ in started]
+        for process in started:
+            process.join(30)
+        assert len(set(kids)) == 1 and not kids[0].startswith("failed"), kids
+        assert not [name for name in os.listdir(os.path.dirname(path)) if name != "signing-key.pem"]

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,38 @@ def thumbprint(public_key: ec.EllipticCurvePublicKey) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
 
 
+def _create_signing_key(path: Path) -> None:
+    """Write a new key to ``path`` unless another process got there first; the name never shows a partial file.
+
+    The key is written and flushed to disk under a temporary name in the same directory, then given its name with
+    ``link(2)``, which fails when the name exists: of several replicas (or ``serve`` and ``dev`` started at once)
+    exactly one key wins, and none reads a file that is still being written, or empty because its writer was
+    killed between creating and writing it (each would sign with a key the others do not publish)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return  # another process's key won: it is whole, since it was written before it was named
+        except OSError:  # a filesystem without hard links: create the name exclusively and write it
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pem)
+        log.info("created a new signing key at %s", path)
+    finally:
+        os.unlink(temporary)
+
+
 def load_or_create_signing_key(path: str | os.PathLike[str]) -> SigningKey:
     """Load the PEM (PKCS#8) private key at ``path``; create one (mode 0600) if the file does not exist.
 
@@ -85,19 +118,7 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> SigningKey:
     """
     path = Path(path)
     if not path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: two processes starting at once must not both write (one would sign with a key the other lost).
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return load_or_create_signing_key(path)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-        log.info("created a new signing key at %s", path)
+        _create_signing_key(path)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
