@@ -107,8 +107,14 @@ async def _preflight(settings: Settings) -> None:
     load_or_create_signing_key(settings.signing_key_file)  # last: a refusal above leaves nothing behind
 
 
-async def _until_signalled(app=None) -> None:
-    """Wait for SIGINT or SIGTERM; meanwhile SIGHUP reloads the policy file."""
+# How often a worker of ``serve --workers N`` checks that the process that started it is still there (seconds).
+SUPERVISOR_CHECK_SECONDS = 0.5
+
+
+async def _until_signalled(app=None, supervisor_pid: int | None = None) -> None:
+    """Wait for SIGINT or SIGTERM; meanwhile SIGHUP reloads the policy file. ``supervisor_pid``: a worker of
+    ``serve --workers N`` also stops, as on SIGTERM, when that process is gone (killed with SIGKILL, it could not
+    pass the signal on): otherwise the orphans would keep the port, and the restarted set would find it in use."""
     from bot.web.keys import RELOADER
 
     stop = asyncio.Event()
@@ -117,7 +123,19 @@ async def _until_signalled(app=None) -> None:
         loop.add_signal_handler(sig, stop.set)
     if app is not None and RELOADER in app:
         loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request)
-    await stop.wait()
+    if supervisor_pid is None:
+        await stop.wait()
+        return
+    # The parent's id changes (to 1, or to a subreaper) once the parent has died; a poll, not PR_SET_PDEATHSIG,
+    # which is Linux-only and tied to the thread that forked rather than to the process.
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while os.getppid() == supervisor_pid:
+            if (await asyncio.wait({stopped}, timeout=SUPERVISOR_CHECK_SECONDS))[0]:
+                return
+    finally:
+        stopped.cancel()
+    logging.getLogger("bot").warning("the supervising process %d is gone; stopping this worker", supervisor_pid)
 
 
 # The youngest generation's threshold (CPython's default: 700 allocations). A request allocates thousands of objects
@@ -136,7 +154,7 @@ def _settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-async def _serve(settings: Settings, reuse_port: bool = False) -> None:
+async def _serve(settings: Settings, reuse_port: bool = False, supervisor_pid: int | None = None) -> None:
     from bot.app import create_app
 
     app = create_app(settings)
@@ -144,7 +162,7 @@ async def _serve(settings: Settings, reuse_port: bool = False) -> None:
     _settle_heap()
     logging.getLogger("bot").info("grantbot listening on http://%s:%s", settings.host, settings.port)
     try:
-        await _until_signalled(app)
+        await _until_signalled(app, supervisor_pid)
     finally:
         logging.getLogger("bot").info("draining: no new connections; finishing what is in flight")
         await listener.close()
@@ -188,8 +206,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         if (refused := _run(_preflight(settings))) != 0:
             return refused
-        return supervise(args.workers, [sys.executable, "-m", "bot", "serve", "--worker"])
-    return _run(_serve(settings, reuse_port=args.worker))
+        return supervise(args.workers, [sys.executable, "-m", "bot", "serve", "--worker", str(os.getpid())])
+    return _run(_serve(settings, reuse_port=args.worker is not None, supervisor_pid=args.worker))
 
 
 async def _migrate(settings: Settings) -> None:
@@ -539,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="run N processes sharing the port (SO_REUSEPORT; about one per core); each is a replica "
                             "like any other (default: 1)")
-    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers' processes
+    # One of --workers' processes; the value is the supervising process's id.
+    serve.add_argument("--worker", type=int, metavar="SUPERVISOR_PID", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to this version (run before serve)")

@@ -5,7 +5,9 @@ like any other: the sweep, the outbox and every state change are already safe ac
 updates, leases), so the workers need no coordination beyond the database. This process only starts them, passes
 on SIGTERM, SIGINT and SIGHUP (a policy reload in every worker), and waits. When one worker exits on its own, the
 others are stopped and its exit status becomes this one's: a process manager (systemd, Kubernetes) restarts the
-whole set, as it would restart a single ``grantbot serve``.
+whole set, as it would restart a single ``grantbot serve``. Each worker is told this process's id and stops by
+itself when this process is gone (SIGKILL cannot be passed on), so that a set whose supervisor was killed can be
+started again on the same port (``bot.cli._until_signalled``).
 """
 
 from __future__ import annotations

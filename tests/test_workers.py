@@ -121,3 +121,27 @@ def test_workers_on_a_port_in_use_are_refused_in_one_line(tmp_path, sandbox):
         f"grantbot: cannot listen on 127.0.0.1:{proc.port}: the address is already in use (another grantbot, or "
         "another program, listens there); stop that program or choose another port (PORT and GRANTBOT_HOST; "
         "grantbot dev --port)"], ran.stderr
+
+
+# PostgreSQL only: workers are for production, where they share a PostgreSQL like replicas.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_workers_whose_supervisor_is_killed_stop_and_free_the_port(tmp_path, database_url, sandbox):
+    """A process manager that kills only the main process (supervisord, runit, a script) must be able to start the
+    set again: the workers notice their supervisor is gone, stop as on SIGTERM and let the port go."""
+    proc = Process(tmp_path, database_url, sandbox)
+    migrate(proc)
+    supervisor = await start_workers(proc, 2)
+    workers = children(supervisor.pid)
+    supervisor.kill()
+    await asyncio.to_thread(supervisor.wait, 30)
+
+    def gone(pid: int) -> bool:
+        try:
+            return "zombie" in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+
+    await eventually(lambda: all(gone(w) for w in workers), timeout=20, interval=0.1)
+    assert "the supervising process %d is gone" % supervisor.pid in proc.log_path.read_text()
+    with socket.socket() as sock:  # a restarted set can listen
+        sock.bind(("127.0.0.1", proc.port))
