@@ -190,6 +190,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool 
 
     async def drain(_app: web.Application) -> None:
         changes.shutdown()  # long polls answer now instead of holding the shutdown for up to 60 s
+        sweeper.stop_starting()  # no sweep or revocation round starts while the requests in flight finish
 
     app.on_shutdown.append(drain)
     return app

@@ -60,6 +60,7 @@ class Sweeper:
         self._scheduler: AsyncIOScheduler | None = None
         self._next_sweep: datetime | None = None  # on the injected clock
         self._housekept = float("-inf")  # time.monotonic() of the last housekeeping
+        self._stopping = False
 
     def attach(self, scheduler: AsyncIOScheduler) -> None:
         """Run on ``scheduler``: the first sweep at once, the later ones as each sweep sets them."""
@@ -98,6 +99,11 @@ class Sweeper:
         housekeeping = time.monotonic() - self._housekept >= self._interval
         try:
             result = await usecases.expire_due(self._deps, housekeeping=housekeeping)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            log.warning("expiry sweep was cancelled at shutdown; the next process's first sweep catches up")
+            return
         except Exception as exc:  # the database may be away; the next sweep catches up
             # The driver's own message, not SQLAlchemy's (which repeats the statement and its parameters).
             log.warning("expiry sweep failed: %s: %s", type(exc).__name__, getattr(exc, "orig", None) or exc)
@@ -122,8 +128,21 @@ class Sweeper:
             self._running.add(task)
         try:
             await job()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # Cut off by the shutdown after its grace (wait_stopped): one line, not APScheduler's traceback.
+            log.warning("%s was cancelled at shutdown", getattr(job, "__qualname__", job))
         finally:
             self._running.discard(task)
+
+    def stop_starting(self) -> None:
+        """Shutdown has begun (SIGTERM): start no more jobs, while in-flight HTTP requests drain. A round started
+        now would compete with them for the database (on SQLite its one connection) and make the shutdown wait for
+        it afterwards; the next process's first sweep catches up."""
+        self._stopping = True
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.pause()
 
     async def wait_stopped(self, timeout: float = 10.0) -> None:
         """Wait (up to ``timeout`` seconds) for the jobs under way to finish, then cancel the ones still running and
@@ -273,6 +292,6 @@ async def run_scheduler(
     try:
         yield scheduler
     finally:
-        scheduler.pause()
+        sweeper.stop_starting()  # done already when the shutdown began with the app's on_shutdown
         await sweeper.wait_stopped()
         scheduler.shutdown(wait=False)

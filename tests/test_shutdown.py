@@ -125,3 +125,52 @@ async def test_a_job_that_hangs_at_shutdown_is_cancelled_within_its_bounds():
     job = asyncio.create_task(sweeper.tracked(lambda: asyncio.sleep(60)))
     await sweeper.wait_stopped(timeout=0.1)
     assert job.cancelled()
+
+
+async def test_no_sweep_starts_while_the_requests_in_flight_drain(database_url, tmp_path, clock):
+    """From SIGTERM on (aiohttp's on_shutdown, which runs before it waits for the requests in flight) the scheduler
+    starts nothing: a sweep or a revocation round begun during the drain would compete with those requests for the
+    database (on SQLite its one connection) and hold the shutdown after them. The next process's first sweep
+    catches up."""
+    from sqlalchemy import text
+
+    from tests.support import Api
+
+    settings = make_settings(database_url, tmp_path)
+    app = create_app(settings, clock=clock, migrate=True)
+    listener = await listen(app, "127.0.0.1", 0, header_timeout_seconds=settings.header_timeout_seconds)
+    try:
+        async with aiohttp.ClientSession() as http:
+            status, created = await Api(http, f"http://127.0.0.1:{listener.port}",
+                                        lambda: clock.now().timestamp()).request_access(
+                {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 60, "reason": "drain test"})
+        assert status == 201
+        await app.shutdown()  # the first step of aiohttp's graceful shutdown, before it drains the requests
+        clock.advance(120)  # the grant is due
+        await asyncio.sleep(1.0)  # twenty sweep intervals
+        async with app[DEPS].store.engine.connect() as conn:
+            grant_status = (await conn.execute(text("SELECT status FROM grants WHERE id = :id"),
+                                               {"id": created["grant"]["id"]})).scalar_one()
+        assert grant_status == "active"
+    finally:
+        await listener.close()
+
+
+async def test_a_job_cut_off_at_shutdown_is_one_warning_not_a_traceback(caplog):
+    """APScheduler logs a job that ends cancelled as an error with a traceback; one cut off by the shutdown after
+    its grace is expected, and said in one line."""
+    from bot.metrics import Metrics
+    from bot.scheduler import Sweeper
+
+    sweeper = Sweeper(deps=None, metrics=Metrics(), interval_seconds=1.0)
+
+    async def hanging_round() -> None:
+        await asyncio.sleep(60)
+
+    job = asyncio.create_task(sweeper.tracked(hanging_round))
+    sweeper.stop_starting()
+    await sweeper.wait_stopped(timeout=0.1)
+    assert job.done() and not job.cancelled() and job.exception() is None
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.scheduler"] == [
+        "test_a_job_cut_off_at_shutdown_is_one_warning_not_a_traceback.<locals>.hanging_round was cancelled at "
+        "shutdown"]
