@@ -47,7 +47,7 @@ class Metrics:
             "grantbot_auth_failures",
             "Callers refused authentication, by scheme (hmac, oidc, basic for introspection clients) and reason "
             "(unsigned, bad_signature, unknown_identity, stale_timestamp, replay, bad_nonce, expired, unknown_key, "
-            "untrusted_issuer, wrong_audience, malformed, bad_client, invalid)",
+            "untrusted_issuer, wrong_audience, identity_too_long, malformed, bad_client, invalid)",
             ["scheme", "reason"], registry=self.registry,
         )
         self.decisions = Counter(

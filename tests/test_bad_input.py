@@ -30,6 +30,9 @@ BAD_BODIES = [
     ("unknown environment", json.dumps({**GOOD, "environment": "prod"}).encode(), 422, "unknown_environment",
      "production, staging"),
     ("context not strings", json.dumps({**GOOD, "context": {"run": 42}}).encode(), 422, "invalid_request", "context"),
+    # The actor is kept in a 255-character column: longer was a 500 on PostgreSQL.
+    ("actor too long", json.dumps({**GOOD, "context": {"actor": "a" * 300}}).encode(), 422, "invalid_request",
+     "at most 255"),
     ("too large", json.dumps({**GOOD, "reason": "x" * 70_000}).encode(), 413, "body_too_large", "64 KiB"),
 ]
 

@@ -55,6 +55,10 @@ class UnrecordedSignature:
     recorded: bool = False
 
 
+# The longest identity and actor (CI login) grantbot stores: the width of the columns that hold them.
+MAX_IDENTITY = 255
+
+
 @dataclass(frozen=True)
 class Caller:
     """An authenticated machine: ``identity`` is an HMAC identity name or ``<issuer>:<sub>`` for OIDC.

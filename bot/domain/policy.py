@@ -31,7 +31,7 @@ from pydantic import (
 
 from bot.domain.credentials import CredentialSpec, ProviderSpec
 from bot.domain.errors import PolicyError, TTLTooLong
-from bot.domain.models import Caller, Decision
+from bot.domain.models import MAX_IDENTITY, Caller, Decision
 from bot.domain.zones import check_zone
 
 
@@ -174,7 +174,7 @@ class AutoApproveLimit(_Strict):
 class Identity(_Strict):
     """An HMAC caller; its shared secret is read from the environment variable ``secret_env``."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_IDENTITY)  # as long as an identity can be stored
     secret_env: str = Field(min_length=1)
 
 

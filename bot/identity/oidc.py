@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 
 from bot.domain.errors import CiTokenAlreadyUsed, Unauthenticated, Unavailable
-from bot.domain.models import Caller
+from bot.domain.models import MAX_IDENTITY, Caller
 from bot.domain.policy import Policy
 from bot.domain.ports import Clock
 from bot.identity.hmac_auth import RememberSignature
@@ -198,11 +198,21 @@ class OidcAuthenticator:
         if not isinstance(sub, str) or not sub:
             raise Unauthenticated("The token's sub claim must be a non-empty string naming the pipeline.")
 
-        caller = Caller(identity=f"{issuer.name}:{sub}", claims=dict(claims))
+        identity = f"{issuer.name}:{sub}"
+        if len(identity) > MAX_IDENTITY:
+            # A sub naming a very long environment or branch (both may have 255 characters on GitHub and GitLab).
+            raise Unauthenticated(
+                f"The identity this token names ({issuer.name!r}, a colon and its sub claim) is {len(identity)} "
+                f"characters long; grantbot keeps identities of at most {MAX_IDENTITY}. Use a shorter environment "
+                "or branch name for this pipeline.", reason="identity_too_long")
+        caller = Caller(identity=identity, claims=dict(claims))
         if single_use:
             jti = claims.get("jti")
-            # Without a jti the token itself is what must not come twice.
-            ident = jti if isinstance(jti, str) and jti else hashlib.sha256(token.encode()).hexdigest()
+            # Without a jti, what the issuer signed (header and claims) must not come twice. Not the token's text:
+            # its signature part can be written several ways that verify alike (base64url padding, ECDSA's s and
+            # n - s), each of which would pass for a new token.
+            signed = token.rpartition(".")[0]
+            ident = jti if isinstance(jti, str) and jti else hashlib.sha256(signed.encode()).hexdigest()
             digest = hashlib.sha256(f"oidc:{issuer.name}:{ident}".encode()).hexdigest()
             until = expires + timedelta(seconds=LEEWAY_SECONDS)
             if not await self._remember(digest, until, now):

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import replace
 from datetime import timedelta
 
-from bot.domain.approvals import who_may_approve
+from bot.domain.approvals import actor_of, who_may_approve
 from bot.domain.errors import (
     AutoApproveLimitReached,
     DomainError,
@@ -21,6 +21,7 @@ from bot.domain.errors import (
     UnknownEnvironment,
 )
 from bot.domain.models import (
+    MAX_IDENTITY,
     AccessRequest,
     AccessRequestInput,
     AutoApproveQuota,
@@ -105,6 +106,10 @@ async def request_access(
     uses its signature up too.
     """
     _validate(deps, body)
+    if (actor := actor_of(caller, body.context)) is not None and len(actor) > MAX_IDENTITY:
+        raise InvalidRequest(
+            f"The actor (the CI token's actor or user_login claim, else context.actor) is {len(actor)} characters "
+            f"long; grantbot keeps at most {MAX_IDENTITY}, which every CI login fits in.")
     body_hash = _body_hash(body)
     if idempotency_key:
         earlier = await deps.store.find_by_idempotency_key(caller.identity, idempotency_key)
