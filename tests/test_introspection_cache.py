@@ -33,3 +33,19 @@ async def test_a_reissued_token_replaces_the_old_one_in_introspection_at_once(gr
     assert status in (200, 201), reissued
     assert (await grantbot.api.introspect(old))[1] == {"active": False}
     assert (await grantbot.api.introspect(reissued["access_token"]))[1]["active"] is True
+
+
+async def test_a_token_is_inactive_from_its_own_exp_even_while_its_grant_runs_a_moment_longer(grantbot, clock):
+    """A token's exp is whole seconds (RFC 7519 NumericDate, issued_at rounded down), its grant ends at the exact
+    issued_at + TTL: introspection must not say active with an exp it shows as past."""
+    import jwt
+
+    clock.advance((0.5 - clock.now().timestamp() % 1) % 1)  # issued at a half second: exp is 0.5 s before the end
+    status, answer = await grantbot.api.request_access(BODY)
+    assert status == 201, answer
+    token = answer["grant"]["access_token"]
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    clock.advance(exp - clock.now().timestamp() - 0.1)
+    assert (await grantbot.api.introspect(token))[1]["active"] is True
+    clock.advance(0.2)  # past exp, before the grant's expires_at
+    assert (await grantbot.api.introspect(token))[1] == {"active": False}

@@ -11,8 +11,10 @@ _CLAIMS = ("sub", "scope", "aud", "exp", "iat", "nbf", "jti", "client_id", "iss"
 async def introspect(deps: Deps, token: str) -> dict[str, object]:
     """``{"active": true, <claims>, "token_type": "Bearer"}`` for a live token, else exactly ``{"active": false}``.
 
-    Live means: our signature, a grant with that ``jti`` that is still active and not past ``expires_at`` at the
-    clock's now, and the token's hash equal to the one recorded when it was handed over. The grant may come from
+    Live means: our signature, the token's own ``exp`` not reached (it is whole seconds, so up to a second before
+    the grant's ``expires_at``: the answer never calls active a token whose ``exp`` it shows as past), a grant with
+    that ``jti`` that is still active and not past ``expires_at`` at the clock's now, and the token's hash equal to
+    the one recorded when it was handed over. The grant may come from
     a read up to half a second old (``Store.recent_grant_by_jti``), so a revocation made on another replica is seen
     within that; one made on this replica at once.
     """
@@ -20,6 +22,9 @@ async def introspect(deps: Deps, token: str) -> dict[str, object]:
     if claims is None or not isinstance(claims.get("jti"), str):
         return {"active": False}
     now = deps.clock.now()
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or exp <= now.timestamp():
+        return {"active": False}
     grant = await deps.store.recent_grant_by_jti(claims["jti"], now)
     if (
         grant is None
