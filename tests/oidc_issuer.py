@@ -7,6 +7,8 @@ the fetches (``jwks_fetches``). Claims start from the captured shapes in tests/f
 
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import hashlib
 import hmac
@@ -63,6 +65,7 @@ class LocalIssuer:
         self.current_kid = ""
         self.jwks_answers: int | None = None  # after this many JWKS answers, fail every fetch with 503
         self.jwks_fetches = 0
+        self.jwks_hold: asyncio.Event | None = None  # while set to an unset event, JWKS answers wait for it
         self.discovery_issuer: str | None = None  # set to make the discovery document name another issuer
         self.discovery_fetches = 0
         self.rotate(kind)
@@ -104,6 +107,8 @@ class LocalIssuer:
 
     async def _jwks(self, _: web.Request) -> web.Response:
         self.jwks_fetches += 1
+        if self.jwks_hold is not None:
+            await self.jwks_hold.wait()
         if self.jwks_answers is not None and self.jwks_fetches > self.jwks_answers:
             return web.json_response({"message": "unavailable"}, status=503)
         return web.json_response({"keys": [public_jwk(key, kid, alg) for kid, (key, alg) in self.keys.items()]})

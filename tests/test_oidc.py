@@ -23,6 +23,7 @@ import pytest
 from bot.domain.errors import PolicyError
 from bot.policy_file import parse_policy
 from tests.oidc_issuer import LocalIssuer, hand_signed, new_key, public_pem
+from tests.support import eventually
 from tests.test_auto_approve_and_deny import jwks_key
 
 POLICIES = Path(__file__).parent / "policies"
@@ -152,6 +153,25 @@ async def test_a_rotated_key_is_accepted_within_seconds_and_waiting_requests_sha
     assert status == 401 and "not among the keys issuer 'github' publishes;" in body["detail"], body
     assert github.jwks_fetches == 3
     assert await bot.count("access_requests") == 9
+
+
+async def test_a_request_arriving_while_the_keys_are_being_fetched_shares_that_fetch(bot, issuers, clock):
+    """The issuer is slow and then fails: a request that came while the fetch was under way waits for it and takes
+    its outcome; it does not start a second fetch (twice the time limit) once the first has failed."""
+    github = issuers.github
+    assert (await call(bot, "POST", "/v1/access-requests", github.mint(now(clock)), DEPLOY))[0] == 201
+    github.rotate()
+    clock.advance(5)
+    github.jwks_hold, github.jwks_answers = asyncio.Event(), github.jwks_fetches  # slow, then 503
+    first = asyncio.create_task(call(bot, "POST", "/v1/access-requests", github.mint(now(clock)), DEPLOY))
+    await eventually(lambda: github.jwks_fetches == 2)
+    clock.advance(6)  # the fetch takes its time: past the floor by the time it ends
+    second = asyncio.create_task(call(bot, "POST", "/v1/access-requests", github.mint(now(clock)), DEPLOY))
+    await asyncio.sleep(0.3)  # the second request is waiting for the fetch under way
+    github.jwks_hold.set()
+    answers = await asyncio.gather(first, second)
+    assert [status for status, _ in answers] == [401, 401], answers
+    assert github.jwks_fetches == 2
 
 
 async def test_a_flood_of_made_up_kids_costs_the_issuer_one_fetch_per_floor(bot, issuers, clock):

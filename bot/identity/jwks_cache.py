@@ -64,7 +64,7 @@ class _IssuerKeys:
     fetched_at: datetime | None = None  # the last successful fetch
     attempted_at: datetime | None = None  # the last attempt, successful or not
     attempt_ok: bool = False  # whether that attempt succeeded
-    attempts: int = 0  # how many fetches were attempted (tells a waiter whether one ran while it waited)
+    finished: int = 0  # fetches finished, failed or not (tells a waiter whether one ended while it waited)
     jwks_uri: str | None = None  # discovered once, then reused
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -88,11 +88,13 @@ class JwksCache:
         found = self._pick(state, kid)
         if found is not None and not self._stale(state):
             return found
-        seen = state.attempts
+        # Counted by fetches finished, not started: a request arriving while a fetch is under way shares it (its
+        # end is counted after this read), instead of starting another once it has the lock.
+        seen = state.finished
         async with state.lock:  # one fetch per issuer at a time
             found = self._pick(state, kid)
-            if state.attempts != seen:
-                # A fetch ran while this request waited for the lock: it was this request's fetch too.
+            if state.finished != seen:
+                # A fetch ended while this request waited for the lock: it was this request's fetch too.
                 refreshed = state.attempt_ok
             elif (found is None or self._stale(state)) and self._may_fetch(state):
                 refreshed = await self._refresh(issuer, state)
@@ -120,17 +122,23 @@ class JwksCache:
         return self._clock.now() - state.attempted_at >= timedelta(seconds=REFETCH_FLOOR_SECONDS)
 
     async def _refresh(self, issuer: Issuer, state: _IssuerKeys) -> bool:
-        """Fetch the key set; on success replace the cached one and return True, else keep it and return False."""
+        """Fetch the key set; on success replace the cached one and return True, else keep it and return False.
+        The discovery document and the key set together take at most :data:`FETCH_TIMEOUT_SECONDS`, and the
+        floor to the next fetch counts from the end of this one (a slow failure must not be retried at once)."""
         state.attempted_at, state.attempt_ok = self._clock.now(), False
-        state.attempts += 1
         try:
-            jwks_uri = issuer.jwks_uri or state.jwks_uri or await self._discover(issuer)
-            state.jwks_uri = None if issuer.jwks_uri else jwks_uri
-            keys = self._parse(await self._get_json(jwks_uri))
-        except FetchError as exc:
+            async with asyncio.timeout(FETCH_TIMEOUT_SECONDS):
+                jwks_uri = issuer.jwks_uri or state.jwks_uri or await self._discover(issuer)
+                state.jwks_uri = None if issuer.jwks_uri else jwks_uri
+                keys = self._parse(await self._get_json(jwks_uri))
+        except (FetchError, TimeoutError) as exc:
             state.jwks_uri = None  # the keys may have moved: ask the discovery document again next time
-            log.warning("could not fetch the signing keys of issuer %s: %s; keeping the last good set", issuer.name, exc)
+            why = exc if isinstance(exc, FetchError) else f"no answer within {FETCH_TIMEOUT_SECONDS:g} s"
+            log.warning("could not fetch the signing keys of issuer %s: %s; keeping the last good set", issuer.name, why)
             return False
+        finally:
+            state.attempted_at = self._clock.now()
+            state.finished += 1
         state.keys = keys
         state.fetched_at, state.attempt_ok = self._clock.now(), True
         log.info("fetched %d signing key(s) of issuer %s", len(keys), issuer.name)
