@@ -116,3 +116,26 @@ async def test_metrics_count_requests_once_and_show_what_waits_including_a_messa
     metrics = await eventually(drained, timeout=20)
     assert metrics["grantbot_outbox_oldest_unsent_age_seconds"] == 0.0
     assert metrics["grantbot_slack_messages_total{result=sent}"] >= 1.0
+
+
+async def test_an_introspection_client_whose_secret_has_special_characters_may_form_encode_it(start_grantbot):
+    """RFC 6749 §2.3.1: OAuth clients form-urlencode the id and secret before Basic's base64; clients that do
+    not are accepted too. Anything else is still refused."""
+    import base64
+    from urllib.parse import quote_plus
+
+    grantbot = await start_grantbot(introspection_clients="rs:rs-secret,edge proxy:p+ss w%rd:é")
+    status, answer = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
+    assert status == 201, answer
+    token = answer["grant"]["access_token"]
+
+    async def introspect(credentials: str) -> int:
+        basic = base64.b64encode(credentials.encode()).decode()
+        async with grantbot.api.http.post(grantbot.base_url + "/oauth/introspect", data={"token": token},
+                                          headers={"Authorization": f"Basic {basic}"}) as resp:
+            return resp.status
+
+    assert await introspect(f"{quote_plus('edge proxy')}:{quote_plus('p+ss w%rd:é')}") == 200  # as RFC 6749 says
+    assert await introspect("edge proxy:p+ss w%rd:é") == 200  # as sent
+    assert await introspect(f"{quote_plus('edge proxy')}:{quote_plus('p+ss w%rd:e')}") == 401
+    assert await introspect("rs:rs-secret") == 200

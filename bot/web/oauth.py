@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from urllib.parse import unquote_plus
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -37,19 +38,30 @@ async def metadata(request: web.Request) -> web.Response:
 
 
 def _client_id(request: web.Request) -> str | None:
-    """The resource server authenticated with HTTP Basic (RFC 7617), or None."""
+    """The resource server authenticated with HTTP Basic (RFC 7617), or None.
+
+    The id and secret are taken as sent, or form-urlencoded as RFC 6749 §2.3.1 has OAuth clients send them
+    (a secret with ``+``, ``%``, ``:`` or non-ASCII characters), whichever matches a configured client."""
     header = request.headers.get("Authorization", "")
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
         return None
+    encoded = encoded.strip()
     try:
-        client_id, sep, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True).decode()
     except (binascii.Error, ValueError):  # not base64, not ASCII, not UTF-8
         return None
-    expected = request.app[INTROSPECTION_CLIENTS].get(client_id)
-    if not sep or expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
-        return None
-    return client_id
+    clients = request.app[INTROSPECTION_CLIENTS]
+    for client_id, sep, secret in (decoded.partition(":"), _form_decoded(decoded)):
+        expected = clients.get(client_id)
+        if sep and expected is not None and hmac.compare_digest(expected.encode(), secret.encode()):
+            return client_id
+    return None
+
+
+def _form_decoded(credentials: str) -> tuple[str, str, str]:
+    client_id, sep, secret = credentials.partition(":")
+    return unquote_plus(client_id), sep, unquote_plus(secret)
 
 
 def _unauthorized(request: web.Request) -> web.Response:
