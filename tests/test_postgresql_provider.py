@@ -55,6 +55,9 @@ async def test_a_role_that_owns_things_in_two_schemas_and_two_databases_is_revok
             CREATE TABLE public.mine (n serial PRIMARY KEY);
             CREATE VIEW reports.summary AS SELECT count(*) AS n FROM public.mine;
             CREATE FUNCTION reports.twice(x int) RETURNS int LANGUAGE sql AS 'SELECT 2 * x';
+            -- Code that runs with its owner's rights: it must not run with the next owner's.
+            CREATE FUNCTION reports.as_owner() RETURNS text LANGUAGE sql SECURITY DEFINER AS 'SELECT current_user::text';
+            CREATE RULE also_notify AS ON INSERT TO public.mine DO ALSO NOTIFY mine;
             GRANT SELECT ON public.mine TO "{target.read_role}";
             ALTER DEFAULT PRIVILEGES IN SCHEMA reports GRANT SELECT ON TABLES TO "{target.read_role}";
         """)
@@ -67,9 +70,10 @@ async def test_a_role_that_owns_things_in_two_schemas_and_two_databases_is_revok
         assert report.facts["sessions_ended"] == 3
         assert sorted(report.facts["databases"]) == sorted([target.database, other])
         # public.mine, its sequence (serial), the view and the function here; the table in the other database.
-        assert report.facts["reassigned"] == {"function": 1, "sequence": 1, "table": 2, "view": 1}, report.facts
-        assert report.summary == (f"role {account.username} dropped, 3 sessions ended, 1 function, 1 sequence, "
-                                  f"2 tables, 1 view reassigned to {target.owner_role}")
+        assert report.facts["reassigned"] == {"function": 2, "sequence": 1, "table": 2, "view": 1}, report.facts
+        assert report.summary == (f"role {account.username} dropped, 3 sessions ended, 2 functions, 1 sequence, "
+                                  f"2 tables, 1 view reassigned to {target.owner_role}, 1 function made SECURITY "
+                                  "INVOKER, 1 rule dropped, 1 view made security_invoker")
         check = await provider.verify_revoked(account, report)
         assert check.gone and check.facts == {"role_exists": False, "open_sessions": 0}
         for conn in (me, away, long_transaction):
@@ -79,6 +83,11 @@ async def test_a_role_that_owns_things_in_two_schemas_and_two_databases_is_revok
             "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relname IN ('mine', 'summary', 'mine_n_seq')"))
         assert owners == {"mine": target.owner_role, "summary": target.owner_role, "mine_n_seq": target.owner_role}
+        # What the role left runs with its caller's rights, not the owner role's.
+        assert await admin.fetchval("SELECT prosecdef FROM pg_proc WHERE proname = 'as_owner'") is False
+        assert await admin.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'summary'") == \
+            ["security_invoker=true"]
+        assert await admin.fetchval("SELECT count(*) FROM pg_rewrite WHERE rulename = 'also_notify'") == 0
         assert await admin.fetchval("SELECT count(*) FROM public.mine") == 0  # the open transaction was rolled back
         await admin.close()
         elsewhere = await target.admin(other)

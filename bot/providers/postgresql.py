@@ -359,6 +359,7 @@ class PostgresProvider:
         username = account.username
         role = quote_ident(username)
         owned: Counter[str] = Counter()
+        defused: Counter[tuple[str, str]] = Counter()  # (kind, what was done) of code that ran as its owner
         async with self._connection(f"revoking role {username}") as conn:
             row = await self._look_up(conn, username)
             if row is None:
@@ -381,31 +382,65 @@ class PostgresProvider:
                 "             WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = $1)", oid, TERMINATE_WAIT_MS)
             for database in databases:
                 if database == self._database:
-                    await self._hand_on(conn, role, oid, owned)
+                    await self._hand_on(conn, role, oid, owned, defused)
                 else:
                     async with self._connection(f"handing on what role {username} owns in database {database}",
                                                 database) as elsewhere:
-                        await self._hand_on(elsewhere, role, oid, owned)
+                        await self._hand_on(elsewhere, role, oid, owned, defused)
             await conn.execute(f"DROP ROLE IF EXISTS {role}")
         parts = [f"role {username} dropped", _plural(ended, "session") + " ended"]
         if owned:
             kinds = ", ".join(_plural(n, kind) for kind, n in sorted(owned.items()))
             parts.append(f"{kinds} reassigned to {self._owner}")
+        parts += [f"{_plural(n, kind)} {done}" for (kind, done), n in sorted(defused.items())]
         return RevocationReport(", ".join(parts), {
             "role": username, "existed": True, "oid": oid, "sessions_ended": ended,
             "reassigned": dict(owned), "reassigned_to": self._owner if owned else None, "databases": list(databases),
+            **({"defused": {f"{kind} {done}": n for (kind, done), n in sorted(defused.items())}} if defused else {}),
         })
 
-    async def _hand_on(self, conn: asyncpg.Connection, role: str, oid: int, owned: Counter[str]) -> None:
-        """In ``conn``'s database: count what the role owns, give it to the owner role, drop what is left (its
-        privileges and default privileges), as one implicit transaction."""
+    async def _hand_on(self, conn: asyncpg.Connection, role: str, oid: int, owned: Counter[str],
+                       defused: Counter[tuple[str, str]]) -> None:
+        """In ``conn``'s database: count what the role owns, take the owner's rights out of the code it leaves
+        (:meth:`_owner_rights_statements`), give it to the owner role, drop what is left (its privileges and default
+        privileges), as one implicit transaction."""
         for (description,) in await conn.fetch(
             "SELECT pg_describe_object(classid, objid, objsubid) FROM pg_shdepend "
             "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND refclassid = 'pg_authid'::regclass AND refobjid = $1 AND deptype = 'o' "
             "AND classid <> 'pg_default_acl'::regclass", oid):
             owned[_object_kind(description)] += 1
-        await conn.execute(f"REASSIGN OWNED BY {role} TO {quote_ident(self._owner)}; DROP OWNED BY {role}")
+        neutralize = await self._owner_rights_statements(conn, oid, defused)
+        await conn.execute("".join(neutralize)
+                           + f"REASSIGN OWNED BY {role} TO {quote_ident(self._owner)}; DROP OWNED BY {role}")
+
+    @staticmethod
+    async def _owner_rights_statements(conn: asyncpg.Connection, oid: int,
+                                       defused: Counter[tuple[str, str]]) -> list[str]:
+        """Statements that stop the role's code from running with its next owner's rights.
+
+        A SECURITY DEFINER function, a view and a rule run with their owner's privileges, not their caller's
+        (postgresql.org/docs/current/sql-createfunction.html, rules-privileges.html). Handed as they are to the owner
+        role (or the admin), a temporary role's function or view would go on acting, for whoever it was granted to,
+        with rights the role never had: a revoked grant turned into more access. So, before the hand-over: such
+        functions and procedures become SECURITY INVOKER, views ``security_invoker`` (PostgreSQL 15+; dropped on
+        older servers), and rules on its tables are dropped. Counted in ``defused`` by (kind, what was done)."""
+        statements = []
+        for signature, kind in await conn.fetch(
+                "SELECT oid::regprocedure::text, prokind FROM pg_proc WHERE proowner = $1 AND prosecdef", oid):
+            statements.append(f"ALTER {'PROCEDURE' if kind == 'p' else 'FUNCTION'} {signature} SECURITY INVOKER; ")
+            defused[("procedure" if kind == "p" else "function", "made SECURITY INVOKER")] += 1
+        modern = await conn.fetchval("SELECT current_setting('server_version_num')::int >= 150000")
+        for (view,) in await conn.fetch("SELECT oid::regclass::text FROM pg_class WHERE relowner = $1 AND relkind = 'v'",
+                                        oid):
+            statements.append(f"ALTER VIEW {view} SET (security_invoker = true); " if modern else f"DROP VIEW {view}; ")
+            defused[("view", "made security_invoker" if modern else "dropped")] += 1
+        for name, table in await conn.fetch(
+                "SELECT r.rulename, c.oid::regclass::text FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class "
+                "WHERE c.relowner = $1 AND r.rulename <> '_RETURN'", oid):
+            statements.append(f"DROP RULE {quote_ident(name)} ON {table}; ")
+            defused[("rule", "dropped")] += 1
+        return statements
 
     async def verify_revoked(self, account: Account, report: RevocationReport | None = None) -> RevocationCheck:
         username = account.username
