@@ -125,7 +125,7 @@ class JwksCache:
         """Fetch the key set; on success replace the cached one and return True, else keep it and return False.
         The discovery document and the key set together take at most :data:`FETCH_TIMEOUT_SECONDS`, and the
         floor to the next fetch counts from the end of this one (a slow failure must not be retried at once)."""
-        state.attempted_at, state.attempt_ok = self._clock.now(), False
+        state.attempt_ok = False
         try:
             async with asyncio.timeout(FETCH_TIMEOUT_SECONDS):
                 jwks_uri = issuer.jwks_uri or state.jwks_uri or await self._discover(issuer)
