@@ -148,6 +148,9 @@ async def _make_credentials(deps: Deps, request: AccessRequest, approver: str,
             await create_credentials(deps, accounts)
             return accounts, accounts
     except CredentialsUnavailable as exc:
+        # The card's thread says so too; the log is where an operator looks for why a provider failed.
+        log.warning("approval of access request %s by %s not recorded: %s", request.id, approver, exc.detail,
+                    extra={"access_request": request.id, "approver": approver, "provider": exc.provider})
         await deps.store.note_credentials_unavailable(request.id, approver, exc.provider, exc.detail, deps.clock.now())
         deps.changes.notify(request.id)  # wakes the outbox worker
         raise CredentialsUnavailable(
