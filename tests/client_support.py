@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.support import SECRETS, cards, eventually, message_text
-from tests.test_end_to_end import Process, grantbot_command, migrate
+from tests.test_end_to_end import Process, at_head, grantbot_command
 
 # Variables of the machine running the tests that a client would pick up; tests set the ones they mean.
 _CI_PREFIXES = ("GRANTBOT_", "GITHUB_", "GITLAB_", "CI_", "ACTIONS_", "RUNNER_")
@@ -85,7 +85,7 @@ async def start_serve(tmp_path: Path, database_url: str, sandbox, policy: Path |
     if policy is not None:
         proc.env["GRANTBOT_POLICY_FILE"] = str(policy)
     sandbox.events_url = proc.base_url + "/slack/events"
-    migrate(proc)
+    await at_head(proc)
     await proc.start()
     return proc
 

@@ -23,6 +23,7 @@ from bot.domain.clock import FakeClock
 from bot.sandbox import SlackSandbox
 from bot.store.engine import create_engine
 from bot.web.serving import Listener, listen
+from tests.schema_image import SchemaImage, shared_image
 from tests.support import BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, assert_no_secrets
 
 POLICIES = Path(__file__).parent / "policies"
@@ -140,13 +141,26 @@ def make_settings(database_url: str, tmp_path: Path, **overrides) -> Settings:
     return Settings(**values)
 
 
+@pytest.fixture(scope="session")
+def schema_image() -> SchemaImage:
+    """The head schema, migrated once per test process and copied into each test's empty database."""
+    return shared_image()
+
+
 @pytest.fixture
-async def start_grantbot(database_url, tmp_path, clock, sandbox):
-    """Start grantbot (any number of times, e.g. to restart it) against the sandbox; returns a :class:`Running`."""
+async def start_grantbot(database_url, tmp_path, clock, sandbox, schema_image):
+    """Start grantbot (any number of times, e.g. to restart it) against the sandbox; returns a :class:`Running`.
+    Its database starts at the head schema (a copy: ``tests/schema_image.py``); the start still migrates, so a
+    database a test left behind the head is upgraded as ``grantbot dev`` would."""
     listeners: list[Listener] = []
     sessions: list[aiohttp.ClientSession] = []
+    prepared = False
 
     async def start(**overrides) -> Running:
+        nonlocal prepared
+        if not prepared and "database_url" not in overrides:
+            prepared = True
+            await schema_image.apply(database_url)
         overrides.setdefault("slack_bot_token", BOT_TOKEN)
         overrides.setdefault("slack_signing_secret", SIGNING_SECRET)
         overrides.setdefault("slack_api_url", sandbox.api_url)

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from tests.conftest import POLICIES
 from tests.support import Api, buttons, cards, deny_with_reason, eventually, message_text
-from tests.test_end_to_end import Process, migrate
+from tests.test_end_to_end import Process, at_head
 
 QUORUM = POLICIES / "quorum.yaml"
 PROD_DB = {"environment": "production", "scopes": ["db:write"], "ttl_seconds": 900, "reason": "migration 12"}
@@ -163,7 +163,7 @@ async def test_the_real_process_needs_two_approvers_who_did_not_trigger_the_pipe
     proc = Process(tmp_path, database_url, sandbox)
     proc.env["GRANTBOT_POLICY_FILE"] = str(QUORUM)
     sandbox.events_url = proc.base_url + "/slack/events"
-    migrate(proc)
+    await at_head(proc)
     await proc.start()
     try:
         async with aiohttp.ClientSession() as http:

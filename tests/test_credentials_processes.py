@@ -19,7 +19,7 @@ from bot.store.engine import create_engine
 from tests.pg_target import target  # noqa: F401  (fixture)
 from tests.support import Api, eventually
 from tests.test_credentials import STAGING_READ, session_ended
-from tests.test_end_to_end import Process, migrate
+from tests.test_end_to_end import Process, at_head
 from tests.test_replicas import spawn  # noqa: F401  (fixture)
 
 
@@ -51,7 +51,7 @@ def check_log(proc: Process, passwords: list[str]) -> None:
 
 async def test_kill_9_while_issuing_leaves_no_role_behind_after_the_restart(spawn, target, tmp_path, database_url):
     proc = configure(spawn(name="grantbot"), target, tmp_path)
-    migrate(proc)
+    await at_head(proc)
     await proc.start()
     async with aiohttp.ClientSession() as http:
         api = Api(http, proc.base_url, proc.now)
@@ -119,7 +119,7 @@ async def _none_left(target) -> bool:
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_three_replicas_drop_each_role_once_and_say_so_once(spawn, target, tmp_path, database_url, sandbox):
     replicas = [configure(spawn(name=f"replica-{i}"), target, tmp_path) for i in range(3)]
-    migrate(replicas[0])
+    await at_head(replicas[0])
     await asyncio.gather(*(r.start() for r in replicas))
     async with aiohttp.ClientSession() as http:
         apis = [Api(http, r.base_url, r.now) for r in replicas]

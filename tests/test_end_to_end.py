@@ -26,6 +26,7 @@ from bot.store.engine import create_engine
 from bot.store.schema import alembic_config, head_revision, upgrade
 from tests.conftest import POLICIES
 from tests.ports import spare_port
+from tests.schema_image import at_head as schema_at_head
 from tests.support import (BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, advance_clock_offset, buttons, cards,
                            assert_no_secrets, eventually, hmac_headers, message_text, read_clock_offset,
                            write_clock_offset)
@@ -106,15 +107,22 @@ class Process:
 
 
 def migrate(proc: Process) -> None:
+    """``grantbot migrate`` as an operator runs it (tests about the migration; others use :func:`at_head`)."""
     migrated = subprocess.run(grantbot_command("migrate"), env=proc.env, capture_output=True, text=True, timeout=60)
     assert migrated.returncode == 0, migrated.stderr
+
+
+async def at_head(proc: Process) -> None:
+    """The process's empty database at the head schema, as ``grantbot migrate`` leaves it, in a fraction of the
+    time (a copy: ``tests/schema_image.py``)."""
+    await schema_at_head(proc.env["GRANTBOT_DATABASE_URL"])
 
 
 @pytest.fixture
 async def process(tmp_path, database_url, sandbox):
     proc = Process(tmp_path, database_url, sandbox)
     sandbox.events_url = proc.base_url + "/slack/events"
-    migrate(proc)
+    await at_head(proc)
     await proc.start()
     yield proc
     if proc.proc and proc.proc.poll() is None:

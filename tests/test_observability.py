@@ -55,11 +55,11 @@ async def test_every_line_is_json_and_each_request_has_its_access_line_and_id(pr
 
 
 async def test_text_format_on_request(tmp_path, database_url, sandbox):
-    from tests.test_end_to_end import Process, migrate
+    from tests.test_end_to_end import Process, at_head
 
     proc = Process(tmp_path, database_url, sandbox)
     proc.env["GRANTBOT_LOG_FORMAT"] = "text"
-    migrate(proc)
+    await at_head(proc)
     await proc.start()
     try:
         first = proc.log_path.read_text().splitlines()[0]

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import POLICIES
 from tests.support import CHANNEL, Api, eventually, message_text
-from tests.test_end_to_end import Process, migrate
+from tests.test_end_to_end import Process, at_head
 
 READ = {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 60}
 
@@ -85,7 +85,7 @@ async def test_an_identity_without_its_secret_is_refused(start_grantbot, policy_
 async def test_sighup_reloads_a_running_process(tmp_path, database_url, sandbox, policy_file):
     proc = Process(tmp_path, database_url, sandbox)
     proc.env.update(GRANTBOT_POLICY_FILE=str(policy_file), GRANTBOT_POLICY_WATCH_SECONDS="0")  # only SIGHUP
-    migrate(proc)
+    await at_head(proc)
     await proc.start()
     try:
         async with aiohttp.ClientSession() as http:

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from bot.store.engine import create_engine
 from tests.support import Api, buttons, cards, eventually, message_text
-from tests.test_end_to_end import Process, migrate
+from tests.test_end_to_end import Process, at_head
 
 AUTO = {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 60}
 NEEDS_APPROVAL = {"environment": "production", "scopes": ["db:write"], "ttl_seconds": 60}
@@ -133,7 +133,7 @@ async def test_three_replicas_handle_150_requests_and_every_transition_happens_o
         # Some 350 Slack writes into one channel: at Slack's 1/s that takes minutes. This test is about each
         # happening once across replicas (pacing has its own test, tests/test_outbox_faults.py): let them go faster.
         replica.env["GRANTBOT_SLACK_POSTS_PER_SECOND"] = "50"
-    migrate(replicas[0])
+    await at_head(replicas[0])
     await asyncio.gather(*(r.start() for r in replicas))
     async with aiohttp.ClientSession() as http:
         apis = [Api(http, r.base_url, r.now) for r in replicas]
@@ -287,7 +287,7 @@ async def test_sigkill_while_grants_are_due_and_messages_queued_loses_and_repeat
     proc.env["GRANTBOT_POLICY_FILE"] = str(policy)
     live_slack = proc.env["SLACK_API_URL"]
     proc.env["SLACK_API_URL"] = "http://127.0.0.1:9/api/"  # Slack unreachable: every message stays queued
-    migrate(proc)
+    await at_head(proc)
     await proc.start()
     async with aiohttp.ClientSession() as http:
         api = Api(http, proc.base_url, proc.now)

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.support import Api, eventually
-from tests.test_end_to_end import Process, grantbot_command, migrate
+from tests.test_end_to_end import Process, at_head, grantbot_command, migrate
 
 
 def children(pid: int) -> list[int]:
@@ -61,7 +61,7 @@ async def start_workers(proc: Process, workers: int) -> subprocess.Popen:
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_two_workers_share_the_port_serve_and_stop_together(tmp_path, database_url, sandbox):
     proc = Process(tmp_path, database_url, sandbox)
-    migrate(proc)
+    await at_head(proc)
     supervisor = await start_workers(proc, 2)
     workers = children(supervisor.pid)
     connector = aiohttp.TCPConnector(force_close=True)  # a new connection each time: the kernel picks a worker
@@ -80,7 +80,7 @@ async def test_two_workers_share_the_port_serve_and_stop_together(tmp_path, data
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_worker_that_dies_stops_the_set_with_a_failure(tmp_path, database_url, sandbox):
     proc = Process(tmp_path, database_url, sandbox)
-    migrate(proc)
+    await at_head(proc)
     supervisor = await start_workers(proc, 2)
     first, second = children(supervisor.pid)
     subprocess.run(["kill", "-KILL", str(first)], check=True)
@@ -129,7 +129,7 @@ async def test_workers_whose_supervisor_is_killed_stop_and_free_the_port(tmp_pat
     """A process manager that kills only the main process (supervisord, runit, a script) must be able to start the
     set again: the workers notice their supervisor is gone, stop as on SIGTERM and let the port go."""
     proc = Process(tmp_path, database_url, sandbox)
-    migrate(proc)
+    await at_head(proc)
     supervisor = await start_workers(proc, 2)
     workers = children(supervisor.pid)
     supervisor.kill()

@@ -6,6 +6,7 @@ operator runs the migration as a release step); ``grantbot dev`` and the tests u
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -35,19 +36,30 @@ def alembic_config(connection=None) -> Config:
     return config
 
 
+@cache
 def head_revision() -> str | None:
+    """The code's schema revision. Cached: Alembic executes every revision file to build its map, and the files
+    cannot change under a running process."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _revision_of(connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
-        return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+        return await conn.run_sync(_revision_of)
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Upgrade the database to ``revision`` (one transaction on PostgreSQL); :class:`DatabaseUnreachable`."""
+    """Upgrade the database to ``revision`` (one transaction on PostgreSQL); :class:`DatabaseUnreachable`.
+    A database already at the head is only read (``grantbot dev`` and every start with ``migrate`` on an
+    up-to-date database: Alembic's environment and revision files are not loaded)."""
     try:
         async with writer(engine).begin() as conn:
+            if revision == "head" and await conn.run_sync(_revision_of) == head_revision():
+                return
             await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
     except (OSError, OperationalError, InterfaceError) as exc:
         raise unreachable(engine, exc) from None
