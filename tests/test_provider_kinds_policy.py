@@ -4,6 +4,7 @@ approval card say a rule hands out, and a bad entry refused with the file, the l
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,19 @@ EXPLAINED = [
     '  credentials: k8s (webhook): what the hook https://hooks.internal/grant issues for {"namespace": "shop", '
     '"role": "view"}; at the end the hook is asked to revoke it and to confirm',
 ]
+
+
+def test_each_kind_is_its_modules_kind_and_its_driver_loads_only_when_a_policy_names_it():
+    from bot.providers.kinds import KINDS
+
+    assert sorted(KINDS) == ["mysql", "postgresql", "rabbitmq", "redis", "ssh", "webhook"]
+    assert all(KINDS[name].KIND == name for name in KINDS) and KINDS.get("oracle") is None
+    # A fresh process: checking a policy without a Redis provider imports no Redis client.
+    script = ("import sys; from bot.policy_file import load_policy; load_policy(sys.argv[1]); "
+              "print(sorted(m for m in ('redis', 'pymysql', 'asyncpg') if m in sys.modules))")
+    ran = subprocess.run([sys.executable, "-c", script, str(POLICIES / "basic.yaml")], capture_output=True,
+                         text=True, timeout=60)
+    assert ran.returncode == 0 and ran.stdout.strip() == "[]", ran.stderr
 
 
 def policy_file(tmp_path: Path, text: str) -> Path:
