@@ -14,6 +14,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.sandbox import SlackSandbox
+from tests.support import eventually
 
 TOKEN = "xoxb-sandbox"
 SECRET = "sandbox-signing-secret"
@@ -500,7 +501,8 @@ async def test_submit_view_is_routed_by_bolt_and_errors_keep_the_modal_open(sand
     try:
         posted = await client.chat_postMessage(channel=CHANNEL, text="Access request", blocks=CARD)
         assert await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="deny", user_id="U0APPROVER") == 200
-        (view_id,) = list(sandbox.views)
+        # Bolt acks first and runs the listener after: the form opens a moment after the click's answer.
+        (view_id,) = await eventually(lambda: list(sandbox.views))
         answer = await sandbox.submit_view(view_id, {"reason": "", "scopes": ["1"]})
         assert answer == (200, {"response_action": "errors", "errors": {"reason": "Say why"}})
         assert seen[-1] == {"reason": {"reason_input": {"type": "plain_text_input", "value": ""}},
