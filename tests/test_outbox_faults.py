@@ -176,9 +176,14 @@ async def test_a_long_retry_after_holds_the_channel_until_it_has_passed_then_eac
 
     await eventually(lambda: posted("C0TEAM1"))  # the other channel is not held up
     assert len(posted("C0TEAM1")) == 1
-    # Slack refused the first card for C0TEAM0 (before the clock moves: on a busy machine that post can still be
-    # on its way, and a clock moved past its lease would let the worker claim it again)
+    # Slack refused the first card for C0TEAM0, and the worker has put it back, due Retry-After from its clock's
+    # now. Both must be seen before the clock moves: the sandbox records the 429 before the worker reads it, and a
+    # worker that reads the clock after it moved holds the channel that much longer (on a busy machine it did).
     await eventually(lambda: [c["status"] for c in sandbox.calls if c["channel"] == "C0TEAM0"] == [429])
+
+    async def put_back_after_429():
+        return await grantbot.count("outbox WHERE last_error LIKE 'rate limited%' AND locked_until IS NULL") == 1
+    await eventually(put_back_after_429)
     clock.advance(119)
     await asyncio.sleep(2.5)  # several worker rounds, at 1 post/s: C0TEAM0 must still be waiting
     assert posted("C0TEAM0") == []
