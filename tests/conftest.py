@@ -184,3 +184,9 @@ async def start_grantbot(database_url, tmp_path, clock, sandbox, schema_image):
 @pytest.fixture
 async def grantbot(start_grantbot) -> Running:
     return await start_grantbot()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (a stable sort, the rest in file order): with xdist, a long test handed out last would
+    leave the other workers idle while it runs."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -21,6 +21,7 @@ from tests.test_end_to_end import grantbot_command
 from tests.test_oidc import write_policy
 
 
+@pytest.mark.slow
 async def test_an_approved_request_leaves_a_complete_ordered_trail(grantbot, sandbox, clock, tmp_path):
     _, auto = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 30})
     _, denied = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:admin"]})

@@ -131,6 +131,7 @@ async def test_six_identical_parallel_requests_all_get_a_token(serve, api, tmp_p
         assert (await api.introspect(token))[1]["active"] is True
 
 
+@pytest.mark.slow
 async def test_a_503_storm_is_ridden_out_honouring_retry_after_under_one_idempotency_key(relay, serve, tmp_path):
     relay.fault("POST", "/v1/access-requests", times=3, status=503, headers={"Retry-After": "1"}, body=OUTAGE)
     ran = await run_grantbot(*STAGING, "--retry-for", "30", env=client_env(relay.url), cwd=tmp_path)

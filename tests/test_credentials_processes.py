@@ -49,6 +49,7 @@ def check_log(proc: Process, passwords: list[str]) -> None:
         assert password not in log
 
 
+@pytest.mark.slow
 async def test_kill_9_while_issuing_leaves_no_role_behind_after_the_restart(spawn, target, tmp_path, database_url):
     proc = configure(spawn(name="grantbot"), target, tmp_path)
     await at_head(proc)
@@ -116,6 +117,7 @@ async def _none_left(target) -> bool:
     return await target.roles_made() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_three_replicas_drop_each_role_once_and_say_so_once(spawn, target, tmp_path, database_url, sandbox):
     replicas = [configure(spawn(name=f"replica-{i}"), target, tmp_path) for i in range(3)]

@@ -38,6 +38,7 @@ async def demo_database():
         await conn.close()
 
 
+@pytest.mark.slow
 async def test_the_database_step_works_as_printed(tmp_path, demo_database):
     url = ADMIN_URL.rsplit("/", 1)[0] + "/" + demo_database
     dev = Dev(tmp_path, spare_port(), spare_port(), "--postgres", url)

@@ -206,6 +206,7 @@ async def test_a_card_queued_while_down_is_posted_after_the_restart(process, api
     assert buttons(card) == ["approve", "approve_with_changes", "deny"]
 
 
+@pytest.mark.slow
 async def test_serve_refuses_a_database_behind_the_code_and_says_to_migrate(tmp_path, database_url, sandbox):
     proc = Process(tmp_path, database_url, sandbox)
     refused = subprocess.run(grantbot_command("serve"), env=proc.env, capture_output=True, text=True, timeout=60)

@@ -92,6 +92,7 @@ def _start_with_a_new_key(path: str, barrier, results) -> None:
         results.put(f"failed: {exc}")
 
 
+@pytest.mark.slow
 def test_replicas_starting_together_on_a_missing_key_all_sign_with_the_one_key_written(tmp_path):
     """Several processes find the key file missing at once: exactly one key is created and every one of them
     loads it whole (none reads a file still being written)."""

@@ -12,6 +12,7 @@ import asyncio
 import re
 import time
 
+import pytest
 from sqlalchemy import text
 
 from tests.support import cards, eventually
@@ -62,6 +63,7 @@ async def told(grantbot, request_ids: list[str]) -> dict[str, tuple[int | None, 
     return {row.request_id: (row.folded_into, row.sent_at is not None) for row in rows if row.request_id in wanted}
 
 
+@pytest.mark.slow
 async def test_six_429s_then_a_500_leave_no_card_more_than_30_s_behind(start_grantbot, sandbox, clock):
     # Slack rate-limits the first six posts and fails the seventh: each 429 is pacing, not a failure of the card.
     sandbox.inject("chat.postMessage", "ratelimited", times=6, retry_after=1)
@@ -175,6 +177,7 @@ async def test_a_digest_slack_took_just_before_a_crash_is_not_posted_again(grant
     assert searched, "the retried digest looked for the one posted before"
 
 
+@pytest.mark.slow
 async def test_three_instances_together_post_about_one_message_per_second_to_a_channel(start_grantbot, sandbox):
     sandbox.post_rate_limit = (1.0, 3)  # Slack's limit as the sandbox plays it: grantbot must never trip it
     replicas = [await start_grantbot(slack_posts_per_second=1) for _ in range(3)]

@@ -11,6 +11,8 @@ import asyncio
 import collections
 import re
 
+import pytest
+
 from tests.conftest import POLICIES
 from tests.support import buttons, cards, eventually, message_text
 
@@ -61,6 +63,7 @@ def most_in_window(times: list[float], seconds: float) -> int:
     return most
 
 
+@pytest.mark.slow
 async def test_cards_go_out_once_paced_per_channel_through_429s_500s_and_silence(start_grantbot, sandbox, clock):
     for channel in CHANNELS:
         sandbox.channels[channel] = channel.lower()
@@ -196,6 +199,7 @@ async def test_a_long_retry_after_holds_the_channel_until_it_has_passed_then_eac
     assert [c["method"] for c in sandbox.calls if c["channel"] == "C0TEAM0"] == ["chat.postMessage"] * 3
 
 
+@pytest.mark.slow
 async def test_an_item_that_outwaited_its_lease_in_a_slow_lane_is_posted_once(start_grantbot, sandbox, clock):
     """Replica A claims three cards for one channel and posts them paced (one per 5 s). Its lease (30 s on the
     clock) runs out while two still wait in its lane; replica B claims those and posts them, taking its turns in

@@ -126,6 +126,7 @@ TTL = 300
 PER_KIND = 50
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_three_replicas_handle_150_requests_and_every_transition_happens_once(spawn, database_url, sandbox):
     replicas = [spawn(name=f"replica-{i}") for i in range(3)]
