@@ -225,7 +225,7 @@ class Server:
 
 
 def measure(path: str, server: Server, tmp: Path, args: argparse.Namespace) -> Figures:
-    if path == "request":
+    if path == "request":  # (main() accepts request and introspect only)
         lines = tmp / "signed.txt"
         lines.write_text(presigned_lines(args.duration * args.max_rate))
         script = tmp / "request.lua"
@@ -256,6 +256,9 @@ def main() -> None:
                              "machine with no more)")
     parser.add_argument("--postgres-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
+    unknown = set(args.paths.split(",")) - {"request", "introspect"}
+    if unknown:
+        parser.error(f"unknown path {', '.join(sorted(unknown))}: --paths takes request and/or introspect")
     if not shutil.which("wrk"):
         raise SystemExit("benchmarks/compare.py needs wrk (Debian: apt-get install wrk)")
     tmp = Path(tempfile.mkdtemp(prefix="grantbot-bench-"))
