@@ -109,6 +109,8 @@ async def _preflight(settings: Settings) -> None:
 
 # How often a worker of ``serve --workers N`` checks that the process that started it is still there (seconds).
 SUPERVISOR_CHECK_SECONDS = 0.5
+# How often `credentials reconcile` looks again at revocations another process holds.
+RECONCILE_POLL_SECONDS = 0.5
 
 
 async def _until_signalled(app=None, supervisor_pid: int | None = None) -> None:
@@ -268,8 +270,12 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 async def _credentials_reconcile(settings: Settings, out) -> int:
     """Queue again every failed revocation (and bring forward those waiting for a retry), reconcile every
-    provider's accounts with the grants, and work through the due revocations now; prints what happened. Exit
-    status 1 when something is still not removed (a revocation failed again, a provider could not be asked)."""
+    provider's accounts with the grants, and work through the due revocations now, waiting for those another
+    process holds (at most until their leases run out, ``LEASE_SECONDS`` of bot.domain.usecases.revoke_credentials,
+    then taking them over); prints what happened. Exit status 1 when something is still not removed (a revocation
+    failed again or is still pending, a provider could not be asked)."""
+    from datetime import UTC
+
     from bot.changes import LocalChanges
     from bot.domain.usecases import Deps
     from bot.domain.usecases.reconcile_credentials import reconcile_credentials
@@ -298,15 +304,34 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
               f"{found.queued} revocation(s) queued for accounts whose grant is not active; "
               f"{found.requeued_failed} failed or waiting revocation(s) queued again", file=out)
         verified = retried = failed = 0
-        while (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
-            verified, retried, failed = verified + done.verified, retried + done.retried, failed + done.failed
+        waiting_until = None
+        while True:
+            while (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
+                verified, retried, failed = verified + done.verified, retried + done.retried, failed + done.failed
+            # Those another process holds: a replica working on them now, or one that died mid-way (kill -9), whose
+            # lease has to run out before anyone may take them over. Wait for that instead of leaving them.
+            held, until = await store.held_revocations(clock.now())
+            if waiting_until is not None and until is not None and until > waiting_until:
+                break  # a lease taken after the wait began: a live replica's, which reports its outcome itself
+            if not held:
+                # A lease may have run out between the last round and this look: one more round takes it over.
+                if (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
+                    verified, retried, failed = verified + done.verified, retried + done.retried, failed + done.failed
+                    continue
+                break
+            if waiting_until is None:
+                waiting_until = until
+                print(f"waiting for {held} revocation(s) another grantbot process holds: it finishes them, or, "
+                      f"if it stopped, this command takes them over when its lease runs out at "
+                      f"{until.astimezone(UTC):%H:%M:%S} UTC", file=out, flush=True)
+            await asyncio.sleep(RECONCILE_POLL_SECONDS)
         print(f"revocations: {verified} verified, {retried} failed and will be retried, {failed} failed for good",
               file=out)
         counts = await store.backlog(deps.clock.now())
         if counts.revocations_failed or counts.revocations_pending:
             print(f"still not removed: {counts.revocations_failed} failed, {counts.revocations_pending} pending "
                   "(`/access show <grant id>` says why)", file=out)
-        return 1 if found.problems or counts.revocations_failed or retried else 0
+        return 1 if found.problems or counts.revocations_failed or counts.revocations_pending or retried else 0
     finally:
         await providers.close()
         await store.engine.dispose()

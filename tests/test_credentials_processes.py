@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -17,9 +18,9 @@ from sqlalchemy import text
 from bot.providers.postgresql import scram_verifier
 from bot.store.engine import create_engine
 from tests.pg_target import target  # noqa: F401  (fixture)
-from tests.support import Api, eventually
+from tests.support import Api, TcpProxy, eventually
 from tests.test_credentials import STAGING_READ, session_ended
-from tests.test_end_to_end import Process, at_head
+from tests.test_end_to_end import Process, at_head, grantbot_command
 from tests.test_replicas import spawn  # noqa: F401  (fixture)
 
 
@@ -154,3 +155,66 @@ async def test_three_replicas_drop_each_role_once_and_say_so_once(spawn, target,
     for replica in replicas:
         assert await replica.kill(signal.SIGTERM) == 0
         check_log(replica, [c["password"] for c in credentials])
+
+
+@pytest.mark.slow
+async def test_reconcile_after_kill_9_mid_revocation_takes_it_over_when_the_lease_runs_out(
+        spawn, target, tmp_path, database_url):
+    """``kill -9`` while a revocation waits on its provider leaves it leased to the dead process. ``grantbot
+    credentials reconcile`` says so and waits; once the lease has run out it takes the revocation over, ends the
+    session, drops the role and exits 0. (It used to exit 0 at once, the role still there.)"""
+    relay = TcpProxy("127.0.0.1", 5432)  # the provider's admin connection only; the pipeline's goes straight
+    await relay.start()
+    try:
+        proc = configure(spawn(name="grantbot"), target, tmp_path)
+        proc.env[target.url_env] = f"postgresql://postgres@127.0.0.1:{relay.port}/{target.database}"
+        # Limits longer than the test: the revocation waits on the silent network until the kill.
+        proc.env["GRANTBOT_POLICY_FILE"] = str(target.policy(tmp_path, options="{connect_timeout: 60, "
+                                                                               "statement_timeout: 60}"))
+        await at_head(proc)
+        await proc.start()
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, proc.base_url, proc.now)
+            status, created = await api.request_access(STAGING_READ)
+            assert status == 201, created
+            grant = created["grant"]
+            [credential] = grant["credentials"]
+            session = await target.login(credential)
+            relay.blackhole()
+            status, answer = await api.call("POST", f"/v1/grants/{grant['id']}/revoke")
+            assert status == 200 and answer["status"] == "revoked", answer
+
+        async def leased() -> bool:
+            return await rows(database_url, "SELECT id FROM credentials WHERE revocation = 'pending' "
+                                            "AND locked_until IS NOT NULL AND attempts = 1") != []
+        await eventually(leased)
+        assert await proc.kill(signal.SIGKILL) == -signal.SIGKILL
+        relay.restore()
+        assert not await session_ended(session)
+
+        reconcile = await asyncio.create_subprocess_exec(
+            *grantbot_command("credentials"), "reconcile", env={**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        printed = []
+        try:
+            while not any(line.startswith("waiting for 1 revocation(s)") for line in printed):
+                line = await asyncio.wait_for(reconcile.stdout.readline(), 30)
+                assert line, f"reconcile ended without waiting: {printed}"
+                printed.append(line.decode())
+            await asyncio.sleep(1)
+            assert reconcile.returncode is None and await target.role(credential["username"]) is not None
+            proc.advance(121)  # past the dead process's lease (LEASE_SECONDS)
+            out = "".join(printed) + (await asyncio.wait_for(reconcile.communicate(), 30))[0].decode()
+        finally:
+            if reconcile.returncode is None:
+                reconcile.kill()
+                await reconcile.wait()
+        assert reconcile.returncode == 0, out
+        assert "revocations: 1 verified" in out and "still not removed" not in out, out
+        assert await session_ended(session)
+        assert await target.role(credential["username"]) is None
+        assert await _all_verified(database_url)
+        assert credential["password"] not in out
+        await session.close()
+    finally:
+        await relay.stop()

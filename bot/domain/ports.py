@@ -114,6 +114,10 @@ class CredentialStore(Protocol):
         """Lease up to ``limit`` due pending revocations (counting an attempt each), oldest first; rows another
         worker holds, or whose grant's hand-over lease is held, are left alone."""
 
+    async def held_revocations(self, now: datetime) -> tuple[int, datetime | None]:
+        """Pending revocations a worker holds at ``now`` (claimed, their lease not run out: a live worker's, or
+        one a crashed process left): how many, and when the last of those leases runs out (None if none)."""
+
     async def finish_revocation(self, job: RevocationJob, now: datetime, detail: dict,
                                 events: list[OutboxEvent]) -> bool:
         """Mark ``job`` verified with ``detail`` (the report and the check), audited and with ``events``, if this

@@ -200,6 +200,13 @@ class CredentialQueries:
                     claimed.append(RevocationJob(due.id, account, won.attempts))
         return claimed
 
+    async def held_revocations(self, now: datetime) -> tuple[int, datetime | None]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                select(func.count(), func.max(C.c.locked_until))
+                .where(C.c.revocation == RevocationStatus.PENDING.value, C.c.locked_until > now))).one()
+        return row[0], row[1]
+
     @staticmethod
     def _held(job: RevocationJob):
         return and_(C.c.id == job.id, C.c.revocation == RevocationStatus.PENDING.value, C.c.attempts == job.attempts)
