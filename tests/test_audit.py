@@ -136,6 +136,8 @@ async def test_refused_clicks_revokes_and_signatures_are_audited_with_who_and_wh
                                user_id="U0OTHER") == 200  # not an approver: refused
     assert await sandbox.slash_command(f"revoke {created['id']} curious", user_id="U0OTHER") == 200  # refused
     await eventually(lambda: len([e for e in sandbox.ephemerals if e["user"] == "U0OTHER"]) == 3)
+    # The stale click too is acknowledged at once and handled after: its refusal is audited by the time it is said.
+    await eventually(lambda: any("already approved" in e["text"] for e in sandbox.ephemerals if e["user"] == "U0THIRD"))
 
     body = {"environment": "production", "scopes": ["db:write"]}
     raw = json.dumps(body).encode()
