@@ -127,6 +127,9 @@ async def test_refused_clicks_revokes_and_signatures_are_audited_with_who_and_wh
     # Clicks are acknowledged at once and handled after: U0SECOND's refusal proves both of its clicks are counted
     # before U0THIRD's approval, which then resolves the request.
     await eventually(lambda: any(e["user"] == "U0SECOND" for e in sandbox.ephemerals))
+    # And the first two refusals are handled (each click in a task of its own) before the request is resolved:
+    # one handled after would be refused as "already approved" instead.
+    await eventually(lambda: {"U0APPROVER", "U0OTHER"} <= {e["user"] for e in sandbox.ephemerals})
     assert await api.click(card, "approve", "U0THIRD") == 200
     _, approved = await api.get_request(created["id"], wait=10)
     token = approved["grant"]["access_token"]

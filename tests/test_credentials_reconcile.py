@@ -99,6 +99,10 @@ async def test_two_polls_at_once_hand_over_one_token_whose_password_works(target
     card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
     assert await grantbot.api.click(card, "approve", "U0APPROVER") == 200
     await eventually(lambda: target.roles_made())
+
+    async def approved() -> bool:  # the role is made before the approval commits
+        return await grantbot.count("access_requests WHERE status = 'approved'") == 1
+    await eventually(approved)
     answers = await asyncio.gather(*(grantbot.api.get_request(created["id"], wait=w) for w in (1, 2, 3, 4)))
     handed = [a["grant"] for _, a in answers if "credentials" in a["grant"]]
     assert len(handed) == 1 and all("access_token" not in a["grant"] for _, a in answers if a["grant"] is not handed[0])

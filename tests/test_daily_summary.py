@@ -33,6 +33,10 @@ async def test_three_replicas_post_one_summary_with_the_days_numbers(start_grant
     await api.request_access({"environment": "production", "scopes": ["db:write"], "ttl_seconds": 600,
                               "reason": "OPS-1"})
     clock.advance(120)  # the other-bot grant expired
+
+    async def swept() -> bool:  # ended at this time, not at the summary's (when a later sweep would end it)
+        return await replicas[0].count("grants WHERE status = 'expired'") == 1
+    await eventually(swept)
     await settle()
     clock.set(datetime(2026, 3, 23, 7, 59, 50, tzinfo=UTC))
     await settle()

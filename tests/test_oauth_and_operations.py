@@ -96,6 +96,11 @@ async def test_metrics_count_requests_once_and_show_what_waits_including_a_messa
     status, pending = await grantbot.api.request_access(
         {"environment": "production", "scopes": ["db:write"], "ttl_seconds": 60, "reason": "hotfix"})
     assert status == 202
+
+    async def card_refused() -> bool:  # the worker has had Slack's 500 and put the card back, from its clock's now
+        return await grantbot.count("outbox WHERE kind = 'card.post' AND last_error LIKE 'Slack answered 500%' "
+                                    "AND locked_until IS NULL") == 1
+    await eventually(card_refused)
     clock.advance(400)  # the card has waited 400 s, Slack failing all along
 
     metrics = await scrape(grantbot)
@@ -108,6 +113,9 @@ async def test_metrics_count_requests_once_and_show_what_waits_including_a_messa
     assert metrics["grantbot_outbox_oldest_unsent_age_seconds"] >= 400.0
 
     sandbox.faults.clear()  # Slack recovers: the card goes out, nothing waits any more
+    # A retry the worker made after the clock moved (due again at once, refused once more) is due within its
+    # backoff, at most 30 s for a card; the clock stands still otherwise.
+    clock.advance(31)
     await eventually(lambda: any(pending["id"] in message_text(c) for c in cards(sandbox)), timeout=20)
 
     async def drained():

@@ -218,10 +218,7 @@ async def test_click_is_accepted_by_bolt(sandbox, client):
         posted = await client.chat_postMessage(channel=CHANNEL, text="Access request", blocks=CARD)
         sandbox.events_url = url + "/slack/events"
         assert await sandbox.click(channel=CHANNEL, ts=posted["ts"], action_id="approve", user_id="U0APPROVER") == 200
-        for _ in range(100):  # Bolt acks first and finishes the listener afterwards
-            if sandbox.ephemerals:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: sandbox.ephemerals)  # Bolt acks first and finishes the listener afterwards
         assert sandbox.messages[0]["text"] == "Approved by <@U0APPROVER>"
         assert sandbox.ephemerals[0]["text"] == "Done"
         assert [c["method"] for c in sandbox.calls].count("auth.test") == 1
@@ -386,17 +383,11 @@ async def test_open_home_and_home_clicks_reach_bolt_as_slack_sends_them(sandbox,
         sandbox.events_url = url + "/slack/events"
         assert await sandbox.verify_url()
         assert await sandbox.open_home("U0APPROVER") == 200
-        for _ in range(100):
-            if "U0APPROVER" in sandbox.home_views:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: "U0APPROVER" in sandbox.home_views)
         assert seen[0]["type"] == "app_home_opened" and seen[0]["tab"] == "home" and "view" not in seen[0]
         assert await sandbox.open_home("U0APPROVER") == 200  # a second open carries the view published before
         assert await sandbox.home_click(user_id="U0APPROVER", block_id="decide", action_id="approve") == 200
-        for _ in range(100):
-            if len(seen) == 3:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: len(seen) == 3)
         assert seen[1]["view"]["id"] == sandbox.home_views["U0APPROVER"]["id"]
         click = seen[2]
         assert click["container"] == {"type": "view", "view_id": sandbox.home_views["U0APPROVER"]["id"]}

@@ -146,6 +146,9 @@ async def test_no_sweep_starts_while_the_requests_in_flight_drain(database_url, 
                 {"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 60, "reason": "drain test"})
         assert status == 201
         await app.shutdown()  # the first step of aiohttp's graceful shutdown, before it drains the requests
+        # A sweep the scheduler started just before may still take its first step (reading the clock): let it,
+        # so that only sweeps started after the shutdown could see the grant due.
+        await asyncio.sleep(0.2)
         clock.advance(120)  # the grant is due
         await asyncio.sleep(1.0)  # twenty sweep intervals
         async with app[DEPS].store.engine.connect() as conn:

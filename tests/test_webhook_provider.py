@@ -134,6 +134,7 @@ async def test_an_early_revoke_from_the_card_asks_the_hook_and_a_slow_confirmati
     assert status == 202
     card = await eventually(lambda: next((c for c in cards(sandbox) if created["id"] in message_text(c)), None))
     assert await grantbot.api.click(card, "approve", "U0APPROVER") == 200
+    await eventually(lambda: buttons(card) == ["revoke_grant"])  # approved (the click is handled after its ack)
     assert hook.calls == []  # nothing is made at approval: the hook issues at the hand-over
     _, decided = await grantbot.api.get_request(created["id"], wait=10)
     [credential] = decided["grant"]["credentials"]
