@@ -271,8 +271,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 async def _credentials_reconcile(settings: Settings, out) -> int:
     """Queue again every failed revocation (and bring forward those waiting for a retry), reconcile every
     provider's accounts with the grants, and work through the due revocations now, waiting for those another
-    process holds (at most until their leases run out, ``LEASE_SECONDS`` of bot.domain.usecases.revoke_credentials,
-    then taking them over); prints what happened. Exit status 1 when something is still not removed (a revocation
+    process holds (until its attempt ends, or, if it died, until its lease runs out: ``LEASE_SECONDS`` of
+    bot.domain.usecases.revoke_credentials, then taking them over); prints what happened. Exit status 1 when something is still not removed (a revocation
     failed again or is still pending, a provider could not be asked)."""
     from datetime import UTC
 
@@ -304,26 +304,25 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
               f"{found.queued} revocation(s) queued for accounts whose grant is not active; "
               f"{found.requeued_failed} failed or waiting revocation(s) queued again", file=out)
         verified = retried = failed = 0
-        waiting_until = None
+        waiting = False
         while True:
             while (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
                 verified, retried, failed = verified + done.verified, retried + done.retried, failed + done.failed
-            # Those another process holds: a replica working on them now, or one that died mid-way (kill -9), whose
-            # lease has to run out before anyone may take them over. Wait for that instead of leaving them.
+            # Those another process holds: a replica working on them now (it renews its lease until its attempt
+            # ends), or one that died mid-way (kill -9), whose lease has to run out before anyone may take them
+            # over. Wait for either instead of leaving them.
             held, until = await store.held_revocations(clock.now())
-            if waiting_until is not None and until is not None and until > waiting_until:
-                break  # a lease taken after the wait began: a live replica's, which reports its outcome itself
             if not held:
                 # A lease may have run out between the last round and this look: one more round takes it over.
                 if (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
                     verified, retried, failed = verified + done.verified, retried + done.retried, failed + done.failed
                     continue
                 break
-            if waiting_until is None:
-                waiting_until = until
+            if not waiting:
+                waiting = True
                 print(f"waiting for {held} revocation(s) another grantbot process holds: it finishes them, or, "
-                      f"if it stopped, this command takes them over when its lease runs out at "
-                      f"{until.astimezone(UTC):%H:%M:%S} UTC", file=out, flush=True)
+                      f"if it stopped, this command takes them over when its lease runs out (at "
+                      f"{until.astimezone(UTC):%H:%M:%S} UTC unless renewed)", file=out, flush=True)
             await asyncio.sleep(RECONCILE_POLL_SECONDS)
         print(f"revocations: {verified} verified, {retried} failed and will be retried, {failed} failed for good",
               file=out)

@@ -203,7 +203,7 @@ async def test_reconcile_after_kill_9_mid_revocation_takes_it_over_when_the_leas
                 printed.append(line.decode())
             await asyncio.sleep(1)
             assert reconcile.returncode is None and await target.role(credential["username"]) is not None
-            proc.advance(121)  # past the dead process's lease (LEASE_SECONDS)
+            proc.advance(31)  # past the dead process's lease (LEASE_SECONDS, 30 s: nobody renews it)
             out = "".join(printed) + (await asyncio.wait_for(reconcile.communicate(), 30))[0].decode()
         finally:
             if reconcile.returncode is None:

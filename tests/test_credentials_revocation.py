@@ -11,6 +11,7 @@ import os
 import subprocess
 
 import pytest
+from sqlalchemy import text
 
 from bot.web.keys import STORE
 from tests.pg_target import target  # noqa: F401  (fixture)
@@ -204,6 +205,44 @@ async def test_a_silent_database_at_expiry_leaves_the_revocation_pending_then_ve
     assert "1 session ended" in done["detail"] and await session_ended(session)
     assert "Traceback" not in caplog.text
     await session.close()
+
+
+async def test_a_revocation_under_way_longer_than_its_lease_is_not_taken_over_by_another_replica(
+        target, relayed, start_grantbot, tmp_path, clock, database_url):
+    """Two replicas; the provider's database goes silent while one of them revokes. Its worker renews the lease
+    (30 s) while it waits, so the other replica does not take the revocation over however long it takes: when the
+    database answers again it is verified after one attempt, audited once."""
+    policy = target.policy(tmp_path, options="{connect_timeout: 60, statement_timeout: 60}")
+    replicas = [await start_grantbot(policy_file=policy) for _ in range(2)]
+    status, created = await replicas[0].api.request_access(STAGING_READ)
+    assert status == 201, created
+    grant = created["grant"]
+    session = await target.login(grant["credentials"][0])
+
+    relayed.blackhole()
+    status, answer = await replicas[0].api.call("POST", f"/v1/grants/{grant['id']}/revoke")
+    assert status == 200 and answer["status"] == "revoked", answer
+
+    async def claims() -> list[int]:  # each claim counts an attempt
+        async with replicas[0].engine.connect() as conn:
+            return list((await conn.execute(text("SELECT attempts FROM credentials"))).scalars())
+    await eventually(lambda: _equals(claims, [1]))  # one replica's worker took it and waits on the database
+    for _ in range(4):  # 60 s on the clock, twice the lease, in steps the keeper sees
+        clock.advance(15)
+        await asyncio.sleep(1.5)
+    assert await claims() == [1]  # nobody took it over
+
+    relayed.restore()
+    await eventually(lambda: session_ended(session), timeout=20)
+    seen = await eventually(lambda: verified(replicas[0], clock, created["id"]), timeout=20)
+    assert seen["status"] == "verified", seen
+    assert await claims() == [1]
+    assert await replicas[0].count("audit_events WHERE kind = 'credentials.revoked'") == 1
+    await session.close()
+
+
+async def _equals(read, expected) -> bool:
+    return await read() == expected
 
 
 async def _failed_once(grantbot, clock, request_id):

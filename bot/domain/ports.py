@@ -114,6 +114,10 @@ class CredentialStore(Protocol):
         """Lease up to ``limit`` due pending revocations (counting an attempt each), oldest first; rows another
         worker holds, or whose grant's hand-over lease is held, are left alone."""
 
+    async def renew_revocations(self, jobs: list[RevocationJob], until: datetime) -> int:
+        """Extend the leases of ``jobs`` to ``until`` where this claim still holds them (fenced like
+        :meth:`finish_revocation`); how many were renewed."""
+
     async def held_revocations(self, now: datetime) -> tuple[int, datetime | None]:
         """Pending revocations a worker holds at ``now`` (claimed, their lease not run out: a live worker's, or
         one a crashed process left): how many, and when the last of those leases runs out (None if none)."""

@@ -211,6 +211,15 @@ class CredentialQueries:
     def _held(job: RevocationJob):
         return and_(C.c.id == job.id, C.c.revocation == RevocationStatus.PENDING.value, C.c.attempts == job.attempts)
 
+    async def renew_revocations(self, jobs: list[RevocationJob], until: datetime) -> int:
+        async with self._writer.begin() as conn:
+            renewed = 0
+            for job in jobs:  # a few at most (a round's concurrency): one statement each, fenced like the rest
+                renewed += (await conn.execute(
+                    update(C).where(self._held(job), C.c.locked_until.is_not(None)).values(locked_until=until)
+                )).rowcount
+        return renewed
+
     async def finish_revocation(self, job: RevocationJob, now: datetime, detail: dict,
                                 events: list[OutboxEvent]) -> bool:
         async with self._writer.begin() as conn:

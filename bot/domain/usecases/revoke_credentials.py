@@ -17,9 +17,10 @@ and then check that nothing is left, and records the outcome once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from bot.domain.credentials import ProviderSpec, RevocationJob
 from bot.domain.errors import CredentialsRefused, CredentialsUnavailable
@@ -30,9 +31,13 @@ log = logging.getLogger(__name__)
 
 # Seconds before each retry: 9 retries, 10 attempts in all, over about 54 minutes.
 RETRY_SECONDS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0)
-# A claimed revocation is another replica's to take over after this long (a process that died mid-way); above the
-# time a provider may take (its connect and statement limits, waiting for sessions to end).
-LEASE_SECONDS = 120
+# A claimed revocation is another replica's to take over after this long (clock time) once its worker stops
+# renewing it: the worker renews it while the provider works, however long that takes (its connect and statement
+# limits, waiting for sessions to end), so this is how long a revocation a process died in the middle of (kill -9)
+# waits before another process (or the restarted one, or `grantbot credentials reconcile`) takes it over.
+LEASE_SECONDS = 30
+# How often (real seconds) the worker looks whether a third of a lease has passed on the clock and renews it.
+RENEW_CHECK_SECONDS = 1.0
 BATCH = 20
 CONCURRENCY = 8
 
@@ -104,21 +109,52 @@ async def _revoke(deps: Deps, job: RevocationJob, retry_seconds: tuple[float, ..
     return "retried"
 
 
+async def _keep_leases(deps: Deps, unfinished: dict[int, RevocationJob], lease_seconds: float,
+                       renewed_at: datetime) -> None:
+    """While the round works, renew the leases of its unfinished revocations whenever a third of a lease has
+    passed on the clock since the last renewal, so that no other process takes over a revocation still under way
+    (it would only be fenced off, but the provider would be asked twice). A renewal the database refuses is tried
+    again at the next look; meanwhile the lease may run out, and the outcome stays fenced by the attempt count."""
+    while True:
+        await asyncio.sleep(RENEW_CHECK_SECONDS)
+        now = deps.clock.now()
+        if not unfinished or (now - renewed_at).total_seconds() < lease_seconds / 3:
+            continue
+        try:
+            await deps.store.renew_revocations(list(unfinished.values()), now + timedelta(seconds=lease_seconds))
+            renewed_at = now
+        except Exception as exc:  # the database away: the next look tries again
+            log.warning("could not renew the lease of %d revocation(s) under way: %s: %s", len(unfinished),
+                        type(exc).__name__, getattr(exc, "orig", None) or exc)
+
+
 async def revoke_due_credentials(deps: Deps, retry_seconds: tuple[float, ...] = RETRY_SECONDS,
                                  lease_seconds: float = LEASE_SECONDS) -> RevocationRound:
-    """One round: lease up to ``BATCH`` due revocations and work on them, ``CONCURRENCY`` at a time. Attempt ``n``
+    """One round: lease up to ``BATCH`` due revocations (``lease_seconds``, renewed while they are worked on)
+    and work on them, ``CONCURRENCY`` at a time. Attempt ``n``
     failing is retried after ``retry_seconds[n - 1]``; the attempt after the last of them failing marks the
     revocation failed. Raises what the store raises (its database away: the next round tries again)."""
-    jobs = await deps.store.claim_revocations(deps.clock.now(), lease_seconds, BATCH)
+    claimed_at = deps.clock.now()
+    jobs = await deps.store.claim_revocations(claimed_at, lease_seconds, BATCH)
     if not jobs:
         return RevocationRound()
     slots = asyncio.Semaphore(CONCURRENCY)
+    unfinished = {job.id: job for job in jobs}
 
     async def one(job: RevocationJob) -> str:
-        async with slots:
-            return await _revoke(deps, job, retry_seconds)
+        try:
+            async with slots:
+                return await _revoke(deps, job, retry_seconds)
+        finally:
+            unfinished.pop(job.id, None)
 
-    outcomes = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
+    keeper = asyncio.create_task(_keep_leases(deps, unfinished, lease_seconds, claimed_at))
+    try:
+        outcomes = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
     for outcome in outcomes:
         if isinstance(outcome, BaseException):  # the store failed (its database away): each lease runs out
             raise outcome
