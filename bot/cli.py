@@ -272,8 +272,9 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
     """Queue again every failed revocation (and bring forward those waiting for a retry), reconcile every
     provider's accounts with the grants, and work through the due revocations now, waiting for those another
     process holds (until its attempt ends, or, if it died, until its lease runs out: ``LEASE_SECONDS`` of
-    bot.domain.usecases.revoke_credentials, then taking them over); prints what happened. Exit status 1 when something is still not removed (a revocation
-    failed again or is still pending, a provider could not be asked)."""
+    bot.domain.usecases.revoke_credentials, then taking them over); prints what happened. Exit status 1 when
+    something is still not removed (a revocation failed again or is still pending, a provider could not be
+    asked)."""
     from datetime import UTC
 
     from bot.changes import LocalChanges

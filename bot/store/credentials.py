@@ -214,7 +214,7 @@ class CredentialQueries:
     async def renew_revocations(self, jobs: list[RevocationJob], until: datetime) -> int:
         async with self._writer.begin() as conn:
             renewed = 0
-            for job in jobs:  # a few at most (a round's concurrency): one statement each, fenced like the rest
+            for job in jobs:  # a round's batch at most (20): one statement each, fenced like the rest
                 renewed += (await conn.execute(
                     update(C).where(self._held(job), C.c.locked_until.is_not(None)).values(locked_until=until)
                 )).rowcount

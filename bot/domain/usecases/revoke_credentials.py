@@ -114,7 +114,9 @@ async def _keep_leases(deps: Deps, unfinished: dict[int, RevocationJob], lease_s
     """While the round works, renew the leases of its unfinished revocations whenever a third of a lease has
     passed on the clock since the last renewal, so that no other process takes over a revocation still under way
     (it would only be fenced off, but the provider would be asked twice). A renewal the database refuses is tried
-    again at the next look; meanwhile the lease may run out, and the outcome stays fenced by the attempt count."""
+    again at the next look (said once until one succeeds); meanwhile the lease may run out, and the outcome
+    stays fenced by the attempt count."""
+    failing = False
     while True:
         await asyncio.sleep(RENEW_CHECK_SECONDS)
         now = deps.clock.now()
@@ -122,18 +124,21 @@ async def _keep_leases(deps: Deps, unfinished: dict[int, RevocationJob], lease_s
             continue
         try:
             await deps.store.renew_revocations(list(unfinished.values()), now + timedelta(seconds=lease_seconds))
-            renewed_at = now
         except Exception as exc:  # the database away: the next look tries again
-            log.warning("could not renew the lease of %d revocation(s) under way: %s: %s", len(unfinished),
-                        type(exc).__name__, getattr(exc, "orig", None) or exc)
+            log.log(logging.DEBUG if failing else logging.WARNING,
+                    "could not renew the lease of %d revocation(s) under way: %s: %s", len(unfinished),
+                    type(exc).__name__, getattr(exc, "orig", None) or exc)
+            failing = True
+        else:
+            renewed_at, failing = now, False
 
 
 async def revoke_due_credentials(deps: Deps, retry_seconds: tuple[float, ...] = RETRY_SECONDS,
                                  lease_seconds: float = LEASE_SECONDS) -> RevocationRound:
-    """One round: lease up to ``BATCH`` due revocations (``lease_seconds``, renewed while they are worked on)
-    and work on them, ``CONCURRENCY`` at a time. Attempt ``n``
-    failing is retried after ``retry_seconds[n - 1]``; the attempt after the last of them failing marks the
-    revocation failed. Raises what the store raises (its database away: the next round tries again)."""
+    """One round: lease up to ``BATCH`` due revocations (``lease_seconds``, renewed while they are worked on) and
+    work on them, ``CONCURRENCY`` at a time. Attempt ``n`` failing is retried after ``retry_seconds[n - 1]``; the
+    attempt after the last of them failing marks the revocation failed. Raises what the store raises (its
+    database away: the next round tries again)."""
     claimed_at = deps.clock.now()
     jobs = await deps.store.claim_revocations(claimed_at, lease_seconds, BATCH)
     if not jobs:
