@@ -345,7 +345,12 @@ def cmd_credentials_reconcile(_: argparse.Namespace) -> int:
     async def run() -> None:
         outcome.append(await _credentials_reconcile(settings, sys.stdout))
 
-    return _run(run()) or (outcome[0] if outcome else 2)
+    try:
+        return _run(run()) or (outcome[0] if outcome else 2)
+    except KeyboardInterrupt:  # Ctrl-C, in the wait or mid-revocation (a revocation begun is given back, due now)
+        print("grantbot: interrupted; what is not removed yet is still queued: run it again to finish",
+              file=sys.stderr)
+        return 130
 
 
 def _policy_or_exit(path: Path):

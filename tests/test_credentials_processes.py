@@ -157,6 +157,63 @@ async def test_three_replicas_drop_each_role_once_and_say_so_once(spawn, target,
         check_log(replica, [c["password"] for c in credentials])
 
 
+async def _killed_mid_revocation(spawn, target, tmp_path, database_url, relay: TcpProxy):
+    """A grantbot whose provider connection goes through ``relay``, killed (-9) while it revokes a grant's role
+    with the relay silent; the relay restored. Returns the process, the credential and the pipeline's session."""
+    proc = configure(spawn(name="grantbot"), target, tmp_path)
+    proc.env[target.url_env] = f"postgresql://postgres@127.0.0.1:{relay.port}/{target.database}"
+    # Limits longer than the test: the revocation waits on the silent network until the kill.
+    proc.env["GRANTBOT_POLICY_FILE"] = str(target.policy(tmp_path, options="{connect_timeout: 60, "
+                                                                           "statement_timeout: 60}"))
+    await at_head(proc)
+    await proc.start()
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, proc.base_url, proc.now)
+        status, created = await api.request_access(STAGING_READ)
+        assert status == 201, created
+        grant = created["grant"]
+        [credential] = grant["credentials"]
+        session = await target.login(credential)
+        relay.blackhole()
+        status, answer = await api.call("POST", f"/v1/grants/{grant['id']}/revoke")
+        assert status == 200 and answer["status"] == "revoked", answer
+
+    async def leased() -> bool:
+        return await rows(database_url, "SELECT id FROM credentials WHERE revocation = 'pending' "
+                                        "AND locked_until IS NOT NULL AND attempts = 1") != []
+    await eventually(leased)
+    assert await proc.kill(signal.SIGKILL) == -signal.SIGKILL
+    relay.restore()
+    assert not await session_ended(session)
+    return proc, credential, session
+
+
+async def _reconcile_until_it_waits(proc: Process) -> tuple[asyncio.subprocess.Process, list[str]]:
+    reconcile = await asyncio.create_subprocess_exec(
+        *grantbot_command("credentials"), "reconcile", env={**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    printed: list[str] = []
+    try:
+        while not any(line.startswith("waiting for 1 revocation(s)") for line in printed):
+            line = await asyncio.wait_for(reconcile.stdout.readline(), 30)
+            assert line, f"reconcile ended without waiting: {printed}"
+            printed.append(line.decode())
+    except BaseException:
+        reconcile.kill()
+        await reconcile.wait()
+        raise
+    return reconcile, printed
+
+
+async def _finish(reconcile: asyncio.subprocess.Process, printed: list[str]) -> str:
+    try:
+        return "".join(printed) + (await asyncio.wait_for(reconcile.communicate(), 30))[0].decode()
+    finally:
+        if reconcile.returncode is None:
+            reconcile.kill()
+            await reconcile.wait()
+
+
 @pytest.mark.slow
 async def test_reconcile_after_kill_9_mid_revocation_takes_it_over_when_the_lease_runs_out(
         spawn, target, tmp_path, database_url):
@@ -166,55 +223,44 @@ async def test_reconcile_after_kill_9_mid_revocation_takes_it_over_when_the_leas
     relay = TcpProxy("127.0.0.1", 5432)  # the provider's admin connection only; the pipeline's goes straight
     await relay.start()
     try:
-        proc = configure(spawn(name="grantbot"), target, tmp_path)
-        proc.env[target.url_env] = f"postgresql://postgres@127.0.0.1:{relay.port}/{target.database}"
-        # Limits longer than the test: the revocation waits on the silent network until the kill.
-        proc.env["GRANTBOT_POLICY_FILE"] = str(target.policy(tmp_path, options="{connect_timeout: 60, "
-                                                                               "statement_timeout: 60}"))
-        await at_head(proc)
-        await proc.start()
-        async with aiohttp.ClientSession() as http:
-            api = Api(http, proc.base_url, proc.now)
-            status, created = await api.request_access(STAGING_READ)
-            assert status == 201, created
-            grant = created["grant"]
-            [credential] = grant["credentials"]
-            session = await target.login(credential)
-            relay.blackhole()
-            status, answer = await api.call("POST", f"/v1/grants/{grant['id']}/revoke")
-            assert status == 200 and answer["status"] == "revoked", answer
-
-        async def leased() -> bool:
-            return await rows(database_url, "SELECT id FROM credentials WHERE revocation = 'pending' "
-                                            "AND locked_until IS NOT NULL AND attempts = 1") != []
-        await eventually(leased)
-        assert await proc.kill(signal.SIGKILL) == -signal.SIGKILL
-        relay.restore()
-        assert not await session_ended(session)
-
-        reconcile = await asyncio.create_subprocess_exec(
-            *grantbot_command("credentials"), "reconcile", env={**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        printed = []
-        try:
-            while not any(line.startswith("waiting for 1 revocation(s)") for line in printed):
-                line = await asyncio.wait_for(reconcile.stdout.readline(), 30)
-                assert line, f"reconcile ended without waiting: {printed}"
-                printed.append(line.decode())
-            await asyncio.sleep(1)
-            assert reconcile.returncode is None and await target.role(credential["username"]) is not None
-            proc.advance(31)  # past the dead process's lease (LEASE_SECONDS, 30 s: nobody renews it)
-            out = "".join(printed) + (await asyncio.wait_for(reconcile.communicate(), 30))[0].decode()
-        finally:
-            if reconcile.returncode is None:
-                reconcile.kill()
-                await reconcile.wait()
+        proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay)
+        reconcile, printed = await _reconcile_until_it_waits(proc)
+        await asyncio.sleep(1)
+        assert reconcile.returncode is None and await target.role(credential["username"]) is not None
+        proc.advance(31)  # past the dead process's lease (LEASE_SECONDS, 30 s: nobody renews it)
+        out = await _finish(reconcile, printed)
         assert reconcile.returncode == 0, out
         assert "revocations: 1 verified" in out and "still not removed" not in out, out
         assert await session_ended(session)
         assert await target.role(credential["username"]) is None
         assert await _all_verified(database_url)
         assert credential["password"] not in out
+        await session.close()
+    finally:
+        await relay.stop()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_ctrl_c_in_the_reconcile_wait_exits_130_in_one_line_and_a_second_run_finishes(
+        spawn, target, tmp_path, database_url):
+    relay = TcpProxy("127.0.0.1", 5432)
+    await relay.start()
+    try:
+        proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay)
+        reconcile, printed = await _reconcile_until_it_waits(proc)
+        reconcile.send_signal(signal.SIGINT)
+        out = await _finish(reconcile, printed)
+        assert reconcile.returncode == 130, out
+        assert "Traceback" not in out and "interrupted" in out, out
+        assert await target.role(credential["username"]) is not None  # nothing was done: it is still queued
+
+        proc.advance(31)
+        again, printed = await asyncio.create_subprocess_exec(
+            *grantbot_command("credentials"), "reconcile", env={**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT), []
+        out = await _finish(again, printed)
+        assert again.returncode == 0 and "revocations: 1 verified" in out, out
+        assert await session_ended(session) and await target.role(credential["username"]) is None
         await session.close()
     finally:
         await relay.stop()

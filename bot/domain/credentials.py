@@ -164,12 +164,14 @@ class RevocationStatus(StrEnum):
 
 @dataclass(frozen=True)
 class RevocationJob:
-    """A claimed revocation (a row of ``credentials`` whose grant ended): which ``account``, and how many attempts
-    this claim makes it (the claim counts one; finishing is fenced by it)."""
+    """A claimed revocation (a row of ``credentials`` whose grant ended): which ``account``, how many attempts
+    this claim makes it since the revocation was queued (the claim counts one: the retry budget), and ``claim``,
+    the row's claim count, which only ever grows (finishing, retrying and renewing are fenced by it)."""
 
     id: int
     account: Account
     attempts: int
+    claim: int = 0
 
     @property
     def grant_id(self) -> str:

@@ -118,6 +118,10 @@ class CredentialStore(Protocol):
         """Extend the leases of ``jobs`` to ``until`` where this claim still holds them (fenced like
         :meth:`finish_revocation`); how many were renewed."""
 
+    async def release_revocations(self, jobs: list[RevocationJob]) -> int:
+        """Give back the leases of ``jobs`` not finished (their worker was cut off), due at once, where this claim
+        still holds them; how many were released."""
+
     async def held_revocations(self, now: datetime) -> tuple[int, datetime | None]:
         """Pending revocations a worker holds at ``now`` (claimed, their lease not run out: a live worker's, or
         one a crashed process left): how many, and when the last of those leases runs out (None if none)."""

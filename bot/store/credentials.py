@@ -2,9 +2,10 @@
 grant, the hand-over lease on a grant, and revocations as a durable job table leased like the outbox.
 
 A revocation is queued in the transaction that ends its grant (``queue_revocations``, called by every path that
-ends one), claimed by a conditional UPDATE that counts an attempt and sets a lease, and finished, retried or
-failed by conditional UPDATEs fenced by that attempt count: a worker whose lease ran out and was claimed again
-changes nothing, so across replicas each revocation's outcome (and its Slack message) is recorded once.
+ends one), claimed by a conditional UPDATE that counts an attempt and a claim and sets a lease, and finished,
+retried, failed or renewed by conditional UPDATEs fenced by that claim count (which, unlike the attempts a requeue
+by hand starts again, never repeats): a worker whose lease ran out and was claimed again changes nothing, so across
+replicas each revocation's outcome (and its Slack message) is recorded once.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def credential_values(account: Account, now: datetime, position: int) -> dict:
         "grant_id": account.grant_id, "request_id": account.request_id, "position": position,
         "provider": account.provider, "kind": account.kind, "username": account.username,
         "target": account.target, "params": account.params, "created_at": now, "revocation": None,
-        "attempts": 0, "not_before": None, "locked_until": None, "last_error": None, "detail": None,
+        "attempts": 0, "claims": 0, "not_before": None, "locked_until": None, "last_error": None, "detail": None,
         "revoked_at": None,
     }
 
@@ -189,15 +190,16 @@ class CredentialQueries:
                 won = (await conn.execute(
                     update(C)
                     .where(C.c.id == due.id, C.c.revocation == RevocationStatus.PENDING.value, free)
-                    .values(locked_until=now + timedelta(seconds=lease_seconds), attempts=C.c.attempts + 1)
+                    .values(locked_until=now + timedelta(seconds=lease_seconds), attempts=C.c.attempts + 1,
+                            claims=C.c.claims + 1)
                     .returning(C.c.grant_id, C.c.request_id, C.c.provider, C.c.kind, C.c.username, C.c.target,
-                               C.c.attempts)
+                               C.c.attempts, C.c.claims)
                 )).first()
                 if won is not None:
                     account = Account(won.grant_id, won.provider, won.kind, won.username, due.expires_at or now,
                                       dict(due.params), dict(won.target), won.request_id, due.identity,
                                       due.environment, tuple(due.scopes or ()), due.issued_at)
-                    claimed.append(RevocationJob(due.id, account, won.attempts))
+                    claimed.append(RevocationJob(due.id, account, won.attempts, won.claims))
         return claimed
 
     async def held_revocations(self, now: datetime) -> tuple[int, datetime | None]:
@@ -209,7 +211,7 @@ class CredentialQueries:
 
     @staticmethod
     def _held(job: RevocationJob):
-        return and_(C.c.id == job.id, C.c.revocation == RevocationStatus.PENDING.value, C.c.attempts == job.attempts)
+        return and_(C.c.id == job.id, C.c.revocation == RevocationStatus.PENDING.value, C.c.claims == job.claim)
 
     async def renew_revocations(self, jobs: list[RevocationJob], until: datetime) -> int:
         async with self._writer.begin() as conn:
@@ -219,6 +221,15 @@ class CredentialQueries:
                     update(C).where(self._held(job), C.c.locked_until.is_not(None)).values(locked_until=until)
                 )).rowcount
         return renewed
+
+    async def release_revocations(self, jobs: list[RevocationJob]) -> int:
+        async with self._writer.begin() as conn:
+            released = 0
+            for job in jobs:
+                released += (await conn.execute(
+                    update(C).where(self._held(job), C.c.locked_until.is_not(None)).values(locked_until=None)
+                )).rowcount
+        return released
 
     async def finish_revocation(self, job: RevocationJob, now: datetime, detail: dict,
                                 events: list[OutboxEvent]) -> bool:

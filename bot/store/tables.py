@@ -267,7 +267,10 @@ class CredentialRow(SQLModel, table=True):
     params: dict = _json()
     created_at: datetime = _time(nullable=False)
     revocation: str | None = Field(default=None, max_length=16)
-    attempts: int = 0
+    attempts: int = 0  # since the revocation was (re)queued: its retry budget, reset by a requeue by hand
+    # Every claim counts one, never reset: what a worker's outcome is fenced by (attempt numbers repeat after a
+    # requeue, and a stale worker with a repeated number would otherwise pass the fence).
+    claims: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     not_before: datetime | None = _time()
     locked_until: datetime | None = _time()
     last_error: str | None = Field(default=None, max_length=500)

@@ -44,15 +44,17 @@ CONCURRENCY = 8
 
 @dataclass(frozen=True)
 class RevocationRound:
-    """What one round did: revocations verified, given back for a retry, and failed for good."""
+    """What one round did: revocations verified, given back for a retry, failed for good, and ``lost``: claimed,
+    but another worker held them by the time the outcome was to be recorded (it records its own)."""
 
     verified: int = 0
     retried: int = 0
     failed: int = 0
+    lost: int = 0
 
     @property
     def claimed(self) -> int:
-        return self.verified + self.retried + self.failed
+        return self.verified + self.retried + self.failed + self.lost
 
 
 def _outcome_event(job: RevocationJob, kind: EventKind, **payload) -> list[OutboxEvent]:
@@ -87,26 +89,35 @@ async def _revoke(deps: Deps, job: RevocationJob, retry_seconds: tuple[float, ..
             detail = {"summary": report.summary, "report": report.facts,
                       "check": {**check.facts, "checked_at": now.isoformat()}}
             events = _outcome_event(job, EventKind.CREDENTIALS_REVOKED, summary=report.summary, checked=check.checked)
-            if await deps.store.finish_revocation(job, now, detail, events):
-                log.info("revocation verified: %s account %s of grant %s: %s", job.provider, job.username,
-                         job.grant_id, report.summary)
-                if job.request_id:
-                    deps.changes.notify(job.request_id)
+            if not await deps.store.finish_revocation(job, now, detail, events):
+                return _lost(job)
+            log.info("revocation verified: %s account %s of grant %s: %s", job.provider, job.username,
+                     job.grant_id, report.summary)
+            if job.request_id:
+                deps.changes.notify(job.request_id)
             return "verified"
         error = f"after revoking, the check found {check.problem}"
     now = deps.clock.now()
     if permanent or job.attempts > len(retry_seconds):
         events = _outcome_event(job, EventKind.CREDENTIALS_FAILED, error=error, attempts=job.attempts)
-        if await deps.store.fail_revocation(job, now, error, events):
-            log.error("revocation FAILED for good after %d attempt(s): %s account %s of grant %s: %s",
-                      job.attempts, job.provider, job.username, job.grant_id, error)
-            deps.changes.notify(job.request_id or job.grant_id)
+        if not await deps.store.fail_revocation(job, now, error, events):
+            return _lost(job)
+        log.error("revocation FAILED for good after %d attempt(s): %s account %s of grant %s: %s",
+                  job.attempts, job.provider, job.username, job.grant_id, error)
+        deps.changes.notify(job.request_id or job.grant_id)
         return "failed"
     delay = retry_seconds[job.attempts - 1]
-    await deps.store.retry_revocation(job, now + timedelta(seconds=delay), error)
+    if not await deps.store.retry_revocation(job, now + timedelta(seconds=delay), error):
+        return _lost(job)
     log.warning("revocation of %s account %s (grant %s) failed, attempt %d; retrying in %.0f s: %s",
                 job.provider, job.username, job.grant_id, job.attempts, delay, error)
     return "retried"
+
+
+def _lost(job: RevocationJob) -> str:
+    log.info("revocation of %s account %s (grant %s) is another worker's now (its lease ran out); its outcome "
+             "is that worker's to record", job.provider, job.username, job.grant_id)
+    return "lost"
 
 
 async def _keep_leases(deps: Deps, unfinished: dict[int, RevocationJob], lease_seconds: float,
@@ -156,6 +167,12 @@ async def revoke_due_credentials(deps: Deps, retry_seconds: tuple[float, ...] = 
     keeper = asyncio.create_task(_keep_leases(deps, unfinished, lease_seconds, claimed_at))
     try:
         outcomes = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
+    except asyncio.CancelledError:
+        # Cut off (a shutdown past its grace, Ctrl-C): give the unfinished ones back at once rather than leave
+        # them held for a lease. Their attempt stays counted.
+        with contextlib.suppress(Exception):
+            await deps.store.release_revocations(list(unfinished.values()))
+        raise
     finally:
         keeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -163,4 +180,5 @@ async def revoke_due_credentials(deps: Deps, retry_seconds: tuple[float, ...] = 
     for outcome in outcomes:
         if isinstance(outcome, BaseException):  # the store failed (its database away): each lease runs out
             raise outcome
-    return RevocationRound(outcomes.count("verified"), outcomes.count("retried"), outcomes.count("failed"))
+    return RevocationRound(outcomes.count("verified"), outcomes.count("retried"), outcomes.count("failed"),
+                           outcomes.count("lost"))
