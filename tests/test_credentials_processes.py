@@ -157,9 +157,11 @@ async def test_three_replicas_drop_each_role_once_and_say_so_once(spawn, target,
         check_log(replica, [c["password"] for c in credentials])
 
 
-async def _killed_mid_revocation(spawn, target, tmp_path, database_url, relay: TcpProxy):
-    """A grantbot whose provider connection goes through ``relay``, killed (-9) while it revokes a grant's role
-    with the relay silent; the relay restored. Returns the process, the credential and the pipeline's session."""
+async def _killed_mid_revocation(spawn, target, tmp_path, database_url, relay: TcpProxy,
+                                 sig: int = signal.SIGKILL, exit_status: int = -signal.SIGKILL):
+    """A grantbot whose provider connection goes through ``relay``, killed (``sig``, its ``exit_status``) while it
+    revokes a grant's role with the relay silent; the relay restored. Returns the process, the credential and the
+    pipeline's session."""
     proc = configure(spawn(name="grantbot"), target, tmp_path)
     proc.env[target.url_env] = f"postgresql://postgres@127.0.0.1:{relay.port}/{target.database}"
     # Limits longer than the test: the revocation waits on the silent network until the kill.
@@ -182,7 +184,7 @@ async def _killed_mid_revocation(spawn, target, tmp_path, database_url, relay: T
         return await rows(database_url, "SELECT id FROM credentials WHERE revocation = 'pending' "
                                         "AND locked_until IS NOT NULL AND attempts = 1") != []
     await eventually(leased)
-    assert await proc.kill(signal.SIGKILL) == -signal.SIGKILL
+    assert await proc.kill(sig) == exit_status
     relay.restore()
     assert not await session_ended(session)
     return proc, credential, session
@@ -261,6 +263,27 @@ async def test_ctrl_c_in_the_reconcile_wait_exits_130_in_one_line_and_a_second_r
         out = await _finish(again, printed)
         assert again.returncode == 0 and "revocations: 1 verified" in out, out
         assert await session_ended(session) and await target.role(credential["username"]) is None
+        await session.close()
+    finally:
+        await relay.stop()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_sigterm_mid_revocation_gives_the_lease_back_and_the_next_start_finishes_at_once(
+        spawn, target, tmp_path, database_url):
+    """A deploy stopping grantbot (SIGTERM) while a revocation waits on its provider: after the drain's grace the
+    round is cut off and gives its lease back, so the next process takes it over at once, not a lease later."""
+    relay = TcpProxy("127.0.0.1", 5432)
+    await relay.start()
+    try:
+        proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay,
+                                                                 signal.SIGTERM, 0)
+        assert await rows(database_url, "SELECT revocation, locked_until FROM credentials") == [("pending", None)]
+        await proc.start()  # the clock has not moved
+        await eventually(lambda: session_ended(session), timeout=20)
+        await eventually(lambda: _gone(target, credential["username"]), timeout=20)
+        await eventually(lambda: _all_verified(database_url), timeout=20)
+        await proc.kill(signal.SIGTERM)
         await session.close()
     finally:
         await relay.stop()

@@ -158,11 +158,11 @@ async def revoke_due_credentials(deps: Deps, retry_seconds: tuple[float, ...] = 
     unfinished = {job.id: job for job in jobs}
 
     async def one(job: RevocationJob) -> str:
-        try:
-            async with slots:
-                return await _revoke(deps, job, retry_seconds)
-        finally:
-            unfinished.pop(job.id, None)
+        async with slots:
+            outcome = await _revoke(deps, job, retry_seconds)
+        # (Not when cut off or when the store failed: a cut-off one is given back below, the other's lease runs out.)
+        unfinished.pop(job.id, None)
+        return outcome
 
     keeper = asyncio.create_task(_keep_leases(deps, unfinished, lease_seconds, claimed_at))
     try:
