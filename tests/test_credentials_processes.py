@@ -268,6 +268,7 @@ async def test_ctrl_c_in_the_reconcile_wait_exits_130_in_one_line_and_a_second_r
         await relay.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_sigterm_mid_revocation_gives_the_lease_back_and_the_next_start_finishes_at_once(
         spawn, target, tmp_path, database_url):

@@ -207,6 +207,7 @@ async def test_a_silent_database_at_expiry_leaves_the_revocation_pending_then_ve
     await session.close()
 
 
+@pytest.mark.slow
 async def test_a_revocation_under_way_longer_than_its_lease_is_not_taken_over_by_another_replica(
         target, relayed, start_grantbot, tmp_path, clock, database_url):
     """Two replicas; the provider's database goes silent while one of them revokes. Its worker renews the lease
