@@ -280,7 +280,7 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
     from bot.changes import LocalChanges
     from bot.domain.usecases import Deps
     from bot.domain.usecases.reconcile_credentials import reconcile_credentials
-    from bot.domain.usecases.revoke_credentials import revoke_due_credentials
+    from bot.domain.usecases.revoke_credentials import RevocationRound, revoke_due_credentials
     from bot.policy_file import load_policy
     from bot.providers.pool import ProviderPool, ProviderServices
     from bot.store.engine import create_engine
@@ -304,11 +304,11 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
         print(f"reconcile: {found.checked} account(s) grantbot made checked in {len(policy.providers)} provider(s); "
               f"{found.queued} revocation(s) queued for accounts whose grant is not active; "
               f"{found.requeued_failed} failed or waiting revocation(s) queued again", file=out)
-        verified = retried = failed = 0
+        total = RevocationRound()
         waiting = False
         while True:
             while (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
-                verified, retried, failed = verified + done.verified, retried + done.retried, failed + done.failed
+                total += done
             # Those another process holds: a replica working on them now (it renews its lease until its attempt
             # ends), or one that died mid-way (kill -9), whose lease has to run out before anyone may take them
             # over. Wait for either instead of leaving them.
@@ -316,7 +316,7 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
             if not held:
                 # A lease may have run out between the last round and this look: one more round takes it over.
                 if (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
-                    verified, retried, failed = verified + done.verified, retried + done.retried, failed + done.failed
+                    total += done
                     continue
                 break
             if not waiting:
@@ -325,13 +325,13 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
                       f"if it stopped, this command takes them over when its lease runs out (at "
                       f"{until.astimezone(UTC):%H:%M:%S} UTC unless renewed)", file=out, flush=True)
             await asyncio.sleep(RECONCILE_POLL_SECONDS)
-        print(f"revocations: {verified} verified, {retried} failed and will be retried, {failed} failed for good",
-              file=out)
+        print(f"revocations: {total.verified} verified, {total.retried} failed and will be retried, {total.failed} "
+              "failed for good", file=out)
         counts = await store.backlog(deps.clock.now())
         if counts.revocations_failed or counts.revocations_pending:
             print(f"still not removed: {counts.revocations_failed} failed, {counts.revocations_pending} pending "
                   "(`/access show <grant id>` says why)", file=out)
-        return 1 if found.problems or counts.revocations_failed or counts.revocations_pending or retried else 0
+        return 1 if found.problems or counts.revocations_failed or counts.revocations_pending or total.retried else 0
     finally:
         await providers.close()
         await store.engine.dispose()

@@ -22,6 +22,8 @@ from bot.config import Settings
 from bot.domain.clock import FakeClock
 from bot.sandbox import SlackSandbox
 from bot.store.engine import create_engine
+from bot.store.repository import SqlStore
+from bot.store.schema import upgrade
 from bot.web.serving import Listener, listen
 from tests.schema_image import SchemaImage, shared_image
 from tests.support import BOT_TOKEN, CHANNEL, SECRETS, SIGNING_SECRET, Api, assert_no_secrets
@@ -179,6 +181,15 @@ async def start_grantbot(database_url, tmp_path, clock, sandbox, schema_image):
         await http.close()
     for listener in reversed(listeners):
         await listener.close()
+
+
+@pytest.fixture
+async def store(database_url) -> SqlStore:
+    """The store on a migrated database, for tests of its contracts (grouped commits, revocation fencing)."""
+    engine = create_engine(database_url)
+    await upgrade(engine)
+    yield SqlStore(engine)
+    await engine.dispose()
 
 
 @pytest.fixture

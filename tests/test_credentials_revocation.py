@@ -9,13 +9,14 @@ import asyncio
 import base64
 import os
 import subprocess
+import time
 
 import pytest
 from sqlalchemy import text
 
 from bot.web.keys import STORE
 from tests.pg_target import target  # noqa: F401  (fixture)
-from tests.support import CHANNEL, TcpProxy, buttons, cards, eventually, message_text
+from tests.support import CHANNEL, TcpProxy, buttons, cards, eventually, message_text, write_clock_offset
 from tests.test_credentials import PROD_WRITE, STAGING_READ, login_refused, revocation, session_ended, verified
 from tests.test_end_to_end import grantbot_command
 
@@ -297,8 +298,13 @@ async def test_a_revocation_that_keeps_failing_is_failed_with_one_alert_and_reco
     assert not await session_ended(session)  # still open: exactly why it is an alert
 
     relayed.restore()
+    # The command runs on the running grantbot's clock, as replicas share one time: on the wall clock (minutes
+    # behind the test's) its lease would already have run out for grantbot, which would take the revocation over
+    # mid-way and, its own attempt disturbed, leave it pending for a retry.
+    offset = tmp_path / "reconcile-clock-offset"
+    write_clock_offset(offset, clock.now().timestamp() - time.time())
     env = {**os.environ, "GRANTBOT_DATABASE_URL": database_url, "GRANTBOT_POLICY_FILE": str(policy),
-           "GRANTBOT_LOG_LEVEL": "WARNING"}
+           "GRANTBOT_LOG_LEVEL": "WARNING", "GRANTBOT_CLOCK_OFFSET_FILE": str(offset)}
     # Not subprocess.run: the relay lives on this test's event loop, which must keep running meanwhile.
     command = await asyncio.create_subprocess_exec(*grantbot_command("credentials"), "reconcile", env=env,
                                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -9,7 +9,6 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import func, select
 
 from bot.domain.errors import AutoApproveLimitReached
@@ -17,7 +16,6 @@ from bot.domain.models import AccessRequest, AutoApproveQuota, Decision, Request
 from bot.domain.usecases.request_access import new_grant
 from bot.store.engine import create_engine
 from bot.store.repository import SqlStore
-from bot.store.schema import upgrade
 from bot.store.tables import AccessRequestRow, AuditEventRow, GrantRow
 
 R, E, G = AccessRequestRow.__table__, AuditEventRow.__table__, GrantRow.__table__
@@ -31,14 +29,6 @@ def _auto_approved(identity: str = "deploy-bot", rule: str = "staging-read") -> 
         decision=Decision.AUTO_APPROVE, rule=rule, decision_reason="test", approvers=(), channel=None,
         created_at=NOW, expires_at=None, decided_at=NOW, decided_by="policy",
     )
-
-
-@pytest.fixture
-async def store(database_url):
-    engine = create_engine(database_url)
-    await upgrade(engine)
-    yield SqlStore(engine)
-    await engine.dispose()
 
 
 async def test_one_group_keeps_each_callers_guarantees_and_answers_a_failing_item_alone(store):

@@ -8,24 +8,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import text
 
 from bot.domain.credentials import Account
-from bot.store.engine import create_engine
-from bot.store.repository import SqlStore
-from bot.store.schema import upgrade
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 LEASE = 30
-
-
-@pytest.fixture
-async def store(database_url):
-    engine = create_engine(database_url)
-    await upgrade(engine)
-    yield SqlStore(engine)
-    await engine.dispose()
 
 
 def at(seconds: float) -> datetime:

@@ -171,7 +171,7 @@ class RevocationJob:
     id: int
     account: Account
     attempts: int
-    claim: int = 0
+    claim: int
 
     @property
     def grant_id(self) -> str:

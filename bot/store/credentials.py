@@ -214,22 +214,20 @@ class CredentialQueries:
         return and_(C.c.id == job.id, C.c.revocation == RevocationStatus.PENDING.value, C.c.claims == job.claim)
 
     async def renew_revocations(self, jobs: list[RevocationJob], until: datetime) -> int:
-        async with self._writer.begin() as conn:
-            renewed = 0
-            for job in jobs:  # a round's batch at most (20): one statement each, fenced like the rest
-                renewed += (await conn.execute(
-                    update(C).where(self._held(job), C.c.locked_until.is_not(None)).values(locked_until=until)
-                )).rowcount
-        return renewed
+        return await self._set_leases(jobs, until)
 
     async def release_revocations(self, jobs: list[RevocationJob]) -> int:
+        return await self._set_leases(jobs, None)
+
+    async def _set_leases(self, jobs: list[RevocationJob], until: datetime | None) -> int:
+        """Set the lease of each of ``jobs`` still held by its claim; how many were."""
         async with self._writer.begin() as conn:
-            released = 0
-            for job in jobs:
-                released += (await conn.execute(
-                    update(C).where(self._held(job), C.c.locked_until.is_not(None)).values(locked_until=None)
+            changed = 0
+            for job in jobs:  # a round's batch at most (20): one statement each, fenced like the rest
+                changed += (await conn.execute(
+                    update(C).where(self._held(job), C.c.locked_until.is_not(None)).values(locked_until=until)
                 )).rowcount
-        return released
+        return changed
 
     async def finish_revocation(self, job: RevocationJob, now: datetime, detail: dict,
                                 events: list[OutboxEvent]) -> bool:

@@ -56,6 +56,10 @@ class RevocationRound:
     def claimed(self) -> int:
         return self.verified + self.retried + self.failed + self.lost
 
+    def __add__(self, other: RevocationRound) -> RevocationRound:
+        return RevocationRound(self.verified + other.verified, self.retried + other.retried,
+                               self.failed + other.failed, self.lost + other.lost)
+
 
 def _outcome_event(job: RevocationJob, kind: EventKind, **payload) -> list[OutboxEvent]:
     # An orphan (no request) has no card: its alert goes to the default channel under a key of its own.
@@ -126,7 +130,7 @@ async def _keep_leases(deps: Deps, unfinished: dict[int, RevocationJob], lease_s
     passed on the clock since the last renewal, so that no other process takes over a revocation still under way
     (it would only be fenced off, but the provider would be asked twice). A renewal the database refuses is tried
     again at the next look (said once until one succeeds); meanwhile the lease may run out, and the outcome
-    stays fenced by the attempt count."""
+    stays fenced by the claim count."""
     failing = False
     while True:
         await asyncio.sleep(RENEW_CHECK_SECONDS)
