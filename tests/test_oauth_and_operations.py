@@ -56,8 +56,10 @@ async def test_the_holder_revokes_its_own_grant_once(grantbot, sandbox):
 
 
 async def test_metadata_metrics_and_openapi(grantbot):
-    await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
+    _, approved = await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"]})
     await grantbot.api.request_access({"environment": "staging", "scopes": ["db:admin"]})
+    for token in (approved["grant"]["access_token"], approved["grant"]["access_token"], "not-a-token"):
+        await grantbot.api.introspect(token)
     http, base = grantbot.api.http, grantbot.base_url
     async with http.get(base + "/.well-known/oauth-authorization-server") as resp:
         meta = await resp.json()
@@ -68,6 +70,12 @@ async def test_metadata_metrics_and_openapi(grantbot):
         metrics = await resp.text()
     assert 'grantbot_access_requests_total{status="approved"} 1.0' in metrics
     assert 'grantbot_access_requests_total{status="denied"} 1.0' in metrics
+    assert 'grantbot_introspections_total{active="true"} 2.0' in metrics
+    assert 'grantbot_introspections_total{active="false"} 1.0' in metrics
+    assert ('grantbot_http_request_duration_seconds_count{method="POST",route="/oauth/introspect",status="200"} 3.0'
+            in metrics)
+    assert ('grantbot_http_request_duration_seconds_count{method="POST",route="/v1/access-requests",status="403"} 1.0'
+            in metrics)
     async with http.get(base + "/openapi.json") as resp:
         doc = await resp.json()
     assert doc["openapi"] == "3.1.0"

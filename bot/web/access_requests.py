@@ -205,7 +205,8 @@ async def _create(request: web.Request, raw: bytes, caller: Caller, used_token: 
     payload = view_json(view, deps.clock.now())
     status = view.request.status
     if not view.replayed:
-        request.app[METRICS].access_requests.labels(status=status.value).inc()
+        metrics = request.app[METRICS]
+        metrics.child(metrics.access_requests, status.value).inc()
     if status is RequestStatus.DENIED:
         return web.json_response(
             {"error": "denied", "detail": f"The policy denies this request: {view.request.decision_reason}.", **payload},

@@ -94,7 +94,8 @@ async def introspect(request: web.Request) -> web.Response:
     if isinstance(token, web.Response):
         return token
     answer = await usecases.introspect(request.app[DEPS], token)
-    request.app[METRICS].introspections.labels(active=str(answer["active"]).lower()).inc()
+    metrics = request.app[METRICS]
+    metrics.child(metrics.introspections, "true" if answer["active"] else "false").inc()
     return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
 

@@ -250,10 +250,11 @@ async def _store(
         deps.observer.request_decided(request, "policy")
     if grant is not None:
         deps.observer.grant_issued(grant)
-    log.info("access request %s of %s for %s in %s: %s (%s)", request.id, request.identity, " ".join(request.scopes),
-             request.environment, request.status.value, request.decision_reason,
-             extra={"access_request": request.id, "identity": request.identity, "decision": request.decision.value,
-                    "status": request.status.value, "rule": request.rule})
+    if log.isEnabledFor(logging.INFO):  # its fields are not built for nothing at WARNING
+        log.info("access request %s of %s for %s in %s: %s (%s)", request.id, request.identity,
+                 " ".join(request.scopes), request.environment, request.status.value, request.decision_reason,
+                 extra={"access_request": request.id, "identity": request.identity,
+                        "decision": request.decision.value, "status": request.status.value, "rule": request.rule})
     return RequestView(request, grant, token, credentials=credentials)
 
 
