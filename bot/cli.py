@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -268,13 +269,13 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return _run(_audit_export(settings, since, sys.stdout))
 
 
-async def _credentials_reconcile(settings: Settings, out) -> int:
+async def _credentials_reconcile(settings: Settings, out, max_wait_seconds: float | None = None) -> int:
     """Queue again every failed revocation (and bring forward those waiting for a retry), reconcile every
     provider's accounts with the grants, and work through the due revocations now, waiting for those another
     process holds (until its attempt ends, or, if it died, until its lease runs out: ``LEASE_SECONDS`` of
-    bot.domain.usecases.revoke_credentials, then taking them over); prints what happened. Exit status 1 when
-    something is still not removed (a revocation failed again or is still pending, a provider could not be
-    asked)."""
+    bot.domain.usecases.revoke_credentials, then taking them over) for at most ``max_wait_seconds`` of real time
+    (None: no limit); prints what happened. Exit status 1 when something is still not removed (a revocation
+    failed again or is still pending or held, a provider could not be asked)."""
     from datetime import UTC
 
     from bot.changes import LocalChanges
@@ -306,6 +307,8 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
               f"{found.requeued_failed} failed or waiting revocation(s) queued again", file=out)
         total = RevocationRound()
         waiting = False
+        # Real time, not grantbot's clock: the limit is the operator's (a script's or a cron job's) patience.
+        wait_ends = None if max_wait_seconds is None else time.monotonic() + max_wait_seconds
         while True:
             while (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
                 total += done
@@ -318,6 +321,11 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
                 if (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
                     total += done
                     continue
+                break
+            if wait_ends is not None and time.monotonic() >= wait_ends:
+                print(f"gave up waiting after {max_wait_seconds:g} s (--max-wait): {held} revocation(s) still held "
+                      "by another grantbot process; it is still working on them, or its lease runs out at "
+                      f"{until.astimezone(UTC):%H:%M:%S} UTC: run this again after that", file=out)
                 break
             if not waiting:
                 waiting = True
@@ -337,13 +345,13 @@ async def _credentials_reconcile(settings: Settings, out) -> int:
         await store.engine.dispose()
 
 
-def cmd_credentials_reconcile(_: argparse.Namespace) -> int:
+def cmd_credentials_reconcile(args: argparse.Namespace) -> int:
     settings = _load_settings()
     _setup_logging(settings.log_level)
     outcome: list[int] = []
 
     async def run() -> None:
-        outcome.append(await _credentials_reconcile(settings, sys.stdout))
+        outcome.append(await _credentials_reconcile(settings, sys.stdout, args.max_wait))
 
     try:
         return _run(run()) or (outcome[0] if outcome else 2)
@@ -370,6 +378,17 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
     return key, value
+
+
+def _seconds(text: str) -> float:
+    """argparse type for a duration in seconds (0 or more; fractions allowed)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more (e.g. 60), not {text!r}")
+    return seconds
 
 
 def _policy_path(args: argparse.Namespace) -> Path:
@@ -628,6 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile = credentials_sub.add_parser(
         "reconcile", help="retry failed revocations now and revoke every account grantbot made whose grant is not "
                           "active (settings and policy from the environment, as for serve)")
+    reconcile.add_argument(
+        "--max-wait", type=_seconds, metavar="SECONDS", default=None,
+        help="wait at most this long for revocations another grantbot process holds, then exit 1 (default: until "
+             "they are finished or taken over)")
     reconcile.set_defaults(func=cmd_credentials_reconcile)
 
     dev = sub.add_parser("dev", help="run grantbot with the local Slack sandbox and the example policy")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -262,6 +263,39 @@ async def test_ctrl_c_in_the_reconcile_wait_exits_130_in_one_line_and_a_second_r
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT), []
         out = await _finish(again, printed)
         assert again.returncode == 0 and "revocations: 1 verified" in out, out
+        assert await session_ended(session) and await target.role(credential["username"]) is None
+        await session.close()
+    finally:
+        await relay.stop()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_reconcile_with_max_wait_gives_up_on_a_held_revocation_with_exit_1_and_a_later_run_finishes(
+        spawn, target, tmp_path, database_url):
+    """``--max-wait`` bounds the wait for a revocation another process holds (a script's or cron job's patience):
+    past it reconcile says what is still held and until when, and exits 1, the role untouched."""
+    relay = TcpProxy("127.0.0.1", 5432)
+    await relay.start()
+    try:
+        proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay)
+        env = {**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"}
+        started = time.monotonic()
+        limited = await asyncio.create_subprocess_exec(
+            *grantbot_command("credentials"), "reconcile", "--max-wait", "1", env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out = await _finish(limited, [])
+        assert limited.returncode == 1, out
+        assert "gave up waiting after 1 s (--max-wait): 1 revocation(s) still held" in out, out
+        assert "still not removed: 0 failed, 1 pending" in out, out
+        assert time.monotonic() - started < 20, out  # gave up, did not wait out the 30 s lease
+        assert await target.role(credential["username"]) is not None and not await session_ended(session)
+
+        proc.advance(31)  # the dead process's lease has run out: the next run takes the revocation over
+        again = await asyncio.create_subprocess_exec(
+            *grantbot_command("credentials"), "reconcile", "--max-wait", "1", env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out = await _finish(again, [])
+        assert again.returncode == 0 and "revocations: 1 verified" in out and "gave up" not in out, out
         assert await session_ended(session) and await target.role(credential["username"]) is None
         await session.close()
     finally:
