@@ -119,8 +119,9 @@ class CredentialStore(Protocol):
         :meth:`finish_revocation`); how many were renewed."""
 
     async def release_revocations(self, jobs: list[RevocationJob]) -> int:
-        """Give back the leases of ``jobs`` not finished (their worker was cut off), due at once, where this claim
-        still holds them; how many were released."""
+        """Give back the leases of ``jobs`` not finished (their worker was cut off), due at once and with the
+        cut-off attempt not counted against the retries, where this claim still holds them; how many were
+        released."""
 
     async def held_revocations(self, now: datetime) -> tuple[int, datetime | None]:
         """Pending revocations a worker holds at ``now`` (claimed, their lease not run out: a live worker's, or

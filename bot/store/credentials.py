@@ -214,18 +214,21 @@ class CredentialQueries:
         return and_(C.c.id == job.id, C.c.revocation == RevocationStatus.PENDING.value, C.c.claims == job.claim)
 
     async def renew_revocations(self, jobs: list[RevocationJob], until: datetime) -> int:
-        return await self._set_leases(jobs, until)
+        return await self._set_leases(jobs, {"locked_until": until})
 
     async def release_revocations(self, jobs: list[RevocationJob]) -> int:
-        return await self._set_leases(jobs, None)
+        # The attempt was cut off (a shutdown, Ctrl-C), not failed: it goes back too, so that a rolling deploy
+        # does not use up the retry budget. The claim count, which fences outcomes, still never goes back.
+        return await self._set_leases(jobs, {"locked_until": None, "attempts": C.c.attempts - 1})
 
-    async def _set_leases(self, jobs: list[RevocationJob], until: datetime | None) -> int:
-        """Set the lease of each of ``jobs`` still held by its claim; how many were."""
+    async def _set_leases(self, jobs: list[RevocationJob], values: dict) -> int:
+        """Apply ``values`` (the lease, and on release the attempt) to each of ``jobs`` still held by its claim;
+        how many were."""
         async with self._writer.begin() as conn:
             changed = 0
             for job in jobs:  # a round's batch at most (20): one statement each, fenced like the rest
                 changed += (await conn.execute(
-                    update(C).where(self._held(job), C.c.locked_until.is_not(None)).values(locked_until=until)
+                    update(C).where(self._held(job), C.c.locked_until.is_not(None)).values(**values)
                 )).rowcount
         return changed
 
