@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -219,7 +219,8 @@ class CredentialQueries:
     async def release_revocations(self, jobs: list[RevocationJob]) -> int:
         # The attempt was cut off (a shutdown, Ctrl-C), not failed: it goes back too, so that a rolling deploy
         # does not use up the retry budget. The claim count, which fences outcomes, still never goes back.
-        return await self._set_leases(jobs, {"locked_until": None, "attempts": C.c.attempts - 1})
+        return await self._set_leases(jobs, {"locked_until": None,
+                                             "attempts": case((C.c.attempts > 0, C.c.attempts - 1), else_=0)})
 
     async def _set_leases(self, jobs: list[RevocationJob], values: dict) -> int:
         """Apply ``values`` (the lease, and on release the attempt) to each of ``jobs`` still held by its claim;
