@@ -76,6 +76,24 @@ async def test_one_group_keeps_each_callers_guarantees_and_answers_a_failing_ite
     assert audited == received == {request_id: 1 for request_id in written}  # audit rows with their change, once
 
 
+async def test_a_caller_cancelled_mid_group_leaves_the_group_alone(store, caplog):
+    """A caller that goes away (cancelled) while its item waits in a group: the others are answered, its own rows
+    are written all the same (the writer is a task of its own), and nothing is logged as an error."""
+    requests = [_auto_approved() for _ in range(6)]
+    callers = [asyncio.create_task(store.insert_request(r, new_grant(r, NOW), [], None, "hash")) for r in requests]
+    await asyncio.sleep(0)  # every item is queued and a writer is on its way
+    callers[2].cancel()
+    answers = await asyncio.gather(*callers, return_exceptions=True)
+    assert isinstance(answers[2], asyncio.CancelledError)
+    assert [a for i, a in enumerate(answers) if i != 2] == [True] * 5
+
+    async def written() -> set[str]:
+        async with store.engine.connect() as conn:
+            return set((await conn.execute(select(R.c.id))).scalars())
+    assert {r.id for r in requests} <= await written()
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+
+
 async def test_an_exact_quota_holds_across_groups_and_replicas(database_url, store):
     """Two stores (replicas) on one database, many callers each: no more automatic approvals than the limit."""
     other = SqlStore(create_engine(database_url))

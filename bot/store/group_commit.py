@@ -133,8 +133,9 @@ class GroupCommit:
             writer_task = asyncio.get_running_loop().create_task(self._drain())
             self._writers.add(writer_task)  # a strong reference while it runs
             writer_task.add_done_callback(self._writers.discard)
-        # Shielded: a caller cancelled while its item is being written leaves the group's write alone.
-        return await asyncio.shield(future)
+        # A caller cancelled here cancels only its own future: its item stays in the group, the writer (a task of
+        # its own) writes it anyway and skips answering a future that is done (``_answer``). No shield needed.
+        return await future
 
     async def close(self, timeout: float) -> None:
         """For shutdown, before the pool is closed: wait up to ``timeout`` seconds for the writers to write what is
