@@ -307,8 +307,10 @@ async def _credentials_reconcile(settings: Settings, out, max_wait_seconds: floa
               f"{found.requeued_failed} failed or waiting revocation(s) queued again", file=out)
         total = RevocationRound()
         waiting = False
-        # Real time, not grantbot's clock: the limit is the operator's (a script's or a cron job's) patience.
-        wait_ends = None if max_wait_seconds is None else time.monotonic() + max_wait_seconds
+        # Real time, not grantbot's clock: the limit is the operator's (a script's or a cron job's) patience, and
+        # counts from the first look that finds revocations held elsewhere (this command's own work is not waiting).
+        wait_ends: float | None = None
+        gave_up = False
         while True:
             while (done := await revoke_due_credentials(deps, settings.revocation_retries)).claimed:
                 total += done
@@ -322,7 +324,10 @@ async def _credentials_reconcile(settings: Settings, out, max_wait_seconds: floa
                     total += done
                     continue
                 break
+            if wait_ends is None and max_wait_seconds is not None:
+                wait_ends = time.monotonic() + max_wait_seconds
             if wait_ends is not None and time.monotonic() >= wait_ends:
+                gave_up = True
                 print(f"gave up waiting after {max_wait_seconds:g} s (--max-wait): {held} revocation(s) still held "
                       "by another grantbot process; it is still working on them, or its lease runs out at "
                       f"{until.astimezone(UTC):%H:%M:%S} UTC: run this again after that", file=out)
@@ -332,14 +337,18 @@ async def _credentials_reconcile(settings: Settings, out, max_wait_seconds: floa
                 print(f"waiting for {held} revocation(s) another grantbot process holds: it finishes them, or, "
                       f"if it stopped, this command takes them over when its lease runs out (at "
                       f"{until.astimezone(UTC):%H:%M:%S} UTC unless renewed)", file=out, flush=True)
-            await asyncio.sleep(RECONCILE_POLL_SECONDS)
+            pause = RECONCILE_POLL_SECONDS
+            if wait_ends is not None:
+                pause = max(0.0, min(pause, wait_ends - time.monotonic()))
+            await asyncio.sleep(pause)
         print(f"revocations: {total.verified} verified, {total.retried} failed and will be retried, {total.failed} "
               "failed for good", file=out)
         counts = await store.backlog(deps.clock.now())
         if counts.revocations_failed or counts.revocations_pending:
             print(f"still not removed: {counts.revocations_failed} failed, {counts.revocations_pending} pending "
                   "(`/access show <grant id>` says why)", file=out)
-        return 1 if found.problems or counts.revocations_failed or counts.revocations_pending or total.retried else 0
+        return 1 if (found.problems or counts.revocations_failed or counts.revocations_pending or total.retried
+                     or gave_up) else 0
     finally:
         await providers.close()
         await store.engine.dispose()
@@ -388,7 +397,7 @@ def _seconds(text: str) -> float:
         seconds = -1.0
     if not 0 <= seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more (e.g. 60), not {text!r}")
-    return seconds
+    return seconds + 0.0  # "-0" is 0
 
 
 def _policy_path(args: argparse.Namespace) -> Path:

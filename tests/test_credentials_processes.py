@@ -313,11 +313,16 @@ async def test_sigterm_mid_revocation_gives_the_lease_back_and_the_next_start_fi
     try:
         proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay,
                                                                  signal.SIGTERM, 0)
-        assert await rows(database_url, "SELECT revocation, locked_until FROM credentials") == [("pending", None)]
+        # The cut-off attempt is given back with the lease (a rolling deploy must not use up the retries); the
+        # claim count keeps it.
+        assert await rows(database_url, "SELECT revocation, locked_until, attempts, claims FROM credentials") == [
+            ("pending", None, 0, 1)]
         await proc.start()  # the clock has not moved
         await eventually(lambda: session_ended(session), timeout=20)
         await eventually(lambda: _gone(target, credential["username"]), timeout=20)
         await eventually(lambda: _all_verified(database_url), timeout=20)
+        assert await rows(database_url, "SELECT data->>'attempts', data->>'claims' FROM audit_events "
+                                        "WHERE kind = 'credentials.revoked'") == [("1", "2")]
         await proc.kill(signal.SIGTERM)
         await session.close()
     finally:

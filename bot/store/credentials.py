@@ -242,7 +242,8 @@ class CredentialQueries:
             if won.rowcount != 1:
                 return False
             await self._audit(conn, now, "credentials.revoked", "revocation", job.request_id, job.grant_id,
-                              provider=job.provider, username=job.username, attempts=job.attempts, **detail)
+                              provider=job.provider, username=job.username, attempts=job.attempts, claims=job.claim,
+                              **detail)
             await self._add_events(conn, events, now)
         return True
 
@@ -260,7 +261,7 @@ class CredentialQueries:
                 return False
             await self._audit(conn, now, "credentials.revocation_failed", "revocation", job.request_id, job.grant_id,
                               provider=job.provider, username=job.username, attempts=job.attempts,
-                              error=error[:500])
+                              claims=job.claim, error=error[:500])
             await self._add_events(conn, events, now)
         return True
 

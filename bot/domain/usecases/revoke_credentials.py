@@ -173,7 +173,8 @@ async def revoke_due_credentials(deps: Deps, retry_seconds: tuple[float, ...] = 
         outcomes = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
     except asyncio.CancelledError:
         # Cut off (a shutdown past its grace, Ctrl-C): give the unfinished ones back at once rather than leave
-        # them held for a lease. Their attempt stays counted.
+        # them held for a lease. Their attempt is given back with the lease (it was cut off, not failed); the
+        # claim count, recorded with the outcome, still counts every time a provider was asked.
         with contextlib.suppress(Exception):
             await deps.store.release_revocations(list(unfinished.values()))
         raise
