@@ -127,6 +127,25 @@ class Figures:
     p50_ms: float
     p99_ms: float
     refused: int  # answers that were not 2xx/3xx
+    cpu_us: float = 0.0  # the server's CPU (user + system, every thread and worker) per request, in µs
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) and of its child processes still running
+    (the workers of ``serve --workers N``), from ``/proc``; 0 without it. Steadier than requests/s when other
+    processes share the machine: a change of a few per cent shows here first."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (proc(5) fields 14 and 15)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or no /proc
+            continue
+    return total
 
 
 def _ms(text: str) -> float:
@@ -225,6 +244,18 @@ class Server:
 
 
 def measure(path: str, server: Server, tmp: Path, args: argparse.Namespace) -> Figures:
+    """The measured wrk run on ``path`` (after a warm-up), with the server's CPU per request."""
+    script, lines = _prepare(path, server, tmp, args)
+    before = cpu_seconds(server.process.pid)
+    figures = run_wrk(server.port, script, lines, args.duration, args.connections)
+    answered = figures.requests_per_second * args.duration
+    if answered:
+        figures.cpu_us = (cpu_seconds(server.process.pid) - before) / answered * 1e6
+    return figures
+
+
+def _prepare(path: str, server: Server, tmp: Path, args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The wrk script (and the pre-signed lines) for ``path``, after a one-second warm-up on the server."""
     if path == "request":  # (main() accepts request and introspect only)
         lines = tmp / "signed.txt"
         lines.write_text(presigned_lines(args.duration * args.max_rate))
@@ -234,12 +265,12 @@ def measure(path: str, server: Server, tmp: Path, args: argparse.Namespace) -> F
         warm = tmp / "warm.txt"
         warm.write_text(presigned_lines(2000))
         run_wrk(server.port, script, warm, 1, args.connections)
-        return run_wrk(server.port, script, lines, args.duration, args.connections)
+        return script, lines
     token = server.live_token() if "GRANTBOT_DATABASE_URL" in server.env else "x" * 600
     script = tmp / "introspect.lua"
     script.write_text(INTROSPECT_LUA % (base64.b64encode(":".join(INTROSPECTION).encode()).decode(), token))
     run_wrk(server.port, script, None, 1, args.connections)
-    return run_wrk(server.port, script, None, args.duration, args.connections)
+    return script, None
 
 
 def main() -> None:
@@ -275,8 +306,9 @@ def main() -> None:
                     results.setdefault((database, path, "grantbot"), []).append(measure(path, bot, tmp, args))
                 print(".", end="", flush=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}\n")
-    print("| database | path | echo req/s | grantbot req/s | ratio | grantbot p50 | grantbot p99 | refused |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| database | path | echo req/s | grantbot req/s | ratio | grantbot p50 | grantbot p99 | refused "
+          "| echo CPU/request | grantbot CPU/request |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for database in args.databases.split(","):
         for path in args.paths.split(","):
             echo, bot = results[(database, path, "echo")], results[(database, path, "grantbot")]
@@ -284,7 +316,8 @@ def main() -> None:
             bot_rps = statistics.median(f.requests_per_second for f in bot)
             print(f"| {database} | {path} | {echo_rps:,.0f} | {bot_rps:,.0f} | {100 * bot_rps / echo_rps:.1f} % | "
                   f"{statistics.median(f.p50_ms for f in bot):.1f} ms | {statistics.median(f.p99_ms for f in bot):.1f} ms"
-                  f" | {sum(f.refused for f in bot)} |")
+                  f" | {sum(f.refused for f in bot)} | {statistics.median(f.cpu_us for f in echo):.0f} µs"
+                  f" | {statistics.median(f.cpu_us for f in bot):.0f} µs |")
 
 
 if __name__ == "__main__":
