@@ -304,7 +304,7 @@ async def _credentials_reconcile(settings: Settings, out, max_wait_seconds: floa
             print(f"grantbot: {problem}", file=sys.stderr)
         print(f"reconcile: {found.checked} account(s) grantbot made checked in {len(policy.providers)} provider(s); "
               f"{found.queued} revocation(s) queued for accounts whose grant is not active; "
-              f"{found.requeued_failed} failed or waiting revocation(s) queued again", file=out)
+              f"{found.requeued_failed} failed or waiting revocation(s) queued again", file=out, flush=True)
         total = RevocationRound()
         waiting = False
         # Real time, not grantbot's clock: the limit is the operator's (a script's or a cron job's) patience, and

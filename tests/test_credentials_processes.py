@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from bot.providers.postgresql import scram_verifier
 from bot.store.engine import create_engine
+from bot.store.repository import SqlStore
 from tests.pg_target import target  # noqa: F401  (fixture)
 from tests.support import Api, TcpProxy, eventually
 from tests.test_credentials import STAGING_READ, session_ended
@@ -159,10 +160,11 @@ async def test_three_replicas_drop_each_role_once_and_say_so_once(spawn, target,
 
 
 async def _killed_mid_revocation(spawn, target, tmp_path, database_url, relay: TcpProxy,
-                                 sig: int = signal.SIGKILL, exit_status: int = -signal.SIGKILL):
+                                 sig: int = signal.SIGKILL, exit_status: int = -signal.SIGKILL,
+                                 others: list | None = None):
     """A grantbot whose provider connection goes through ``relay``, killed (``sig``, its ``exit_status``) while it
     revokes a grant's role with the relay silent; the relay restored. Returns the process, the credential and the
-    pipeline's session."""
+    pipeline's session. ``others``: a list to which one more grant, still active, is added (made first)."""
     proc = configure(spawn(name="grantbot"), target, tmp_path)
     proc.env[target.url_env] = f"postgresql://postgres@127.0.0.1:{relay.port}/{target.database}"
     # Limits longer than the test: the revocation waits on the silent network until the kill.
@@ -172,6 +174,10 @@ async def _killed_mid_revocation(spawn, target, tmp_path, database_url, relay: T
     await proc.start()
     async with aiohttp.ClientSession() as http:
         api = Api(http, proc.base_url, proc.now)
+        if others is not None:
+            status, other = await api.request_access({**STAGING_READ, "reason": "another grant"})
+            assert status == 201, other
+            others.append(other["grant"])
         status, created = await api.request_access(STAGING_READ)
         assert status == 201, created
         grant = created["grant"]
@@ -297,6 +303,47 @@ async def test_reconcile_with_max_wait_gives_up_on_a_held_revocation_with_exit_1
         out = await _finish(again, [])
         assert again.returncode == 0 and "revocations: 1 verified" in out and "gave up" not in out, out
         assert await session_ended(session) and await target.role(credential["username"]) is None
+        await session.close()
+    finally:
+        await relay.stop()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_max_wait_counts_from_the_first_look_at_revocations_held_elsewhere_not_from_its_own_work(
+        spawn, target, tmp_path, database_url):
+    """Reconcile's own revocation taking longer than ``--max-wait`` (its provider slow) does not use up the wait:
+    it still says it waits for the one a dead process holds, and only then gives up. (The limit once counted from
+    the start of the rounds, so a slow own round gave up without waiting.)"""
+    relay = TcpProxy("127.0.0.1", 5432)
+    await relay.start()
+    others: list = []
+    try:
+        proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay,
+                                                                 others=others)
+        [other] = others
+        [other_credential] = other["credentials"]
+        # Another replica revokes the other grant (its revocation queued, due now, held by nobody).
+        store = SqlStore(create_engine(database_url))
+        try:
+            now = datetime.fromtimestamp(proc.now(), UTC)
+            assert await store.revoke_grant(other["id"], "other-replica", now, [])
+        finally:
+            await store.engine.dispose()
+        reconcile = await asyncio.create_subprocess_exec(
+            *grantbot_command("credentials"), "reconcile", "--max-wait", "0.5",
+            env={**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        printed = [(await asyncio.wait_for(reconcile.stdout.readline(), 30)).decode()]
+        assert printed[0].startswith("reconcile: "), printed  # the roles listed; its own revocation comes next
+        relay.blackhole()  # its own revocation waits on a silent provider, longer than --max-wait
+        await asyncio.sleep(1.5)
+        relay.restore()
+        out = await _finish(reconcile, printed)
+        assert reconcile.returncode == 1, out
+        assert "revocations: 1 verified" in out, out  # its own, the other grant's
+        waiting, gave_up = out.find("waiting for 1 revocation(s)"), out.find("gave up waiting after 0.5 s")
+        assert -1 < waiting < gave_up, out
+        assert await target.role(other_credential["username"]) is None
+        assert await target.role(credential["username"]) is not None  # the dead process's, left to its lease
         await session.close()
     finally:
         await relay.stop()
