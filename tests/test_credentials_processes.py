@@ -197,10 +197,22 @@ async def _killed_mid_revocation(spawn, target, tmp_path, database_url, relay: T
     return proc, credential, session
 
 
-async def _reconcile_until_it_waits(proc: Process) -> tuple[asyncio.subprocess.Process, list[str]]:
-    reconcile = await asyncio.create_subprocess_exec(
-        *grantbot_command("credentials"), "reconcile", env={**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"},
+async def _start_reconcile(proc: Process, *options: str) -> asyncio.subprocess.Process:
+    """``grantbot credentials reconcile [options]`` with ``proc``'s settings and clock, its output piped."""
+    return await asyncio.create_subprocess_exec(
+        *grantbot_command("credentials"), "reconcile", *options, env={**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+async def _reconcile(proc: Process, *options: str) -> tuple[int, str]:
+    """Run reconcile to its end: its exit status and everything it printed."""
+    reconcile = await _start_reconcile(proc, *options)
+    out = await _finish(reconcile, [])
+    return reconcile.returncode, out
+
+
+async def _reconcile_until_it_waits(proc: Process) -> tuple[asyncio.subprocess.Process, list[str]]:
+    reconcile = await _start_reconcile(proc)
     printed: list[str] = []
     try:
         while not any(line.startswith("waiting for 1 revocation(s)") for line in printed):
@@ -264,11 +276,8 @@ async def test_ctrl_c_in_the_reconcile_wait_exits_130_in_one_line_and_a_second_r
         assert await target.role(credential["username"]) is not None  # nothing was done: it is still queued
 
         proc.advance(31)
-        again, printed = await asyncio.create_subprocess_exec(
-            *grantbot_command("credentials"), "reconcile", env={**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT), []
-        out = await _finish(again, printed)
-        assert again.returncode == 0 and "revocations: 1 verified" in out, out
+        status, out = await _reconcile(proc)
+        assert status == 0 and "revocations: 1 verified" in out, out
         assert await session_ended(session) and await target.role(credential["username"]) is None
         await session.close()
     finally:
@@ -284,24 +293,17 @@ async def test_reconcile_with_max_wait_gives_up_on_a_held_revocation_with_exit_1
     await relay.start()
     try:
         proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay)
-        env = {**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"}
         started = time.monotonic()
-        limited = await asyncio.create_subprocess_exec(
-            *grantbot_command("credentials"), "reconcile", "--max-wait", "1", env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        out = await _finish(limited, [])
-        assert limited.returncode == 1, out
+        status, out = await _reconcile(proc, "--max-wait", "1")
+        assert status == 1, out
         assert "gave up waiting after 1 s (--max-wait): 1 revocation(s) still held" in out, out
         assert "still not removed: 0 failed, 1 pending" in out, out
         assert time.monotonic() - started < 20, out  # gave up, did not wait out the 30 s lease
         assert await target.role(credential["username"]) is not None and not await session_ended(session)
 
         proc.advance(31)  # the dead process's lease has run out: the next run takes the revocation over
-        again = await asyncio.create_subprocess_exec(
-            *grantbot_command("credentials"), "reconcile", "--max-wait", "1", env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        out = await _finish(again, [])
-        assert again.returncode == 0 and "revocations: 1 verified" in out and "gave up" not in out, out
+        status, out = await _reconcile(proc, "--max-wait", "1")
+        assert status == 0 and "revocations: 1 verified" in out and "gave up" not in out, out
         assert await session_ended(session) and await target.role(credential["username"]) is None
         await session.close()
     finally:
@@ -329,9 +331,7 @@ async def test_max_wait_counts_from_the_first_look_at_revocations_held_elsewhere
             assert await store.revoke_grant(other["id"], "other-replica", now, [])
         finally:
             await store.engine.dispose()
-        reconcile = await asyncio.create_subprocess_exec(
-            *grantbot_command("credentials"), "reconcile", "--max-wait", "0.5",
-            env={**proc.env, "GRANTBOT_LOG_LEVEL": "WARNING"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        reconcile = await _start_reconcile(proc, "--max-wait", "0.5")
         printed = [(await asyncio.wait_for(reconcile.stdout.readline(), 30)).decode()]
         assert printed[0].startswith("reconcile: "), printed  # the roles listed; its own revocation comes next
         relay.blackhole()  # its own revocation waits on a silent provider, longer than --max-wait
