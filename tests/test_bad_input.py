@@ -25,7 +25,8 @@ BAD_BODIES = [
      "without spaces"),
     ("scopes as a string", json.dumps({**GOOD, "scopes": "db:write"}).encode(), 422, "invalid_request", "scopes"),
     ("ttl above the cap", json.dumps({**GOOD, "ttl_seconds": 7200}).encode(), 422, "ttl_too_long", "1800 s cap"),
-    ("ttl not a number", json.dumps({**GOOD, "ttl_seconds": "600"}).encode(), 422, "invalid_request", "ttl_seconds"),
+    ("ttl not a number", json.dumps({**GOOD, "ttl_seconds": "600"}).encode(), 422, "invalid_request",
+     'ttl_seconds: Input should be a valid integer, not a string ("600")'),
     ("negative ttl", json.dumps({**GOOD, "ttl_seconds": -5}).encode(), 422, "invalid_request", "positive"),
     ("unknown environment", json.dumps({**GOOD, "environment": "prod"}).encode(), 422, "unknown_environment",
      "production, staging"),
@@ -62,6 +63,14 @@ async def assert_nothing_stored(grantbot) -> None:
 async def test_an_unsigned_request_is_refused(grantbot):
     status, body = await grantbot.api.request_access(GOOD, sign=False)
     assert status == 401 and body["error"] == "unauthenticated" and "Sign the request" in body["detail"]
+    assert "X-Grantbot-Identity, X-Grantbot-Timestamp and X-Grantbot-Signature are missing" in body["detail"]
+    await assert_nothing_stored(grantbot)
+
+
+async def test_a_request_missing_one_header_is_told_which(grantbot):
+    status, body = await grantbot.api.request_access(GOOD, sign=False, headers={
+        "X-Grantbot-Identity": "deploy-bot", "X-Grantbot-Timestamp": str(int(grantbot.api.now()))})
+    assert status == 401 and body["detail"].startswith("Sign the request: X-Grantbot-Signature is missing;")
     await assert_nothing_stored(grantbot)
 
 

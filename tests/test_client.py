@@ -73,17 +73,25 @@ async def test_every_exit_code_of_grantbot_request(serve, api, sandbox, tmp_path
     denied = await run_grantbot("request", "--environment", "production", "--scope", "db:admin", env=env, cwd=tmp_path)
     assert denied.code == 1 and "rule 'no-admin' denies it" in denied.err
     assert denied.json()["error"] == "denied"
+    denied_status = await run_grantbot("status", denied.json()["id"], env=env, cwd=tmp_path)
+    assert denied_status.code == 1 and denied_status.json()["status"] == "denied", denied_status.err
 
     bad_input = await run_grantbot("request", "--environment", "moon", "--scope", "db:read", env=env, cwd=tmp_path)
     assert bad_input.code == 2 and "Environment 'moon' is not known" in bad_input.err
     wrong_secret = await run_grantbot(*STAGING, env={**env, "GRANTBOT_SECRET": "not-the-secret"}, cwd=tmp_path)
     assert wrong_secret.code == 2 and "signature does not match" in wrong_secret.err
+    assert "check GRANTBOT_IDENTITY (here 'deploy-bot') and GRANTBOT_SECRET" in wrong_secret.err
+    no_scheme = await run_grantbot(*STAGING, "--url", serve.base_url.removeprefix("http://"), env=env, cwd=tmp_path)
+    assert no_scheme.code == 2 and "is not an http:// or https:// URL with a host" in no_scheme.err, no_scheme.err
+    assert "retrying" not in no_scheme.err
     no_identity = await run_grantbot(*STAGING, env=client_env(serve.base_url, identity=None), cwd=tmp_path)
     assert no_identity.code == 2 and "set GRANTBOT_IDENTITY and GRANTBOT_SECRET" in no_identity.err
 
     still_pending = await run_grantbot(*PRODUCTION, "--wait", "1", env=env, cwd=tmp_path)
     assert still_pending.code == 3 and "is still pending" in still_pending.err
     assert still_pending.json()["status"] == "pending" and "grantbot status" in still_pending.err
+    pending_status = await run_grantbot("status", still_pending.json()["id"], env=env, cwd=tmp_path)
+    assert pending_status.code == 3 and pending_status.json()["status"] == "pending", pending_status.err
 
     # Waiting (by default until the pending timeout) for a request nobody decides: it expires, exit 3.
     waiting = await start_grantbot_command(*PRODUCTION, "--reason", "nobody answers", env=env, cwd=tmp_path)
@@ -256,6 +264,7 @@ async def test_release_ends_the_grant_and_status_shows_the_request(serve, api, t
     status = await run_grantbot("status", request_id, env=env, cwd=tmp_path)
     assert status.code == 0 and f"request {request_id} is approved" in status.err
     assert status.json()["grant"]["status"] == "revoked" and "access_token" not in status.json()["grant"]
+    assert status.json()["grant"]["expires_in"] == 0  # the TTL left is none, whatever expires_at had planned
 
 
 async def test_output_token_prints_the_token_alone(serve, api, tmp_path):

@@ -23,15 +23,17 @@ MAX_POLL_SECONDS = 60  # the contract's longest ?wait=
 PENDING_GRACE_SECONDS = 60
 
 
-def refusal(answer: Answer, what: str) -> Stop:
-    """The exit for an answer to ``what`` (a noun phrase: "the access request") that is not the one hoped for."""
+def refusal(answer: Answer, what: str, hint: str = "") -> Stop:
+    """The exit for an answer to ``what`` (a noun phrase: "the access request") that is not the one hoped for;
+    ``hint`` follows a 401's detail (what the client's user should check)."""
     body = answer.body
     detail = body.get("detail") if isinstance(body.get("detail"), str) else ""
     error = body.get("error") or f"HTTP {answer.status}"
     if answer.status == 403 and body.get("error") == "denied":
         return Stop(ExitCode.DENIED, f"denied: {detail}", body)
     if answer.status == 401:
-        return Stop(ExitCode.USAGE, f"grantbot did not accept this client's credentials for {what}: {detail}")
+        return Stop(ExitCode.USAGE, f"grantbot did not accept this client's credentials for {what}: {detail}"
+                    + (f" So {hint}" if hint else ""))
     if 400 <= answer.status < 500:
         return Stop(ExitCode.USAGE, f"grantbot refused {what} (HTTP {answer.status}, {error}): {detail}")
     return Stop(ExitCode.UNREACHABLE, f"grantbot could not serve {what} (HTTP {answer.status}, {error}): {detail}")
@@ -52,6 +54,7 @@ class AccessClient:
     def __init__(self, transport: Transport, say: Callable[[str], None]) -> None:
         self.transport = transport
         self.say = say
+        self._hint = getattr(transport.credentials, "hint", "")
 
     async def request(self, body: dict, *, wait_seconds: float | None, require_exact: bool) -> dict:
         """Ask for access and wait for the decision: at most ``wait_seconds`` (None: until the request's own
@@ -60,7 +63,7 @@ class AccessClient:
         key = str(uuid.uuid4())  # one key for every attempt: a retried POST answers with the request it created
         answer = await self.transport.call("POST", "/v1/access-requests", body, idempotency_key=key)
         if answer.status not in (200, 201, 202):
-            raise refusal(answer, "the access request")
+            raise refusal(answer, "the access request", self._hint)
         view = answer.body
         if view.get("status") == "pending":
             view = await self._wait(view, answer, wait_seconds)
@@ -84,7 +87,7 @@ class AccessClient:
             answer = await self.transport.call("GET", f"/v1/access-requests/{request_id}?wait={poll}",
                                                read_timeout=poll + 30)
             if answer.status != 200:
-                raise refusal(answer, f"the read of request {request_id}")
+                raise refusal(answer, f"the read of request {request_id}", self._hint)
             view = answer.body
         return view
 
@@ -125,20 +128,20 @@ class AccessClient:
         if answer.status == 409:
             raise Stop(ExitCode.NOT_GRANTED, f"grant {grant_id} cannot get a new token: {answer.body.get('detail')}")
         if answer.status != 200 or not answer.body.get("access_token"):
-            raise refusal(answer, f"a new token for grant {grant_id}")
+            raise refusal(answer, f"a new token for grant {grant_id}", self._hint)
         return {**grant, **{k: v for k, v in answer.body.items() if k != "request_id"}}
 
     async def status(self, request_id: str) -> dict:
         answer = await self.transport.call("GET", f"/v1/access-requests/{request_id}")
         if answer.status != 200:
-            raise refusal(answer, f"the read of request {request_id}")
+            raise refusal(answer, f"the read of request {request_id}", self._hint)
         return answer.body
 
     async def release(self, grant_id: str, *, quiet: bool = False) -> dict:
         """End the grant now (``POST /v1/grants/{id}/revoke``); an ended grant stays as it is (idempotent)."""
         answer = await self.transport.call("POST", f"/v1/grants/{grant_id}/revoke")
         if answer.status != 200:
-            raise refusal(answer, f"the release of grant {grant_id}")
+            raise refusal(answer, f"the release of grant {grant_id}", self._hint)
         if not quiet:
             self.say(f"grant {grant_id} is {answer.body.get('status')}")
         return answer.body

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+from yarl import URL
 
 from bot.client import outputs
 from bot.client.access import AccessClient
@@ -106,8 +107,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _connection_options(release)
     release.set_defaults(func=cmd_release)
 
-    status = sub.add_parser("status", help="print an access request's state as JSON",
-                            epilog=EXIT_CODES_HELP, formatter_class=formatter)
+    status = sub.add_parser(
+        "status", help="print an access request's state as JSON",
+        description="Print an access request as JSON; the exit code is its status's, as for request: 0 approved "
+                    "(whether or not its grant has ended since), 1 denied, 3 pending, expired or cancelled.",
+        epilog=EXIT_CODES_HELP, formatter_class=formatter)
     status.add_argument("request_id", metavar="REQUEST_ID")
     _connection_options(status)
     status.set_defaults(func=cmd_status)
@@ -134,7 +138,19 @@ def _say(line: str) -> None:
 
 
 def _base_url(args: argparse.Namespace) -> str:
-    return args.url or os.environ.get("GRANTBOT_URL") or DEFAULT_URL
+    """--url, else $GRANTBOT_URL, else the default; raises :class:`Stop` (usage) for anything but an http(s) URL
+    with a host (retrying "127.0.0.1:8080" for --retry-for would only hide the typo)."""
+    text = args.url or os.environ.get("GRANTBOT_URL") or DEFAULT_URL
+    source = "--url" if args.url else "GRANTBOT_URL" if os.environ.get("GRANTBOT_URL") else "the default URL"
+    try:
+        url = URL(text)
+        usable = url.scheme in ("http", "https") and bool(url.host)
+    except (ValueError, TypeError):
+        usable = False
+    if not usable:
+        raise Stop(ExitCode.USAGE, f"{source} {text!r} is not an http:// or https:// URL with a host; give grantbot's "
+                   f"base URL, e.g. http://127.0.0.1:8080 or https://grantbot.example.com.")
+    return text
 
 
 def _credentials(args: argparse.Namespace) -> Credentials:
@@ -201,12 +217,16 @@ def cmd_release(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+STATUS_EXITS = {"approved": ExitCode.APPROVED, "denied": ExitCode.DENIED}  # pending, expired, cancelled: 3
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     async def work(http: aiohttp.ClientSession) -> int:
         view = await _client(args, http).status(args.request_id)
         print(json.dumps(view, indent=2), flush=True)
         _say(f"request {view.get('id')} is {view.get('status')}")
-        return ExitCode.APPROVED
+        # The request's exit code, as `grantbot request` would have ended on it (a script can branch on it).
+        return STATUS_EXITS.get(view.get("status"), ExitCode.NOT_GRANTED)
 
     return _run(args, work)
 

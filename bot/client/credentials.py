@@ -35,7 +35,10 @@ TOKEN_FETCH_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
 class Credentials(Protocol):
-    """Authentication headers for one attempt of one call (a retry asks again)."""
+    """Authentication headers for one attempt of one call (a retry asks again); ``hint``: what to check when
+    grantbot refuses them (401), in the client's own terms (its settings, not the wire format)."""
+
+    hint: str
 
     async def headers(self, http: aiohttp.ClientSession, method: str, path_qs: str, body: bytes) -> dict[str, str]:
         ...
@@ -47,6 +50,8 @@ class HmacCredentials:
     def __init__(self, identity: str, secret: bytes) -> None:
         self.identity = identity
         self._secret = secret
+        self.hint = (f"check GRANTBOT_IDENTITY (here {identity!r}) and GRANTBOT_SECRET or --secret-file: grantbot "
+                     "must be given this identity with this very secret (GRANTBOT_SECRET_<IDENTITY> on its side).")
 
     async def headers(self, http: aiohttp.ClientSession, method: str, path_qs: str, body: bytes) -> dict[str, str]:
         timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(24)  # 32 characters of [A-Za-z0-9_-]
@@ -65,6 +70,8 @@ class GithubActionsToken:
     def __init__(self, request_url: str, request_token: str, audience: str) -> None:
         self._url = URL(f"{request_url}&audience={quote(audience, safe='')}", encoded=True)
         self._request_token = request_token
+        self.hint = (f"check that grantbot's policy trusts GitHub's issuer for this repository and expects the "
+                     f"audience {audience!r} (--oidc-audience, GRANTBOT_OIDC_AUDIENCE).")
 
     async def headers(self, http: aiohttp.ClientSession, method: str, path_qs: str, body: bytes) -> dict[str, str]:
         return {"Authorization": f"Bearer {await self._fetch(http)}"}
@@ -91,6 +98,8 @@ class BearerToken:
 
     def __init__(self, token: str) -> None:
         self._token = token
+        self.hint = ("check that grantbot's policy trusts this GitLab's issuer and that the job's id_tokens: entry "
+                     "for GRANTBOT_ID_TOKEN has the aud: it expects.")
 
     async def headers(self, http: aiohttp.ClientSession, method: str, path_qs: str, body: bytes) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}

@@ -74,8 +74,12 @@ class HmacAuthenticator:
         timestamp = headers.get(TIMESTAMP_HEADER)
         sent = headers.get(SIGNATURE_HEADER)
         if not identity or not timestamp or not sent:
+            missing = [name for name, value in ((IDENTITY_HEADER, identity), (TIMESTAMP_HEADER, timestamp),
+                                                (SIGNATURE_HEADER, sent)) if not value]
+            lacking = f"{missing[0]} is missing" if len(missing) == 1 else \
+                f"{', '.join(missing[:-1])} and {missing[-1]} are missing"
             raise Unauthenticated(
-                f"Sign the request: send {IDENTITY_HEADER}, {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} "
+                f"Sign the request: {lacking}; send {IDENTITY_HEADER}, {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} "
                 "(or an OIDC bearer token).", who=identity or None, reason="unsigned"
             )
         nonce = headers.get(NONCE_HEADER)

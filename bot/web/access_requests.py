@@ -54,11 +54,20 @@ class AccessRequestBody(BaseModel):
         return check_public_key(value) if value is not None else None
 
 
+_JSON_TYPES = {str: "a string", int: "a number", float: "a number", bool: "true or false", list: "a list",
+               dict: "an object", type(None): "null"}
+
+
 def _explain(exc: ValidationError) -> str:
+    """pydantic's errors as sentences; a wrong JSON type names what was sent (``"600"``, a string, for a number:
+    the body model is strict, so nothing is coerced)."""
     sentences = []
     for error in exc.errors()[:5]:
         where = ".".join(str(p) for p in error["loc"]) or "body"
         message = "is not a field of an access request" if error["type"] == "extra_forbidden" else error["msg"]
+        if error["type"].endswith("_type") and type(error.get("input")) in _JSON_TYPES:
+            sent = json.dumps(error["input"])
+            message += f", not {_JSON_TYPES[type(error['input'])]} ({sent if len(sent) <= 40 else sent[:37] + '...'})"
         sentences.append(f"{where}: {message}")
     return "; ".join(sentences) + "."
 
@@ -85,7 +94,8 @@ def _iso(moment: datetime | None) -> str | None:
 
 def grant_json(grant: Grant, now: datetime, token: str | None, credentials=(), revocation=None) -> dict:
     """The API's grant (DESIGN.md HTTP contract): the token and ``credentials`` only on the hand-over, and once
-    the grant ended with credentials, ``revocation`` ``{"status", "detail"}``."""
+    the grant ended with credentials, ``revocation`` ``{"status", "detail"}``; ``expires_in`` in seconds, 0 once
+    the grant has ended."""
     body = {
         "id": grant.id,
         "status": grant.status.value,
@@ -95,7 +105,10 @@ def grant_json(grant: Grant, now: datetime, token: str | None, credentials=(), r
         "environment": grant.environment,
         "issued_at": _iso(grant.issued_at),
         "expires_at": _iso(grant.expires_at),
-        "expires_in": max(0, int((grant.expires_at - now).total_seconds())),
+        # RFC 6749 §5.1's lifetime: what is left of the token's, so none once the grant has ended (a revoked
+        # grant's expires_at is still its planned end).
+        "expires_in": max(0, int((grant.expires_at - now).total_seconds())) if grant.status is GrantStatus.ACTIVE
+        else 0,
     }
     if token is not None:
         body["access_token"] = token
