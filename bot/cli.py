@@ -192,6 +192,8 @@ def _run(coro) -> int:
     except ValueError as exc:
         print(f"grantbot: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _reader_gone()
     except OSError as exc:
         print(f"grantbot: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -456,10 +458,13 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from bot.domain.models import Caller
-    from bot.domain.policy import explain
+    from bot.domain.policy import explain, unknown_environment
     from bot.providers.kinds import explain_credentials
 
-    policy = _policy_or_exit(args.file)
+    policy = _policy_or_exit(_policy_path(args))
+    if (unknown := unknown_environment(policy, args.environment)) is not None:
+        print(f"refused before any rule: {unknown} (grantbot answers such a request 422)")
+        return 1
     claims = dict(args.claim or [])
     at = args.at or datetime.now(UTC)
     audience = args.audience or policy.audience_for(args.environment)  # as a request naming none gets it
@@ -525,7 +530,13 @@ async def _dev(args: argparse.Namespace) -> None:
         bot_token = "xoxb-sandbox-" + secrets.token_hex(8)
         signing_secret = secrets.token_hex(16)
         sandbox = SlackSandbox(bot_token=bot_token, signing_secret=signing_secret)
-        await sandbox.start(args.host, args.sandbox_port)
+        try:
+            await sandbox.start(args.host, args.sandbox_port)
+        except OSError as exc:
+            why = ("the address is already in use (another grantbot dev, or another program, listens there)"
+                   if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc))
+            raise PortUnavailable(f"cannot listen on {args.host}:{args.sandbox_port} for the Slack sandbox: {why}; "
+                                  "stop that program or choose another port (grantbot dev --sandbox-port)") from None
         overrides.update(slack_bot_token=bot_token, slack_signing_secret=signing_secret,
                          slack_api_url=sandbox.api_url, slack_channel="C0SANDBOX")
     settings = _load_settings(**overrides)
@@ -640,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "reason?, at?, expect, rule?}")
     test.set_defaults(func=cmd_policy_test)
     explain_cmd = policy_sub.add_parser("explain", help="print the decision for a request and why, rule by rule")
-    explain_cmd.add_argument("file", type=Path)
+    explain_cmd.add_argument("file", type=Path, nargs="?",
+                             help="default: the file `grantbot serve` loads ($GRANTBOT_POLICY_FILE, else policy.yaml)")
     explain_cmd.add_argument("--identity", required=True)
     explain_cmd.add_argument("--environment", required=True)
     explain_cmd.add_argument("--scope", action="append", required=True)
@@ -677,9 +689,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# 128 + SIGPIPE: what a shell reports for a command whose reader went away (``cat big | head`` under pipefail).
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``grantbot …``; the exit status. A reader that stops early (``grantbot audit export | head``) ends the
+    command quietly with :data:`EXIT_BROKEN_PIPE`, as it would end ``cat``."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    # stdout's buffer can no longer be flushed: point it at /dev/null, or the interpreter's own flush at exit
+    # prints "Exception ignored … BrokenPipeError" (Python docs, "Note on SIGPIPE").
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from bot.domain.errors import PolicyError
 from bot.domain.models import Caller, Decision
-from bot.domain.policy import Policy, decide
+from bot.domain.policy import Policy, decide, unknown_environment
 from bot.policy_file import locator
 
 
@@ -101,6 +101,10 @@ def run_cases(policy: Policy, cases: list[tuple[int | None, Case]]) -> list[Mism
     when the case names one, differs."""
     mismatches = []
     for index, (line, case) in enumerate(cases):
+        if (unknown := unknown_environment(policy, case.environment)) is not None:
+            mismatches.append(Mismatch(line, index, case, _outcome(case.expect, case.rule),
+                                       f"refused before any rule (422): {unknown}"))
+            continue
         at = case.at or datetime.now(UTC)
         at = at if at.tzinfo else at.replace(tzinfo=UTC)
         # As a request that names none gets its environment's audience, and rules see that one.

@@ -242,3 +242,16 @@ async def test_a_bad_ci_token_is_audited_with_the_identity_it_claims_and_never_t
     assert "not a well-formed JWT" in auth[2][1]
     for token in tokens:
         assert token not in output and token.split(".")[-1] not in output
+
+
+async def test_an_export_whose_reader_went_away_ends_quietly_as_cat_would(grantbot):
+    # `grantbot audit export | head` in a shell: the reader leaves before the export writes (here `true` exits at
+    # once), and the export must end as `cat` would, with no "cannot start" line and no traceback.
+    await grantbot.api.request_access({"environment": "staging", "scopes": ["db:read"], "ttl_seconds": 30})
+    env = {**os.environ, "GRANTBOT_DATABASE_URL": grantbot.settings.database_url}
+    command = " ".join(grantbot_command("audit")) + " export"
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", f'{command} | true; echo "exit=${{PIPESTATUS[0]}}"', env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert out.decode().strip() == "exit=141" and err.decode() == "", (out, err)

@@ -152,3 +152,19 @@ async def test_grantbot_dev_lists_the_local_servers_it_found(dev):
     assert re.search(r"MariaDB 10\.\d+", found["MariaDB"]), found["MariaDB"]
     assert "found: grantbot dev --postgres postgresql://postgres@127.0.0.1:5432/postgres" in found["PostgreSQL"]
     assert "found: kind: redis" in found["Redis"] and "found: kind: rabbitmq" in found["RabbitMQ"]
+
+
+def test_a_sandbox_port_in_use_is_named_with_the_option_that_moves_it(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        sandbox_port = taken.getsockname()[1]
+        dev = Dev(tmp_path, spare_port(), sandbox_port)
+        assert dev.proc.wait(60) == 2, dev.printed()
+    assert dev.printed().strip().splitlines()[-1] == (
+        f"grantbot: cannot listen on 127.0.0.1:{sandbox_port} for the Slack sandbox: the address is already in use "
+        "(another grantbot dev, or another program, listens there); stop that program or choose another port "
+        "(grantbot dev --sandbox-port)"), dev.printed()
+    assert "Traceback" not in dev.printed()

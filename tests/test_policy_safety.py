@@ -136,6 +136,29 @@ def test_policy_test_fails_with_a_diff_naming_the_case_and_its_line(tmp_path):
     assert lines[-1].endswith("5 of 7 case(s) passed, 2 failed")
 
 
+def test_a_case_naming_an_environment_the_policy_does_not_know_fails_as_the_api_refuses_it(tmp_path):
+    # The API answers such a request 422 before any rule; "deny by the default" would hide a typo in the cases.
+    cases = tmp_path / "cases.yaml"
+    cases.write_text("- {identity: deploy-bot, environment: prodution, scopes: [db:write], expect: deny}\n")
+    failed = run("policy", "test", str(EXAMPLE), str(cases))
+    assert failed.returncode == 1
+    assert ("+ got:      refused before any rule (422): Environment 'prodution' is not known to the policy; use one "
+            "of: production, staging.") in failed.stdout.splitlines(), failed.stdout
+
+
+def test_policy_explain_says_an_unknown_environment_is_refused_as_the_api_does(tmp_path):
+    explained = run("policy", "explain", str(EXAMPLE), "--identity", "deploy-bot", "--environment", "prodution",
+                    "--scope", "db:write")
+    assert explained.returncode == 1
+    assert explained.stdout.splitlines() == [
+        "refused before any rule: Environment 'prodution' is not known to the policy; use one of: production, "
+        "staging. (grantbot answers such a request 422)"]
+    default_file = run("policy", "explain", "--identity", "deploy-bot", "--environment", "staging", "--scope",
+                       "db:read", GRANTBOT_POLICY_FILE=str(EXAMPLE))
+    assert default_file.returncode == 0 and default_file.stdout.startswith("decision: auto_approve"), \
+        default_file.stdout + default_file.stderr
+
+
 @pytest.mark.parametrize("text,message", [
     ("- {identity: deploy-bot, environment: staging, scopes: [db:read], expect: maybe}\n",
      "cases.yaml:1: [0].expect: Input should be 'auto_approve'"),

@@ -594,6 +594,16 @@ def decide(
                           lines + (f"default: {policy.default.value}",))
 
 
+def unknown_environment(policy: Policy, environment: str) -> str | None:
+    """Why a request for ``environment`` is refused before any rule is tried (the API's 422
+    ``unknown_environment``), or None when the policy knows it (``Policy.known_environments``). One sentence, for
+    the API, ``policy explain`` and ``policy test`` alike."""
+    known = policy.known_environments()
+    if known is None or environment in known:
+        return None
+    return f"Environment {environment!r} is not known to the policy; use one of: {', '.join(sorted(known))}."
+
+
 def granted_ttl(policy: Policy, rule: Rule | None, requested: int | None) -> int:
     """The TTL in seconds a grant under ``rule`` gets: ``requested`` if within the cap (the rule's
     ``max_ttl_seconds`` and ``defaults.max_ttl_seconds``, whichever is lower), else :class:`TTLTooLong`;

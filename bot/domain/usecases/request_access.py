@@ -32,7 +32,7 @@ from bot.domain.models import (
     OutboxEvent,
     RequestStatus,
 )
-from bot.domain.policy import PolicyDecision, apply_guard_rails, decide, granted_ttl
+from bot.domain.policy import PolicyDecision, apply_guard_rails, decide, granted_ttl, unknown_environment
 from bot.domain.usecases.deps import Deps
 from bot.domain.usecases.issue_credentials import accounts_for, discard_credentials, issue_credentials
 from bot.domain.usecases.read_request import RequestView, hand_over
@@ -67,11 +67,8 @@ def _validate(deps: Deps, body: AccessRequestInput) -> None:
                 f"Scope {scope!r} is not valid: a scope is one word without spaces, quotes or backslashes "
                 "(RFC 6749 §3.3); send several scopes as separate list items."
             )
-    known = deps.policy.known_environments()
-    if known is not None and body.environment not in known:
-        raise UnknownEnvironment(
-            f"Environment {body.environment!r} is not known to the policy; use one of: {', '.join(sorted(known))}."
-        )
+    if (unknown := unknown_environment(deps.policy, body.environment)) is not None:
+        raise UnknownEnvironment(unknown)
     if body.ttl_seconds is not None and body.ttl_seconds <= 0:
         raise InvalidRequest("ttl_seconds must be a positive number of seconds.")
 
