@@ -49,8 +49,9 @@ def _load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise SystemExit(f"grantbot: invalid settings: {errors}") from None
+        errors = "; ".join(f"{Settings.variables_of(e['loc'])}: {e['msg']}" for e in exc.errors())
+        print(f"grantbot: invalid settings: {errors}", file=sys.stderr)
+        raise SystemExit(2) from None  # as every other refusal to start (README: one line, exit status 2)
 
 
 class PortUnavailable(Exception):
@@ -521,10 +522,11 @@ async def _dev(args: argparse.Namespace) -> None:
             policy_file = pg_demo.demo_policy(bundled_policy(), demo, DEV_STATE_DIR / "dev-policy.yaml")
     overrides: dict[str, object] = {
         "host": args.host,
-        "port": args.port,
         "introspection_clients": introspection,
         "policy_file": policy_file,
     }
+    if args.port is not None:
+        overrides["port"] = args.port
     sandbox = None
     if not _load_settings().slack_enabled:
         bot_token = "xoxb-sandbox-" + secrets.token_hex(8)
@@ -676,7 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run grantbot with the local Slack sandbox and the example policy")
     dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
+    # Default: the settings' port (PORT, else 8080), read when dev runs: a bad PORT is then a settings error,
+    # not a traceback of every command's parser.
+    dev.add_argument("--port", type=int, default=None)
     dev.add_argument("--sandbox-port", type=int, default=8081)
     dev.add_argument("--policy", type=Path, default=None, help="policy file (default: the bundled example)")
     dev.add_argument("--postgres", metavar="URL", default=None,

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     )
     policy_file: Path | None = Field(None, validation_alias=_env("GRANTBOT_POLICY_FILE"))
     host: str = Field("127.0.0.1", validation_alias=_env("GRANTBOT_HOST"))
-    port: int = Field(8080, validation_alias=_env("PORT", "GRANTBOT_PORT"))
+    port: int = Field(8080, ge=0, le=65535, validation_alias=_env("PORT", "GRANTBOT_PORT"))
     issuer: str | None = Field(None, validation_alias=_env("GRANTBOT_ISSUER"))
     signing_key_file: Path = Field(Path("grantbot-signing-key.pem"), validation_alias=_env("GRANTBOT_SIGNING_KEY_FILE"))
     # Key rotation: retired keys (PEM, private or public), comma-separated. Their public halves stay in the JWKS
@@ -73,6 +73,26 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(300.0, gt=0, validation_alias=_env("GRANTBOT_RECONCILE_INTERVAL_SECONDS"))
     # Testing aid: a file holding seconds to add to the wall clock, so tests of a real process move time.
     clock_offset_file: Path | None = Field(None, validation_alias=_env("GRANTBOT_CLOCK_OFFSET_FILE"))
+
+    @classmethod
+    def variables_of(cls, loc: tuple) -> str:
+        """The environment variable(s) behind a validation error's ``loc`` ("PORT or GRANTBOT_PORT"): pydantic
+        names a setting by its first alias, which need not be the one that was set."""
+        field = cls.model_fields.get(str(loc[0])) if loc else None
+        if field is None:  # pydantic gives the alias, not the field name
+            field = next((f for f in cls.model_fields.values() if isinstance(f.validation_alias, AliasChoices)
+                          and loc and loc[0] in f.validation_alias.choices), None)
+        if field is None or not isinstance(field.validation_alias, AliasChoices):
+            return ".".join(map(str, loc))
+        return " or ".join(str(choice) for choice in field.validation_alias.choices)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"{value!r} is not a log level; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
 
     @field_validator("timezone")
     @classmethod

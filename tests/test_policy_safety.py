@@ -179,3 +179,19 @@ def test_policy_test_refuses_a_bad_cases_file_with_line_and_key(tmp_path, text, 
 def test_version():
     shown = run("--version")
     assert shown.returncode == 0 and shown.stdout.startswith("grantbot ")
+
+
+@pytest.mark.parametrize("variable,value,message", [
+    ("PORT", "notaport", "grantbot: invalid settings: PORT or GRANTBOT_PORT: Input should be a valid integer"),
+    ("GRANTBOT_PORT", "99999", "grantbot: invalid settings: PORT or GRANTBOT_PORT: Input should be less than or equal "
+                               "to 65535"),
+    ("GRANTBOT_LOG_LEVEL", "LOUD", "grantbot: invalid settings: GRANTBOT_LOG_LEVEL: Value error, 'LOUD' is not a log "
+                                   "level; use DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+])
+def test_a_bad_setting_stops_serve_in_one_line_naming_the_variable(tmp_path, variable, value, message):
+    refused = run("serve", cwd=tmp_path, **{variable: value})
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and refused.stderr.startswith(message), \
+        refused.stderr
+    # The parser of every command no longer reads PORT: other commands still run.
+    assert run("policy", "check", str(EXAMPLE), **{variable: value}).returncode == 0
