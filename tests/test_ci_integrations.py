@@ -182,10 +182,11 @@ async def test_the_github_action_gets_access_and_its_post_step_releases_it(ci, t
                      ACTIONS_ID_TOKEN_REQUEST_TOKEN=RUNNER_TOKEN, **GITHUB_JOB)
     job = GithubJob(tmp_path, env)
     ok, outputs = await job.use(ROOT, {"url": ci.serve.base_url, "environment": "production",
-                                       "scopes": "deploy:api\ndeploy:*", "ttl": "300", "reason": "deploy 42"})
+                                       "scopes": "deploy:api\ndeploy:*", "ttl": "300",
+                                       "reason": "-hotfix: deploy 42"})  # a leading "-" is not an option
     assert ok, job.log
     token = outputs["token"]
-    assert set(outputs) == {"token", "grant-id", "expires-at"} and outputs["grant-id"]
+    assert set(outputs) == {"token", "grant-id", "expires-at", "request-id"} and outputs["grant-id"]
     (install, _), (request, asked), (release, _) = job.log
     assert install == "Install grantbot" and asked.out == f"::add-mask::{token}\n", asked
     assert all(token not in ran.err for _, ran in job.log)
@@ -206,7 +207,7 @@ async def test_the_gitlab_template_gets_access_and_its_after_script_releases_it(
                     ROOT / "ci/gitlab/grantbot.gitlab-ci.yml", ".grantbot",
                     {"id_tokens": {"GRANTBOT_ID_TOKEN": {"aud": "grantbot-gitlab"}},
                      "variables": {"GRANTBOT_URL": ci.serve.base_url, "GRANTBOT_ENVIRONMENT": "production",
-                                   "GRANTBOT_SCOPES": "db:read", "GRANTBOT_TTL": "300"},
+                                   "GRANTBOT_SCOPES": "db:read", "GRANTBOT_TTL": "300", "GRANTBOT_REASON": "-hotfix"},
                      "script": ['printf %s "$GRANTBOT_TOKEN" > token.txt', "echo deployed with $GRANTBOT_GRANT_ID"]},
                     mint=lambda aud: ci.gitlab.mint(ci.serve.now(), aud=aud))
     main, after = await job.run()
@@ -230,3 +231,4 @@ async def test_the_gitlab_template_gets_access_and_its_after_script_releases_it(
     main, after = await denied.run()
     assert main.code == 1 and "denied" in main.err and not (tmp_path / "token.txt").exists()
     assert after.code == 0 and after.err == ""
+    assert list(tmp_path.glob("grantbot-*.env")) == []  # not even an empty one
