@@ -6,6 +6,7 @@ GRANTBOT_CLOCK_OFFSET_FILE instead of waited for."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from aiohttp import web
 from tests.ci_runners import read_commands_file
 from tests.client_support import (HttpRelay, card_for, client_env, finish, pending_request_id, run_bash,
                                    run_grantbot, start_grantbot_command, start_serve, stop_serve)
-from tests.support import SECRETS, Api, cards, eventually, open_modal
+from tests.support import SECRETS, Api, cards, eventually, message_text, open_modal
 from tests.ports import spare_port
 from tests.test_end_to_end import grantbot_command
 
@@ -87,7 +88,7 @@ async def test_every_exit_code_of_grantbot_request(serve, api, sandbox, tmp_path
     no_identity = await run_grantbot(*STAGING, env=client_env(serve.base_url, identity=None), cwd=tmp_path)
     assert no_identity.code == 2 and "set GRANTBOT_IDENTITY and GRANTBOT_SECRET" in no_identity.err
 
-    still_pending = await run_grantbot(*PRODUCTION, "--wait", "1", env=env, cwd=tmp_path)
+    still_pending = await run_grantbot(*PRODUCTION, "--wait", "1", "--leave-pending", env=env, cwd=tmp_path)
     assert still_pending.code == 3 and "is still pending" in still_pending.err
     assert still_pending.json()["status"] == "pending" and "grantbot status" in still_pending.err
     pending_status = await run_grantbot("status", still_pending.json()["id"], env=env, cwd=tmp_path)
@@ -104,6 +105,51 @@ async def test_every_exit_code_of_grantbot_request(serve, api, sandbox, tmp_path
                                      env=env, cwd=tmp_path)
     assert unreachable.code == 4 and "did not answer POST /v1/access-requests within --retry-for 1 s" in \
         unreachable.err and "cannot connect" in unreachable.err
+
+
+def _card_text(sandbox, request_id: str) -> str:
+    return next((message_text(c) for c in cards(sandbox) if request_id in message_text(c)), "")
+
+
+async def test_a_request_nobody_decided_is_cancelled_when_the_client_stops_waiting(serve, api, sandbox, tmp_path):
+    env = client_env(serve.base_url)
+    waiting = await start_grantbot_command(*PRODUCTION, "--wait", "2", env=env, cwd=tmp_path)
+    request_id = await pending_request_id(sandbox, 0)
+    card_as_first_shown = copy.deepcopy(await card_for(sandbox, request_id))
+    gave_up = await finish(waiting)
+    assert gave_up.code == 3 and "so it was cancelled: nobody can approve it after this job" in gave_up.err
+    assert gave_up.json()["status"] == "cancelled" and gave_up.json()["decided_by"] == "deploy-bot"
+    # The card says so (its buttons gone), and an approver clicking the card as first shown is refused.
+    await eventually(lambda: "*Cancelled* by deploy-bot" in _card_text(sandbox, request_id))
+    assert await api.click(card_as_first_shown, "approve", "U0APPROVER") == 200
+    await eventually(lambda: any("This request was already cancelled by deploy-bot." in e["text"]
+                                 for e in sandbox.ephemerals if e["user"] == "U0APPROVER"))
+    status, view = await api.get_request(request_id)
+    assert status == 200 and view["status"] == "cancelled" and "grant" not in view
+    # Cancelling again changes nothing and answers the same (idempotent); another identity sees no such request.
+    assert (await api.call("POST", f"/v1/access-requests/{request_id}/cancel"))[1]["status"] == "cancelled"
+    assert (await api.call("POST", f"/v1/access-requests/{request_id}/cancel", identity="other-bot"))[0] == 404
+
+    # A CI runner stopping the job (SIGTERM), or Ctrl-C, while it waits: the request is cancelled on the way out.
+    for index, (sig, code) in enumerate(((signal.SIGTERM, 143), (signal.SIGINT, 130)), start=1):
+        waiting = await start_grantbot_command(*PRODUCTION, env=env, cwd=tmp_path)
+        said = b""
+        while b"waiting" not in said:
+            said += await asyncio.wait_for(waiting.stderr.readline(), 30)
+        pending_id = await pending_request_id(sandbox, index)
+        waiting.send_signal(sig)
+        ended = await finish(waiting)
+        assert ended.code == code and f"request {pending_id} cancelled: this command was interrupted" in ended.err, \
+            ended.err
+        assert "Traceback" not in ended.err
+        assert (await api.get_request(pending_id))[1]["status"] == "cancelled"
+
+    # --leave-pending keeps the old way: the request waits for a decision, to be collected with `grantbot status`.
+    left = await run_grantbot(*PRODUCTION, "--wait", "1", "--leave-pending", env=env, cwd=tmp_path)
+    assert left.code == 3 and "is still pending" in left.err and left.json()["status"] == "pending"
+    assert await api.click(await card_for(sandbox, left.json()["id"]), "approve", "U0APPROVER") == 200
+    collected = await run_grantbot("status", left.json()["id"], env=env, cwd=tmp_path)
+    assert collected.code == 0 and collected.json()["grant"]["access_token"]
 
 
 async def test_a_secret_on_the_command_line_is_refused_and_a_secret_file_works(serve, tmp_path):

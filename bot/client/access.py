@@ -8,6 +8,7 @@ same grant, the lost one inactive from then on.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,8 @@ MAX_POLL_SECONDS = 60  # the contract's longest ?wait=
 # Past the pending deadline grantbot's sweep expires the request within about a second; a client that still sees
 # it pending this long after stops waiting on its own.
 PENDING_GRACE_SECONDS = 60
+# An interrupted command cancels its pending request within this long (a CI runner kills it soon after SIGTERM).
+WITHDRAW_SECONDS = 5.0
 
 
 def refusal(answer: Answer, what: str, hint: str = "") -> Stop:
@@ -56,18 +59,75 @@ class AccessClient:
         self.say = say
         self._hint = getattr(transport.credentials, "hint", "")
 
-    async def request(self, body: dict, *, wait_seconds: float | None, require_exact: bool) -> dict:
+    async def request(self, body: dict, *, wait_seconds: float | None, require_exact: bool,
+                      leave_pending: bool = False) -> dict:
         """Ask for access and wait for the decision: at most ``wait_seconds`` (None: until the request's own
         pending timeout). Returns the approved request (its ``grant`` holds ``access_token``); raises
-        :class:`Stop` for every other outcome."""
+        :class:`Stop` for every other outcome.
+
+        A request still pending when the wait ends, or when the command is interrupted (the task cancelled:
+        Ctrl-C, SIGTERM), is cancelled, so that nobody approves it after the job that asked is gone; unless
+        ``leave_pending``, for a pipeline that collects it later with ``grantbot status``."""
         key = str(uuid.uuid4())  # one key for every attempt: a retried POST answers with the request it created
         answer = await self.transport.call("POST", "/v1/access-requests", body, idempotency_key=key)
         if answer.status not in (200, 201, 202):
             raise refusal(answer, "the access request", self._hint)
         view = answer.body
         if view.get("status") == "pending":
-            view = await self._wait(view, answer, wait_seconds)
+            try:
+                view = await self._wait(view, answer, wait_seconds)
+            except asyncio.CancelledError:
+                if not leave_pending:
+                    await self._withdraw_on_the_way_out(view["id"])
+                raise
+            if view.get("status") == "pending" and not leave_pending:
+                view = await self._withdraw(view["id"])
         return await self._settle(view, require_exact)
+
+    async def cancel(self, request_id: str) -> dict:
+        """``POST /v1/access-requests/{id}/cancel``: the request as it now stands (``cancelled``, or as it was
+        decided meanwhile; never with a token)."""
+        answer = await self.transport.call("POST", f"/v1/access-requests/{request_id}/cancel")
+        if answer.status != 200:
+            raise refusal(answer, f"the cancellation of request {request_id}", self._hint)
+        return answer.body
+
+    async def _withdraw(self, request_id: str) -> dict:
+        """The wait ended with the request pending: cancel it, or, if it was decided just now, read it as a poll
+        would (an approval hands the token over)."""
+        view = await self.cancel(request_id)
+        if view.get("status") == "cancelled":
+            raise Stop(ExitCode.NOT_GRANTED, f"request {request_id} is still pending; nobody decided while this "
+                       "command waited, so it was cancelled: nobody can approve it after this job. Ask again with "
+                       "a longer --wait, or use --leave-pending and collect it later with `grantbot status`.", view)
+        answer = await self.transport.call("GET", f"/v1/access-requests/{request_id}")
+        if answer.status != 200:
+            raise refusal(answer, f"the read of request {request_id}", self._hint)
+        return answer.body
+
+    async def _withdraw_on_the_way_out(self, request_id: str) -> None:
+        """Interrupted while waiting: cancel the request in at most WITHDRAW_SECONDS, and say how it ended."""
+        try:
+            view = await asyncio.wait_for(self.cancel(request_id), WITHDRAW_SECONDS)
+        except (Stop, asyncio.TimeoutError) as exc:
+            why = exc.sentence if isinstance(exc, Stop) else "grantbot did not answer in time"
+            self.say(f"request {request_id} may still be pending: it could not be cancelled ({why}).")
+            return
+        status = view.get("status")
+        if status == "cancelled":
+            self.say(f"request {request_id} cancelled: this command was interrupted while it waited.")
+        elif status == "approved" and isinstance(view.get("grant"), dict):
+            # Approved just now, and its token will never be collected by this command: end the grant.
+            grant_id = view["grant"].get("id")
+            try:
+                await asyncio.wait_for(self.release(grant_id, quiet=True), WITHDRAW_SECONDS)
+                self.say(f"request {request_id} was approved as this command was interrupted; grant {grant_id} "
+                         "was released.")
+            except (Stop, asyncio.TimeoutError):
+                self.say(f"request {request_id} was approved as this command was interrupted; release grant "
+                         f"{grant_id} with `grantbot release {grant_id}`.")
+        else:
+            self.say(f"request {request_id} is {status}.")
 
     async def _wait(self, view: dict, answer: Answer, wait_seconds: float | None) -> dict:
         request_id = view["id"]

@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -91,6 +92,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="shown to approvers; the CI job's run_url, commit and repository are added by themselves")
     req.add_argument("--wait", type=_seconds, default=None, metavar="SECONDS",
                      help="wait at most this long for a decision (default: until the request's pending timeout)")
+    req.add_argument("--leave-pending", action="store_true",
+                     help="when the wait ends (or the command is stopped) before anyone decided, leave the request "
+                          "pending, to collect it later with `grantbot status`; by default it is cancelled, so "
+                          "that nobody approves it after the job")
     req.add_argument("--require-exact", action="store_true",
                      help="exit 1 (and release the grant) when an approver narrowed the scopes or the TTL")
     req.add_argument("--output", choices=outputs.OUTPUTS, default="json",
@@ -133,6 +138,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     verify.set_defaults(func=cmd_verify)
 
 
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: what a shell reports for a command ended by SIGTERM
+
+
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -160,9 +168,28 @@ def _credentials(args: argparse.Namespace) -> Credentials:
 
 
 def _run(args: argparse.Namespace, work: Callable[[aiohttp.ClientSession], Awaitable[int]]) -> int:
+    terminated = False
+
     async def main() -> int:
-        async with aiohttp.ClientSession() as http:
-            return await work(http)
+        nonlocal terminated
+        task = asyncio.current_task()
+
+        def on_sigterm() -> None:  # a CI runner stopping the job: unwind as Ctrl-C does (a pending request is
+            nonlocal terminated    # cancelled on the way out), then exit 143 as SIGTERM's default would
+            terminated = True
+            task.cancel()
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            async with aiohttp.ClientSession() as http:
+                return await work(http)
+        except asyncio.CancelledError:
+            if terminated:
+                return EXIT_SIGTERM
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
 
     try:
         return asyncio.run(main())
@@ -194,7 +221,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         if context:
             body["context"] = context
         client = _client(args, http)
-        view = await client.request(body, wait_seconds=args.wait, require_exact=args.require_exact)
+        view = await client.request(body, wait_seconds=args.wait, require_exact=args.require_exact,
+                                    leave_pending=args.leave_pending)
         try:
             outputs.write(args.output, view, sys.stdout, os.environ)
         except OSError as exc:

@@ -17,8 +17,10 @@ EXIT_CODES_HELP = """exit codes:
   0  approved: the token (and any credentials) were written to the chosen output
   1  denied, or narrowed by an approver while --require-exact was given
   2  bad usage, bad input, or authentication refused (a wrong secret or CI token): not retried
-  3  still pending when the wait ended, or the request expired or was cancelled
-  4  grantbot unreachable, or answering 502/503/504, for longer than --retry-for"""
+  3  still pending when the wait ended (it is then cancelled, unless --leave-pending),
+     or the request expired or was cancelled
+  4  grantbot unreachable, or answering 502/503/504, for longer than --retry-for
+  130, 143  stopped by Ctrl-C or SIGTERM (a pending request is cancelled first)"""
 
 
 class Stop(Exception):

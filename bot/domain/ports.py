@@ -259,6 +259,10 @@ class Store(CredentialStore, Protocol):
     async def expire_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Mark pending requests past their deadline ``expired``, each with a ``card.update`` event."""
 
+    async def cancel_request(self, request_id: str, identity: str, now: datetime) -> bool:
+        """Mark ``identity``'s pending request ``cancelled`` (decided by that identity) with its audit event and a
+        ``card.update`` event, once; False when it was not pending."""
+
     async def remind_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Clear ``remind_at`` of pending requests it has come for, each with a ``request.reminder`` event."""
 

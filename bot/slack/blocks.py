@@ -148,6 +148,8 @@ def outcome_line(request: AccessRequest, grant: Grant | None, approvals: Sequenc
         denied = _who(approvals, Verdict.DENY)
         line = f":x: *Denied* by {_mentions(denied) if len(denied) > 1 else who} at {when}"
         return line + "\n" + _reason_block(request.denial_reason) if request.denial_reason else line
+    if request.status is RequestStatus.CANCELLED:
+        return f":leftwards_arrow_with_hook: *Cancelled* by {by(request.decided_by or request.identity)} at {when}"
     if request.status is RequestStatus.EXPIRED:
         # The deadline, not when the sweep noticed (later, after a restart).
         deadline = clock_time(request.expires_at) if request.expires_at else when
@@ -331,5 +333,5 @@ def refusal_text(error) -> str:
         return f"This grant was already revoked by {by(error.ended_by)}; nothing changed."
     outcome, decided_by = getattr(error, "outcome", None), getattr(error, "decided_by", None)
     if outcome and decided_by and decided_by not in ("policy", "timeout", "expiry"):
-        return f"This request was already {escape(outcome)} by <@{decided_by}>."
+        return f"This request was already {escape(outcome)} by {by(decided_by)}."  # a person, or an identity
     return escape(error.detail)

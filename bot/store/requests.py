@@ -281,6 +281,22 @@ class RequestQueries:
             "request.expired", "timeout", EventKind.CARD_UPDATE,
         )
 
+    async def cancel_request(self, request_id: str, identity: str, now: datetime) -> bool:
+        """``identity``'s pending request becomes ``cancelled`` (decided by that identity at ``now``), with a
+        ``request.cancelled`` audit event and a ``card.update`` event, in one transaction, by one conditional
+        UPDATE: False when it was not pending any more (decided, expired or cancelled: nothing is written)."""
+        async with self._writer.begin() as conn:
+            won = await conn.execute(
+                update(R)
+                .where(R.c.id == request_id, R.c.identity == identity, R.c.status == RequestStatus.PENDING.value)
+                .values(status=RequestStatus.CANCELLED.value, decided_at=now, decided_by=identity)
+            )
+            if won.rowcount != 1:
+                return False
+            await self._audit(conn, now, "request.cancelled", identity, request_id)
+            await self._add_events(conn, [OutboxEvent(EventKind.CARD_UPDATE, request_id)], now)
+        return True
+
     async def remind_pending_requests(self, now: datetime, limit: int) -> list[AccessRequest]:
         """Pending requests whose ``remind_at`` has come: clear it (so each is reminded once) and queue a
         ``request.reminder`` event, in one transaction."""

@@ -253,6 +253,16 @@ async def get_access_request(request: web.Request) -> web.Response:
     return web.json_response(view_json(view, deps.clock.now()))
 
 
+@routes.post("/v1/access-requests/{id}/cancel")
+async def cancel_access_request(request: web.Request) -> web.Response:
+    """Withdraw one's own pending request: 200 with the request as it now stands (``cancelled``, or what it was
+    decided meanwhile; never a token)."""
+    caller = await authenticate(request, await request.read())
+    deps = request.app[DEPS]
+    view = await usecases.cancel_request(deps, caller, _resource_id(request, "access request"))
+    return web.json_response(view_json(view, deps.clock.now()))
+
+
 @routes.post("/v1/grants/{id}/revoke")
 async def revoke_grant(request: web.Request) -> web.Response:
     caller = await authenticate(request, await request.read())

@@ -89,6 +89,13 @@ def document() -> dict:
                 "responses": {"200": _json({"$ref": "#/components/schemas/RequestView"}, "the request"),
                               **_errors(401, 404, 422, 503)},
             }},
+            "/v1/access-requests/{id}/cancel": {"post": {
+                "summary": "Withdraw one's own pending request (idempotent; a decided one is returned as it is)",
+                "security": _HMAC,
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json({"$ref": "#/components/schemas/RequestView"}, "the request, never a token"),
+                              **_errors(401, 404, 503)},
+            }},
             "/v1/grants/{id}/revoke": {"post": {
                 "summary": "End one's own grant early (idempotent)", "security": _HMAC,
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],

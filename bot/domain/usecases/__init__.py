@@ -1,5 +1,6 @@
 """Use cases, one module each: what a caller, an approver or the scheduler can make grantbot do."""
 
+from bot.domain.usecases.cancel import cancel_request
 from bot.domain.usecases.daily_summary import queue_due_summary
 from bot.domain.usecases.decide import approve, check_changes, deny, may_decide
 from bot.domain.usecases.deps import Deps
@@ -21,6 +22,7 @@ __all__ = [
     "ReissueView",
     "RequestView",
     "approve",
+    "cancel_request",
     "check_changes",
     "deny",
     "expire_due",
