@@ -165,6 +165,12 @@ async def _serve(settings: Settings, reuse_port: bool = False, supervisor_pid: i
     listener = await _listen(app, settings, reuse_port)
     _settle_heap()
     logging.getLogger("bot").info("grantbot listening on http://%s:%s", settings.host, settings.port)
+    if settings.issuer is None and settings.database_url.startswith("postgresql"):
+        # On a shared database, replicas are likely: each would name its own host:port as the issuer, and then
+        # introspect the others' tokens as inactive and ignore them in /oauth/revoke.
+        logging.getLogger("bot").warning(
+            "GRANTBOT_ISSUER is not set, so tokens name %s as their issuer; set it to the URL clients use, the same "
+            "on every replica", settings.issuer_url)
     try:
         await _until_signalled(app, supervisor_pid)
     finally:

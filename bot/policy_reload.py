@@ -46,9 +46,12 @@ class PolicyReloader:
         self._interval = interval
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._asked = False
 
     def request(self) -> None:
-        """Check the file now (the SIGHUP handler)."""
+        """Check the file now (the SIGHUP handler); an unchanged file is then said to be, so that an operator sees
+        the signal arrived."""
+        self._asked = True
         self._wakeup.set()
 
     def stop(self) -> None:
@@ -64,8 +67,10 @@ class PolicyReloader:
             except TimeoutError:
                 pass
             self._wakeup.clear()
-            if not self._stopping:
-                await self.check()
+            asked, self._asked = self._asked, False
+            if not self._stopping and await self.check() == "unchanged" and asked:
+                log.info("policy reload asked for (SIGHUP): %s is unchanged (sha256 %s); nothing to do", self._path,
+                         self._seen[:16])
 
     async def check(self) -> str:
         """Look at the file once: ``"unchanged"``, ``"reloaded"`` or ``"refused"``."""
@@ -93,7 +98,7 @@ class PolicyReloader:
         except PolicyError as exc:
             return await self._refused(str(exc), current)
         self._seen = current
-        log.info("policy reloaded from %s: %d rules (sha256 %s)", self._path, len(policy.rules), current[:12])
+        log.info("policy reloaded from %s: %d rules (sha256 %s)", self._path, len(policy.rules), current[:16])
         return "reloaded"
 
     async def _refused(self, reason: str, key: str) -> str:

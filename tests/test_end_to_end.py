@@ -399,3 +399,24 @@ async def test_a_client_that_never_finishes_its_headers_is_disconnected_within_t
     finally:
         assert await proc.kill(signal.SIGTERM) == 0
     proc.check_log()
+
+
+async def test_serve_on_postgresql_without_an_issuer_warns_that_replicas_need_the_same_one(tmp_path, database_url,
+                                                                                          sandbox):
+    proc = Process(tmp_path, database_url, sandbox)
+    await at_head(proc)
+    await proc.start()
+    try:
+        await eventually(lambda: "grantbot listening" in proc.log_path.read_text())
+        warned = "GRANTBOT_ISSUER is not set, so tokens name http://127.0.0.1:" in proc.log_path.read_text()
+        assert warned == database_url.startswith("postgresql"), proc.log_path.read_text()[-2000:]
+    finally:
+        assert await proc.kill(signal.SIGTERM) == 0
+    named = Process(tmp_path, database_url, sandbox, name="named")
+    named.env["GRANTBOT_ISSUER"] = "https://grantbot.example.com"
+    await named.start()
+    try:
+        await eventually(lambda: "grantbot listening" in named.log_path.read_text())
+        assert "GRANTBOT_ISSUER is not set" not in named.log_path.read_text()
+    finally:
+        assert await named.kill(signal.SIGTERM) == 0

@@ -101,6 +101,7 @@ def test_replicas_starting_together_on_a_missing_key_all_sign_with_the_one_key_w
     context = multiprocessing.get_context("fork")
     processes = 4
     for trial in range(100):
+        (tmp_path / f"trial-{trial}").mkdir()  # the folder must exist: grantbot makes the key, not its folder
         path = str(tmp_path / f"trial-{trial}" / "signing-key.pem")
         barrier, results = context.Barrier(processes), context.Queue()
         started = [context.Process(target=_start_with_a_new_key, args=(path, barrier, results))

@@ -98,6 +98,9 @@ async def test_sighup_reloads_a_running_process(tmp_path, database_url, sandbox,
             await eventually(lambda: "policy reloaded" in proc.log_path.read_text(), timeout=10)
             _, body = await api.request_access({**READ, "reason": "after SIGHUP"})
             assert body["status"] == "denied"
+            # A SIGHUP with nothing changed is answered too, so an operator knows the signal arrived.
+            proc.proc.send_signal(signal.SIGHUP)
+            await eventually(lambda: "is unchanged (sha256" in proc.log_path.read_text(), timeout=10)
     finally:
         assert await proc.kill(signal.SIGTERM) == 0, proc.log_path.read_text()[-3000:]
     proc.check_log()

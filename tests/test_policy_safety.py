@@ -39,6 +39,19 @@ def test_serve_without_its_policy_file_refuses_to_start_naming_the_file(tmp_path
         assert "Traceback" not in refused.stderr
 
 
+def test_a_signing_key_path_whose_folder_is_missing_stops_serve_instead_of_making_a_key_of_its_own(tmp_path):
+    # A typo in one replica's path would give it a key the others do not publish: refuse, create nothing.
+    key = tmp_path / "no-such-folder" / "key.pem"
+    refused = run("serve", cwd=tmp_path, PORT=str(spare_port()), GRANTBOT_DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+                  GRANTBOT_POLICY_FILE=str(POLICIES / "basic.yaml"), GRANTBOT_SIGNING_KEY_FILE=str(key),
+                  **{"TEST_SECRET_" + k.upper().replace("-", "_"): v for k, v in SECRETS.items()})
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"grantbot: cannot create the signing key {key}: the folder {key.parent} does not exist; create it, or set "
+        "GRANTBOT_SIGNING_KEY_FILE to the key file every replica shares")
+    assert not key.parent.exists() and "Traceback" not in refused.stderr
+
+
 def test_serve_logs_the_path_and_hash_of_the_policy_it_loaded(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text((POLICIES / "basic.yaml").read_text())

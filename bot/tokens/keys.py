@@ -88,8 +88,16 @@ def _create_signing_key(path: Path) -> None:
     killed between creating and writing it (each would sign with a key the others do not publish)."""
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    # Its folder is not made: a typo in the path would otherwise give this replica a key of its own, whose tokens
+    # the others refuse (every replica must be given the one file).
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot create the signing key {path}: the folder {path.parent} does not exist; create "
+                         "it, or set GRANTBOT_SIGNING_KEY_FILE to the key file every replica shares")
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    except OSError as exc:
+        raise ValueError(f"cannot create the signing key {path}: {exc.strerror} in {path.parent}; set "
+                         "GRANTBOT_SIGNING_KEY_FILE to a writable path, or create the key there") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
@@ -114,7 +122,8 @@ def _create_signing_key(path: Path) -> None:
 def load_or_create_signing_key(path: str | os.PathLike[str]) -> SigningKey:
     """Load the PEM (PKCS#8) private key at ``path``; create one (mode 0600) if the file does not exist.
 
-    Raises ``ValueError`` with the path when the file is not an EC P-256 private key.
+    Raises ``ValueError`` with the path when the file is not an EC P-256 private key, or when it is missing and
+    cannot be created (its folder does not exist or is not writable).
     """
     path = Path(path)
     if not path.exists():
