@@ -140,7 +140,7 @@ async def test_output_github_outside_github_actions_is_refused_before_asking(ci,
     env = client_env(ci.relay.url)
     ran = await run_grantbot("request", "--environment", "staging", "--scope", "db:read", "--output", "github",
                              env=env, cwd=tmp_path)
-    assert ran.code == 2 and "GITHUB_OUTPUT and GITHUB_ENV is not set" in ran.err
+    assert ran.code == 2 and "and GITHUB_OUTPUT and GITHUB_ENV are not set" in ran.err
     assert ci.relay.seen == []
 
 

@@ -24,7 +24,7 @@ from bot.client import outputs
 from bot.client.access import AccessClient
 from bot.client.credentials import (DEFAULT_OIDC_AUDIENCE, Credentials, ci_context, hmac_credentials,
                                     oidc_credentials)
-from bot.client.exits import EXIT_CODES_HELP, ExitCode, Stop
+from bot.client.exits import EXIT_CODES_HELP, RELEASE_EXIT_CODES_HELP, ExitCode, Stop
 from bot.client.transport import Transport
 from bot.client.verifier import CannotVerify, InvalidToken, TokenVerifier
 
@@ -64,7 +64,7 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--url", help=f"grantbot's base URL (default: $GRANTBOT_URL, else {DEFAULT_URL})")
     group.add_argument("--identity", help="HMAC identity (default: $GRANTBOT_IDENTITY)")
     group.add_argument("--secret-file", type=Path, metavar="FILE",
-                       help="file holding the identity's secret (default: $GRANTBOT_SECRET)")
+                       help="file holding the identity's secret (default: the secret itself in $GRANTBOT_SECRET)")
     group.add_argument("--secret", action=_RefuseSecret, nargs="?", help="refused: use GRANTBOT_SECRET or --secret-file")
     group.add_argument("--oidc", choices=("github", "gitlab"),
                        help="authenticate with the CI job's OIDC identity token instead of HMAC: GitHub Actions' "
@@ -107,7 +107,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     release = sub.add_parser(
         "release", help="end a grant now (the last step of a pipeline, run even when it failed)",
         description="Revoke one's own grant; an ended grant is left as it is (exit 0).",
-        epilog=EXIT_CODES_HELP, formatter_class=formatter)
+        epilog=RELEASE_EXIT_CODES_HELP, formatter_class=formatter)
     release.add_argument("grant_id", nargs="?", metavar="GRANT_ID", help="default: $GRANTBOT_GRANT_ID")
     _connection_options(release)
     release.set_defaults(func=cmd_release)

@@ -23,6 +23,12 @@ EXIT_CODES_HELP = """exit codes:
   130, 143  stopped by Ctrl-C or SIGTERM (a pending request is cancelled first)"""
 
 
+RELEASE_EXIT_CODES_HELP = """exit codes:
+  0  the grant is revoked now, or had already ended (revoked or expired): safe to run again
+  2  bad usage (no grant named), no such grant for this identity, or authentication refused: not retried
+  4  grantbot unreachable, or answering 502/503/504, for longer than --retry-for"""
+
+
 class Stop(Exception):
     """End the command with ``code`` after printing ``sentence`` (to stderr; it never holds a secret)."""
 

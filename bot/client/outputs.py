@@ -44,7 +44,8 @@ def check_ready(output: str, environ: Mapping[str, str]) -> None:
         missing = [name for name in ("GITHUB_OUTPUT", "GITHUB_ENV") if not environ.get(name)]
         if missing:
             raise Stop(ExitCode.USAGE, f"--output github writes to $GITHUB_OUTPUT and $GITHUB_ENV, and {' and '.join(missing)} "
-                       "is not set: use it in a GitHub Actions step, or choose --output json|token|env.")
+                       f"{'is' if len(missing) == 1 else 'are'} not set: use it in a GitHub Actions step, or choose "
+                       "--output json|token|env.")
 
 
 def credentials(view: dict) -> list[dict]:
