@@ -120,7 +120,8 @@ class Seen:
 class Fault:
     """What the relay does instead of relaying, ``times`` times, to requests with ``method`` whose path starts with
     ``path``: answer ``status`` itself, or relay and then drop the answer (the client never gets it), or hold the
-    request ``cut_after`` seconds and close the connection without an answer. A ``drop_answer`` fault with
+    request ``cut_after`` seconds and close the connection without an answer, or deliver the answer
+    ``delay_answer`` seconds late. A ``drop_answer`` fault with
     ``answer_contains`` applies only to an answer holding that text (the one that carries a token, say)."""
 
     method: str
@@ -132,6 +133,7 @@ class Fault:
     drop_answer: bool = False
     answer_contains: str | None = None
     cut_after: float | None = None
+    delay_answer: float | None = None  # relay at once, deliver the answer this many seconds later
 
 
 class HttpRelay:
@@ -202,4 +204,6 @@ class HttpRelay:
             self.dropped.append(json.loads(data))
             request.transport.abort()
             return web.Response()
+        if fault is not None and fault.delay_answer is not None:
+            await asyncio.sleep(fault.delay_answer)
         return web.Response(status=status, body=data, headers=answer_headers)

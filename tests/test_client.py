@@ -139,7 +139,7 @@ async def test_a_request_nobody_decided_is_cancelled_when_the_client_stops_waiti
         pending_id = await pending_request_id(sandbox, index)
         waiting.send_signal(sig)
         ended = await finish(waiting)
-        assert ended.code == code and f"request {pending_id} cancelled: this command was interrupted" in ended.err, \
+        assert ended.code == code and f"request {pending_id} cancelled: this command was stopped" in ended.err, \
             ended.err
         assert "Traceback" not in ended.err
         assert (await api.get_request(pending_id))[1]["status"] == "cancelled"
@@ -150,6 +150,45 @@ async def test_a_request_nobody_decided_is_cancelled_when_the_client_stops_waiti
     assert await api.click(await card_for(sandbox, left.json()["id"]), "approve", "U0APPROVER") == 200
     collected = await run_grantbot("status", left.json()["id"], env=env, cwd=tmp_path)
     assert collected.code == 0 and collected.json()["grant"]["access_token"]
+
+
+async def test_a_client_stopped_before_its_request_was_answered_still_cancels_it(relay, serve, api, sandbox,
+                                                                                tmp_path):
+    # The POST reaches grantbot, which makes the request and posts its card; its answer is held back, and the CI
+    # runner stops the job meanwhile. The client waits briefly for the answer, then cancels what it created.
+    relay.fault("POST", "/v1/access-requests", delay_answer=2)
+    waiting = await start_grantbot_command(*PRODUCTION, env=client_env(relay.url), cwd=tmp_path)
+    request_id = await pending_request_id(sandbox, 0)
+    waiting.send_signal(signal.SIGTERM)
+    ended = await finish(waiting)
+    assert ended.code == 143 and f"request {request_id} cancelled" in ended.err, ended.err
+    assert (await api.get_request(request_id))[1]["status"] == "cancelled"
+
+
+async def test_a_wait_cut_short_by_an_outage_says_the_request_may_still_be_pending(relay, serve, sandbox, tmp_path):
+    relay.fault("GET", "/v1/access-requests/", times=1000, status=503)
+    ran = await run_grantbot(*PRODUCTION, "--wait", "30", "--retry-for", "1", env=client_env(relay.url), cwd=tmp_path)
+    request_id = await pending_request_id(sandbox, 0)
+    assert ran.code == 4 and f"Request {request_id} may still be pending: it could not be cancelled" in ran.err, \
+        ran.err
+
+
+async def test_a_client_stopped_as_its_request_is_approved_leaves_no_grant_behind(relay, serve, api, sandbox,
+                                                                                  tmp_path):
+    # Approved, and the answer that hands the token over is held back as the job is stopped: the command exits 143
+    # without printing a token, and the grant it will never use is released.
+    waiting = await start_grantbot_command(*PRODUCTION, env=client_env(relay.url), cwd=tmp_path)
+    request_id = await pending_request_id(sandbox, 0)
+    relay.fault("GET", f"/v1/access-requests/{request_id}", delay_answer=3, answer_contains="access_token")
+    assert await api.click(await card_for(sandbox, request_id), "approve", "U0APPROVER") == 200
+    await eventually(lambda: relay.faults[0].times == 0, timeout=30)  # the token's answer is being held back
+    waiting.send_signal(signal.SIGTERM)
+    ended = await finish(waiting)
+    assert ended.code == 143 and "was approved as this command was stopped" in ended.err and "released" in ended.err, \
+        ended.err
+    assert "access_token" not in ended.out
+    view = (await api.get_request(request_id))[1]
+    assert view["status"] == "approved" and view["grant"]["status"] == "revoked"
 
 
 async def test_a_secret_on_the_command_line_is_refused_and_a_secret_file_works(serve, tmp_path):

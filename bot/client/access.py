@@ -65,24 +65,37 @@ class AccessClient:
         pending timeout). Returns the approved request (its ``grant`` holds ``access_token``); raises
         :class:`Stop` for every other outcome.
 
-        A request still pending when the wait ends, or when the command is interrupted (the task cancelled:
-        Ctrl-C, SIGTERM), is cancelled, so that nobody approves it after the job that asked is gone; unless
-        ``leave_pending``, for a pipeline that collects it later with ``grantbot status``."""
+        What this command asked for does not outlive it: a request still pending when the wait ends is cancelled,
+        and when the command is stopped (the task cancelled: Ctrl-C, SIGTERM) before it returns, its request is
+        cancelled or, if it was approved meanwhile, its grant released; unless ``leave_pending``, for a pipeline
+        that collects it later with ``grantbot status``."""
         key = str(uuid.uuid4())  # one key for every attempt: a retried POST answers with the request it created
-        answer = await self.transport.call("POST", "/v1/access-requests", body, idempotency_key=key)
+        posted = asyncio.ensure_future(self.transport.call("POST", "/v1/access-requests", body, idempotency_key=key))
+        try:
+            answer = await asyncio.shield(posted)
+        except asyncio.CancelledError:
+            # Stopped before grantbot answered: let the answer arrive (briefly), so what it created can be ended.
+            await self._end_unanswered(posted, leave_pending)
+            raise
         if answer.status not in (200, 201, 202):
             raise refusal(answer, "the access request", self._hint)
         view = answer.body
-        if view.get("status") == "pending":
-            try:
-                view = await self._wait(view, answer, wait_seconds)
-            except asyncio.CancelledError:
-                if not leave_pending:
-                    await self._withdraw_on_the_way_out(view["id"])
-                raise
-            if view.get("status") == "pending" and not leave_pending:
-                view = await self._withdraw(view["id"])
-        return await self._settle(view, require_exact)
+        try:
+            if view.get("status") == "pending":
+                try:
+                    view = await self._wait(view, answer, wait_seconds)
+                except Stop as stop:
+                    if stop.code is ExitCode.UNREACHABLE and not leave_pending:
+                        raise Stop(stop.code, f"{stop.sentence} Request {view['id']} may still be pending: it "
+                                   "could not be cancelled; see it with `grantbot status`.", stop.view) from None
+                    raise
+                if view.get("status") == "pending" and not leave_pending:
+                    view = await self._withdraw(view["id"])
+            return await self._settle(view, require_exact)
+        except asyncio.CancelledError:
+            if not leave_pending:
+                await self._end_on_the_way_out(view["id"])
+            raise
 
     async def cancel(self, request_id: str) -> dict:
         """``POST /v1/access-requests/{id}/cancel``: the request as it now stands (``cancelled``, or as it was
@@ -105,26 +118,40 @@ class AccessClient:
             raise refusal(answer, f"the read of request {request_id}", self._hint)
         return answer.body
 
-    async def _withdraw_on_the_way_out(self, request_id: str) -> None:
-        """Interrupted while waiting: cancel the request in at most WITHDRAW_SECONDS, and say how it ended."""
+    async def _end_unanswered(self, posted: asyncio.Future, leave_pending: bool) -> None:
+        """Stopped while the access request was being sent: wait up to WITHDRAW_SECONDS for grantbot's answer and
+        end what it created; say so when that cannot be known."""
         try:
-            view = await asyncio.wait_for(self.cancel(request_id), WITHDRAW_SECONDS)
+            answer = await asyncio.wait_for(posted, WITHDRAW_SECONDS)
+        except (Stop, asyncio.TimeoutError, asyncio.CancelledError):
+            self.say("stopped before grantbot answered the access request: if it was created, it may still be "
+                     "pending (see /access pending in Slack).")
+            return
+        if answer.status in (200, 201, 202) and isinstance(answer.body.get("id"), str) and not leave_pending:
+            await self._end_on_the_way_out(answer.body["id"])
+
+    async def _end_on_the_way_out(self, request_id: str) -> None:
+        """Stopped before this command returned: cancel the request, or release the grant an approval gave it
+        (its token will not reach the job), in at most WITHDRAW_SECONDS; say how it ended."""
+        quick = AccessClient(self.transport.within(WITHDRAW_SECONDS), self.say)
+        try:
+            view = await asyncio.wait_for(quick.cancel(request_id), WITHDRAW_SECONDS)
         except (Stop, asyncio.TimeoutError) as exc:
             why = exc.sentence if isinstance(exc, Stop) else "grantbot did not answer in time"
             self.say(f"request {request_id} may still be pending: it could not be cancelled ({why}).")
             return
         status = view.get("status")
+        grant = view.get("grant") if isinstance(view.get("grant"), dict) else {}
         if status == "cancelled":
-            self.say(f"request {request_id} cancelled: this command was interrupted while it waited.")
-        elif status == "approved" and isinstance(view.get("grant"), dict):
-            # Approved just now, and its token will never be collected by this command: end the grant.
-            grant_id = view["grant"].get("id")
+            self.say(f"request {request_id} cancelled: this command was stopped while it waited.")
+        elif status == "approved" and grant.get("status") == "active":
+            grant_id = grant.get("id")
             try:
-                await asyncio.wait_for(self.release(grant_id, quiet=True), WITHDRAW_SECONDS)
-                self.say(f"request {request_id} was approved as this command was interrupted; grant {grant_id} "
-                         "was released.")
+                await asyncio.wait_for(quick.release(grant_id, quiet=True), WITHDRAW_SECONDS)
+                self.say(f"request {request_id} was approved as this command was stopped; grant {grant_id} was "
+                         "released.")
             except (Stop, asyncio.TimeoutError):
-                self.say(f"request {request_id} was approved as this command was interrupted; release grant "
+                self.say(f"request {request_id} was approved as this command was stopped; release grant "
                          f"{grant_id} with `grantbot release {grant_id}`.")
         else:
             self.say(f"request {request_id} is {status}.")

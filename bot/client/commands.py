@@ -173,23 +173,33 @@ def _run(args: argparse.Namespace, work: Callable[[aiohttp.ClientSession], Await
     async def main() -> int:
         nonlocal terminated
         task = asyncio.current_task()
+        result: int | None = None
 
-        def on_sigterm() -> None:  # a CI runner stopping the job: unwind as Ctrl-C does (a pending request is
-            nonlocal terminated    # cancelled on the way out), then exit 143 as SIGTERM's default would
-            terminated = True
-            task.cancel()
+        def on_sigterm() -> None:
+            # A CI runner stopping the job: unwind as Ctrl-C does (what the command asked for is ended on the way
+            # out), then exit 143 as SIGTERM's default would. Once only: a second SIGTERM must not cut that short;
+            # and not once the command is done (its output is written: it succeeded).
+            nonlocal terminated
+            if not terminated and result is None:
+                terminated = True
+                task.cancel()
 
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
         try:
             async with aiohttp.ClientSession() as http:
-                return await work(http)
+                result = await work(http)
+                # Done (a token already written): a late SIGTERM must not turn that into a kill. Removed here
+                # rather than by the loop's end, which would give SIGTERM back its default action first.
+                loop.remove_signal_handler(signal.SIGTERM)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            return result
         except asyncio.CancelledError:
+            if result is not None:  # stopped while closing the connections: the work was done
+                return result
             if terminated:
                 return EXIT_SIGTERM
             raise
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
 
     try:
         return asyncio.run(main())

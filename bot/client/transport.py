@@ -87,6 +87,11 @@ class Transport:
         self.retry_for = retry_for
         self.say = say
 
+    def within(self, seconds: float) -> Transport:
+        """The same calls, retried for at most ``seconds`` (a command on its way out has little time)."""
+        return Transport(self.base_url, self.credentials, self.http, retry_for=min(seconds, self.retry_for),
+                         say=self.say)
+
     async def call(self, method: str, path_qs: str, body: dict | None = None, *, idempotency_key: str | None = None,
                    read_timeout: float = 60.0) -> Answer:
         """One call, retried as the module says; returns the first answer that is not worth retrying.

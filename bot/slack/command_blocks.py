@@ -19,6 +19,7 @@ from bot.domain.models import AccessRequest, Grant, GrantStatus, RequestStatus
 from bot.slack.blocks import (
     FALLBACK_TEXT_LIMIT,
     SECTION_TEXT_LIMIT,
+    by,
     clock_time,
     duration,
     escape,
@@ -71,7 +72,7 @@ def _scopes(scopes: Sequence[str]) -> str:
 def _who(decided_by: str | None) -> str:
     if decided_by in (None, "policy", "timeout"):
         return decided_by or "nobody"
-    return f"<@{escape(decided_by)}>"
+    return by(decided_by)  # a person as a mention; an identity (a request its pipeline cancelled) as text
 
 
 def refusal_message(error, emoji: str) -> dict:
