@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "grantbot_demo (or the URL's database) with an orders table")
     dev.set_defaults(func=cmd_dev)
 
-    add_commands(sub)  # request, release, status, verify: the pipeline client (bot/client/)
+    add_commands(sub)  # request, release, status, cancel, verify: the pipeline client (bot/client/)
     return parser
 
 

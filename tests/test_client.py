@@ -148,8 +148,17 @@ async def test_a_request_nobody_decided_is_cancelled_when_the_client_stops_waiti
     left = await run_grantbot(*PRODUCTION, "--wait", "1", "--leave-pending", env=env, cwd=tmp_path)
     assert left.code == 3 and "is still pending" in left.err and left.json()["status"] == "pending"
     assert await api.click(await card_for(sandbox, left.json()["id"]), "approve", "U0APPROVER") == 200
+    too_late = await run_grantbot("cancel", left.json()["id"], env=env, cwd=tmp_path)
+    assert too_late.code == 3 and "was already approved, so it was not cancelled; release its grant" in too_late.err
+    assert "access_token" not in too_late.out
     collected = await run_grantbot("status", left.json()["id"], env=env, cwd=tmp_path)
     assert collected.code == 0 and collected.json()["grant"]["access_token"]
+    # `grantbot cancel` withdraws a request left pending, and says so again when run twice.
+    left = await run_grantbot(*PRODUCTION, "--wait", "1", "--leave-pending", env=env, cwd=tmp_path)
+    for _ in range(2):
+        cancelled = await run_grantbot("cancel", left.json()["id"], env=env, cwd=tmp_path)
+        assert cancelled.code == 0 and cancelled.json()["status"] == "cancelled", cancelled.err
+        assert "is cancelled: nobody can approve it" in cancelled.err
 
 
 async def test_a_client_stopped_before_its_request_was_answered_still_cancels_it(relay, serve, api, sandbox,

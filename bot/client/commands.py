@@ -77,7 +77,7 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``request``, ``release``, ``status`` and ``verify`` to ``grantbot``'s subcommands."""
+    """Add ``request``, ``release``, ``status``, ``cancel`` and ``verify`` to ``grantbot``'s subcommands."""
     formatter = argparse.RawDescriptionHelpFormatter
     req = sub.add_parser(
         "request", help="ask grantbot for access and wait for the decision (what a pipeline runs)",
@@ -120,6 +120,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     status.add_argument("request_id", metavar="REQUEST_ID")
     _connection_options(status)
     status.set_defaults(func=cmd_status)
+
+    cancel = sub.add_parser(
+        "cancel", help="withdraw one's own pending access request (e.g. one left with --leave-pending)",
+        description="Cancel an access request that is still pending, so that nobody approves it; print it as JSON. "
+                    "A request decided meanwhile is left as it is (an approved one's grant: `grantbot release`).",
+        epilog="exit codes: 0 the request is cancelled (now or before); 3 it was decided or expired first (its "
+               "status is printed); 2 bad usage, no such request for this identity, or authentication refused; 4 "
+               "grantbot unreachable", formatter_class=formatter)
+    cancel.add_argument("request_id", metavar="REQUEST_ID")
+    _connection_options(cancel)
+    cancel.set_defaults(func=cmd_cancel)
 
     verify = sub.add_parser(
         "verify", help="check an access token as a resource server would (exit 0 valid, 1 not)",
@@ -265,6 +276,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         _say(f"request {view.get('id')} is {view.get('status')}")
         # The request's exit code, as `grantbot request` would have ended on it (a script can branch on it).
         return STATUS_EXITS.get(view.get("status"), ExitCode.NOT_GRANTED)
+
+    return _run(args, work)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    async def work(http: aiohttp.ClientSession) -> int:
+        view = await _client(args, http).cancel(args.request_id)
+        print(json.dumps(view, indent=2), flush=True)
+        status = view.get("status")
+        if status == "cancelled":
+            _say(f"request {view.get('id')} is cancelled: nobody can approve it")
+            return ExitCode.APPROVED
+        grant = view.get("grant") if isinstance(view.get("grant"), dict) else {}
+        release = (f"; release its grant with `grantbot release {grant.get('id')}`"
+                   if grant.get("status") == "active" else "")
+        _say(f"request {view.get('id')} was already {status}, so it was not cancelled{release}")
+        return ExitCode.NOT_GRANTED
 
     return _run(args, work)
 
