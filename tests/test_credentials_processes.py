@@ -26,6 +26,16 @@ from tests.test_end_to_end import Process, at_head, grantbot_command
 from tests.test_replicas import spawn  # noqa: F401  (fixture)
 
 
+@pytest.fixture
+async def relay():
+    """A TCP relay in front of the local PostgreSQL, for the provider's admin connection only (the pipeline's goes
+    straight): tests make that provider go silent (``blackhole``) mid-revocation."""
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
 def configure(proc: Process, target, tmp_path) -> Process:
     proc.env.update({
         target.url_env: target.url,
@@ -235,142 +245,119 @@ async def _finish(reconcile: asyncio.subprocess.Process, printed: list[str]) -> 
             await reconcile.wait()
 
 
+async def _a_later_run_finishes(proc: Process, target, credential: dict, session, *options: str) -> None:
+    """Past the dead process's lease (LEASE_SECONDS, 30 s), a new reconcile takes the revocation over: the session
+    ended, the role dropped, exit 0."""
+    proc.advance(31)
+    status, out = await _reconcile(proc, *options)
+    assert status == 0 and "revocations: 1 verified" in out and "gave up" not in out, out
+    assert await session_ended(session) and await target.role(credential["username"]) is None
+    await session.close()
+
+
 @pytest.mark.slow
 async def test_reconcile_after_kill_9_mid_revocation_takes_it_over_when_the_lease_runs_out(
-        spawn, target, tmp_path, database_url):
+        spawn, target, tmp_path, database_url, relay):
     """``kill -9`` while a revocation waits on its provider leaves it leased to the dead process. ``grantbot
     credentials reconcile`` says so and waits; once the lease has run out it takes the revocation over, ends the
     session, drops the role and exits 0. (It used to exit 0 at once, the role still there.)"""
-    relay = TcpProxy("127.0.0.1", 5432)  # the provider's admin connection only; the pipeline's goes straight
-    await relay.start()
-    try:
-        proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay)
-        reconcile, printed = await _reconcile_until_it_waits(proc)
-        await asyncio.sleep(1)
-        assert reconcile.returncode is None and await target.role(credential["username"]) is not None
-        proc.advance(31)  # past the dead process's lease (LEASE_SECONDS, 30 s: nobody renews it)
-        out = await _finish(reconcile, printed)
-        assert reconcile.returncode == 0, out
-        assert "revocations: 1 verified" in out and "still not removed" not in out, out
-        assert await session_ended(session)
-        assert await target.role(credential["username"]) is None
-        assert await _all_verified(database_url)
-        assert credential["password"] not in out
-        await session.close()
-    finally:
-        await relay.stop()
+    proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay)
+    reconcile, printed = await _reconcile_until_it_waits(proc)
+    await asyncio.sleep(1)
+    assert reconcile.returncode is None and await target.role(credential["username"]) is not None
+    proc.advance(31)  # past the dead process's lease (LEASE_SECONDS, 30 s: nobody renews it)
+    out = await _finish(reconcile, printed)
+    assert reconcile.returncode == 0, out
+    assert "revocations: 1 verified" in out and "still not removed" not in out, out
+    assert await session_ended(session)
+    assert await target.role(credential["username"]) is None
+    assert await _all_verified(database_url)
+    assert credential["password"] not in out
+    await session.close()
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_ctrl_c_in_the_reconcile_wait_exits_130_in_one_line_and_a_second_run_finishes(
-        spawn, target, tmp_path, database_url):
-    relay = TcpProxy("127.0.0.1", 5432)
-    await relay.start()
-    try:
-        proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay)
-        reconcile, printed = await _reconcile_until_it_waits(proc)
-        reconcile.send_signal(signal.SIGINT)
-        out = await _finish(reconcile, printed)
-        assert reconcile.returncode == 130, out
-        assert "Traceback" not in out and "interrupted" in out, out
-        assert await target.role(credential["username"]) is not None  # nothing was done: it is still queued
+        spawn, target, tmp_path, database_url, relay):
+    proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay)
+    reconcile, printed = await _reconcile_until_it_waits(proc)
+    reconcile.send_signal(signal.SIGINT)
+    out = await _finish(reconcile, printed)
+    assert reconcile.returncode == 130, out
+    assert "Traceback" not in out and "interrupted" in out, out
+    assert await target.role(credential["username"]) is not None  # nothing was done: it is still queued
 
-        proc.advance(31)
-        status, out = await _reconcile(proc)
-        assert status == 0 and "revocations: 1 verified" in out, out
-        assert await session_ended(session) and await target.role(credential["username"]) is None
-        await session.close()
-    finally:
-        await relay.stop()
+    await _a_later_run_finishes(proc, target, credential, session)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_reconcile_with_max_wait_gives_up_on_a_held_revocation_with_exit_1_and_a_later_run_finishes(
-        spawn, target, tmp_path, database_url):
+        spawn, target, tmp_path, database_url, relay):
     """``--max-wait`` bounds the wait for a revocation another process holds (a script's or cron job's patience):
     past it reconcile says what is still held and until when, and exits 1, the role untouched."""
-    relay = TcpProxy("127.0.0.1", 5432)
-    await relay.start()
-    try:
-        proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay)
-        started = time.monotonic()
-        status, out = await _reconcile(proc, "--max-wait", "1")
-        assert status == 1, out
-        assert "gave up waiting after 1 s (--max-wait): 1 revocation(s) still held" in out, out
-        assert "still not removed: 0 failed, 1 pending" in out, out
-        assert time.monotonic() - started < 20, out  # gave up, did not wait out the 30 s lease
-        assert await target.role(credential["username"]) is not None and not await session_ended(session)
+    proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay)
+    started = time.monotonic()
+    status, out = await _reconcile(proc, "--max-wait", "1")
+    assert status == 1, out
+    assert "gave up waiting after 1 s (--max-wait): 1 revocation(s) still held" in out, out
+    assert "still not removed: 0 failed, 1 pending" in out, out
+    assert time.monotonic() - started < 20, out  # gave up, did not wait out the 30 s lease
+    assert await target.role(credential["username"]) is not None and not await session_ended(session)
 
-        proc.advance(31)  # the dead process's lease has run out: the next run takes the revocation over
-        status, out = await _reconcile(proc, "--max-wait", "1")
-        assert status == 0 and "revocations: 1 verified" in out and "gave up" not in out, out
-        assert await session_ended(session) and await target.role(credential["username"]) is None
-        await session.close()
-    finally:
-        await relay.stop()
+    await _a_later_run_finishes(proc, target, credential, session, "--max-wait", "1")
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_max_wait_counts_from_the_first_look_at_revocations_held_elsewhere_not_from_its_own_work(
-        spawn, target, tmp_path, database_url):
+        spawn, target, tmp_path, database_url, relay):
     """Reconcile's own revocation taking longer than ``--max-wait`` (its provider slow) does not use up the wait:
     it still says it waits for the one a dead process holds, and only then gives up. (The limit once counted from
     the start of the rounds, so a slow own round gave up without waiting.)"""
-    relay = TcpProxy("127.0.0.1", 5432)
-    await relay.start()
     others: list = []
+    proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay,
+                                                             others=others)
+    [other] = others
+    [other_credential] = other["credentials"]
+    # Another replica revokes the other grant (its revocation queued, due now, held by nobody).
+    store = SqlStore(create_engine(database_url))
     try:
-        proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay,
-                                                                 others=others)
-        [other] = others
-        [other_credential] = other["credentials"]
-        # Another replica revokes the other grant (its revocation queued, due now, held by nobody).
-        store = SqlStore(create_engine(database_url))
-        try:
-            now = datetime.fromtimestamp(proc.now(), UTC)
-            assert await store.revoke_grant(other["id"], "other-replica", now, [])
-        finally:
-            await store.engine.dispose()
-        reconcile = await _start_reconcile(proc, "--max-wait", "0.5")
-        printed = [(await asyncio.wait_for(reconcile.stdout.readline(), 30)).decode()]
-        assert printed[0].startswith("reconcile: "), printed  # the roles listed; its own revocation comes next
-        relay.blackhole()  # its own revocation waits on a silent provider, longer than --max-wait
-        await asyncio.sleep(1.5)
-        relay.restore()
-        out = await _finish(reconcile, printed)
-        assert reconcile.returncode == 1, out
-        assert "revocations: 1 verified" in out, out  # its own, the other grant's
-        waiting, gave_up = out.find("waiting for 1 revocation(s)"), out.find("gave up waiting after 0.5 s")
-        assert -1 < waiting < gave_up, out
-        assert await target.role(other_credential["username"]) is None
-        assert await target.role(credential["username"]) is not None  # the dead process's, left to its lease
-        await session.close()
+        now = datetime.fromtimestamp(proc.now(), UTC)
+        assert await store.revoke_grant(other["id"], "other-replica", now, [])
     finally:
-        await relay.stop()
+        await store.engine.dispose()
+    reconcile = await _start_reconcile(proc, "--max-wait", "0.5")
+    printed = [(await asyncio.wait_for(reconcile.stdout.readline(), 30)).decode()]
+    assert printed[0].startswith("reconcile: "), printed  # the roles listed; its own revocation comes next
+    relay.blackhole()  # its own revocation waits on a silent provider, longer than --max-wait
+    await asyncio.sleep(1.5)
+    relay.restore()
+    out = await _finish(reconcile, printed)
+    assert reconcile.returncode == 1, out
+    assert "revocations: 1 verified" in out, out  # its own, the other grant's
+    waiting, gave_up = out.find("waiting for 1 revocation(s)"), out.find("gave up waiting after 0.5 s")
+    assert -1 < waiting < gave_up, out
+    assert await target.role(other_credential["username"]) is None
+    assert await target.role(credential["username"]) is not None  # the dead process's, left to its lease
+    await session.close()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_sigterm_mid_revocation_gives_the_lease_back_and_the_next_start_finishes_at_once(
-        spawn, target, tmp_path, database_url):
+        spawn, target, tmp_path, database_url, relay):
     """A deploy stopping grantbot (SIGTERM) while a revocation waits on its provider: after the drain's grace the
     round is cut off and gives its lease back, so the next process takes it over at once, not a lease later."""
-    relay = TcpProxy("127.0.0.1", 5432)
-    await relay.start()
-    try:
-        proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay,
-                                                                 signal.SIGTERM, 0)
-        # The cut-off attempt is given back with the lease (a rolling deploy must not use up the retries); the
-        # claim count keeps it.
-        assert await rows(database_url, "SELECT revocation, locked_until, attempts, claims FROM credentials") == [
-            ("pending", None, 0, 1)]
-        await proc.start()  # the clock has not moved
-        await eventually(lambda: session_ended(session), timeout=20)
-        await eventually(lambda: _gone(target, credential["username"]), timeout=20)
-        await eventually(lambda: _all_verified(database_url), timeout=20)
-        assert await rows(database_url, "SELECT data->>'attempts', data->>'claims' FROM audit_events "
-                                        "WHERE kind = 'credentials.revoked'") == [("1", "2")]
-        await proc.kill(signal.SIGTERM)
-        await session.close()
-    finally:
-        await relay.stop()
+    proc, credential, session = await _killed_mid_revocation(spawn, target, tmp_path, database_url, relay,
+                                                             signal.SIGTERM, 0)
+    # The cut-off attempt is given back with the lease (a rolling deploy must not use up the retries); the
+    # claim count keeps it.
+    assert await rows(database_url, "SELECT revocation, locked_until, attempts, claims FROM credentials") == [
+        ("pending", None, 0, 1)]
+    await proc.start()  # the clock has not moved
+    await eventually(lambda: session_ended(session), timeout=20)
+    await eventually(lambda: _gone(target, credential["username"]), timeout=20)
+    await eventually(lambda: _all_verified(database_url), timeout=20)
+    assert await rows(database_url, "SELECT data->>'attempts', data->>'claims' FROM audit_events "
+                                    "WHERE kind = 'credentials.revoked'") == [("1", "2")]
+    await proc.kill(signal.SIGTERM)
+    await session.close()

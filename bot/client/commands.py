@@ -179,11 +179,9 @@ def _credentials(args: argparse.Namespace) -> Credentials:
 
 
 def _run(args: argparse.Namespace, work: Callable[[aiohttp.ClientSession], Awaitable[int]]) -> int:
-    terminated = False
-
     async def main() -> int:
-        nonlocal terminated
         task = asyncio.current_task()
+        terminated = False
         result: int | None = None
 
         def on_sigterm() -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from bot.domain.errors import NotFound
 from bot.domain.models import Caller, RequestStatus
 from bot.domain.usecases.deps import Deps
-from bot.domain.usecases.read_request import RequestView, revocation_of
+from bot.domain.usecases.read_request import RequestView, own_request, revocation_of
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +20,14 @@ async def cancel_request(deps: Deps, caller: Caller, request_id: str) -> Request
     the outbox and the cancellation audited (``request.cancelled``), both in the cancelling transaction. Raises
     :class:`NotFound` for an unknown id and for another identity's request (indistinguishable on purpose).
     """
-    request = await deps.store.get_request(request_id)
-    if request is None or request.identity != caller.identity:
-        raise NotFound(f"There is no access request {request_id!r} for identity {caller.identity!r}.")
-    if request.status is RequestStatus.PENDING and await deps.store.cancel_request(
-            request_id, caller.identity, deps.clock.now()):
-        deps.changes.notify(request_id)  # wakes long polls and the outbox worker
-        request = await deps.store.get_request(request_id) or request
-        deps.observer.request_decided(request, "identity")
-        log.info("access request %s cancelled by %s", request_id, caller.identity,
-                 extra={"access_request": request_id, "identity": caller.identity})
-    elif request.status is RequestStatus.PENDING:  # decided meanwhile
-        request = await deps.store.get_request(request_id) or request
+    request = await own_request(deps, caller, request_id)
+    if request.status is RequestStatus.PENDING:
+        cancelled = await deps.store.cancel_request(request_id, caller.identity, deps.clock.now())
+        request = await deps.store.get_request(request_id) or request  # cancelled now, or decided meanwhile
+        if cancelled:
+            deps.changes.notify(request_id)  # wakes long polls and the outbox worker
+            deps.observer.request_decided(request, "identity")
+            log.info("access request %s cancelled by %s", request_id, caller.identity,
+                     extra={"access_request": request_id, "identity": caller.identity})
     grant = await deps.store.grant_for_request(request_id) if request.status is RequestStatus.APPROVED else None
     return RequestView(request, grant, revocation=await revocation_of(deps, grant) if grant else None)

@@ -70,14 +70,21 @@ async def revocation_of(deps: Deps, grant: Grant) -> Revocation | None:
     return Revocation.of(await deps.store.credential_states(grant.id))
 
 
+async def own_request(deps: Deps, caller: Caller, request_id: str) -> AccessRequest:
+    """The caller's access request ``request_id``; :class:`NotFound` for an unknown id and for another identity's
+    request alike (which ids exist is not told)."""
+    request = await deps.store.get_request(request_id)
+    if request is None or request.identity != caller.identity:
+        raise NotFound(f"There is no access request {request_id!r} for identity {caller.identity!r}.")
+    return request
+
+
 async def read_request(deps: Deps, caller: Caller, request_id: str, wait_seconds: float = 0) -> RequestView:
     """``GET /v1/access-requests/{id}?wait=N``: wait up to ``wait_seconds`` (capped at 60) while it is pending.
 
     Raises :class:`NotFound` for an unknown id and for another identity's request (indistinguishable on purpose).
     """
-    request = await deps.store.get_request(request_id)
-    if request is None or request.identity != caller.identity:
-        raise NotFound(f"There is no access request {request_id!r} for identity {caller.identity!r}.")
+    request = await own_request(deps, caller, request_id)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(max(wait_seconds, 0), MAX_WAIT_SECONDS)
     while (
